@@ -1,0 +1,45 @@
+# obd: see README.md. Every target works on a fresh clone (as root for the device tests).
+GO        ?= go
+BIN       := bin
+GOFLAGS_STATIC := CGO_ENABLED=0
+FUZZTIME  ?= 10s
+PKGS      := ./...
+
+.PHONY: all build test unit vet fuzz e2e bench bench-ublk demo clean
+
+all: build
+
+build:
+	$(GOFLAGS_STATIC) $(GO) build -trimpath -o $(BIN)/ ./cmd/...
+
+vet:
+	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+# Unit, golden, property and host end-to-end tests.
+unit:
+	$(GO) test -count=1 -timeout 20m $(PKGS)
+
+# Every fuzz target for FUZZTIME each (longer: make fuzz FUZZTIME=10m).
+fuzz:
+	FUZZTIME=$(FUZZTIME) tests/fuzz-all.sh
+
+# Real-kernel tests: boots a Debian kernel with ublk_drv under QEMU (installs what it needs).
+e2e: build
+	tests/e2e.sh
+
+# The README's test command: everything CI runs.
+test: vet unit fuzz e2e
+
+bench:
+	$(GO) test -run='^$$' -bench=. -count=1 $(PKGS)
+
+bench-ublk: build
+	tests/vm/bench-ublk.sh
+
+demo: build
+	tests/demo.sh
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,50 @@
+// Package blockdev defines what a virtual block device serves: a Target.
+//
+// Frontends (ublk, the FUSE fallback) serve any Target; image assembly produces one.
+// Optional capabilities are small extra interfaces found by type assertion, in the
+// style of go-fuse's fs package: a Target that can discard implements Discarder.
+package blockdev
+
+import "errors"
+
+// Target is the backing store of a block device. Offsets and lengths passed by a
+// frontend are multiples of the logical block size (512). Implementations must be
+// safe for concurrent use: multi-queue frontends call them from several goroutines.
+type Target interface {
+	// ReadAt fills p from the device at off. A range that cannot be read returns an
+	// error (frontends report EIO for it); it never returns wrong bytes.
+	ReadAt(p []byte, off int64) (int, error)
+	// WriteAt writes p at off. Read-only targets return ErrReadOnly.
+	WriteAt(p []byte, off int64) (int, error)
+	// Flush makes every write acknowledged before the call durable.
+	Flush() error
+	// Size is the device size in bytes.
+	Size() int64
+}
+
+// Discarder is implemented by targets that can drop a range (TRIM/UNMAP): the range
+// reads as zeros afterwards.
+type Discarder interface {
+	Discard(off, length int64) error
+}
+
+// ZeroWriter is implemented by targets that can write zeros without a data buffer.
+// Frontends fall back to Discard, then to WriteAt with a zero buffer.
+type ZeroWriter interface {
+	WriteZeroes(off, length int64) error
+}
+
+// ReadOnlyer is implemented by targets that know they reject writes; frontends then
+// expose a read-only device.
+type ReadOnlyer interface {
+	ReadOnly() bool
+}
+
+// ErrReadOnly is returned by WriteAt and Discard of a read-only target.
+var ErrReadOnly = errors.New("blockdev: read-only target")
+
+// IsReadOnly reports whether t declares itself read-only.
+func IsReadOnly(t Target) bool {
+	r, ok := t.(ReadOnlyer)
+	return ok && r.ReadOnly()
+}

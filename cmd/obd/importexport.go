@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/obd-project/obd/image"
 	"github.com/obd-project/obd/lsmt"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
@@ -152,7 +153,7 @@ func upperIsSparse(path string) bool {
 		return false
 	}
 	defer f.Close()
-	return isSparseData(f)
+	return image.IsSparse(f)
 }
 
 // exportSparse writes only the mapped data of the image, leaving holes (and all-zero

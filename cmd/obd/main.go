@@ -51,6 +51,10 @@ func newApp() *cli.App {
 			mergeCommand(),
 			inspectCommand(),
 			exportCommand(),
+			daemonCommand(),
+			attachCommand(),
+			detachCommand(),
+			listCommand(),
 		},
 		// Errors are printed once by main, with the file and field that failed.
 		ExitErrHandler: func(*cli.Context, error) {},

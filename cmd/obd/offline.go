@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/obd-project/obd/image"
 	"github.com/obd-project/obd/layer"
 	"github.com/obd-project/obd/lsmt"
 	"github.com/obd-project/obd/zfile"
@@ -160,39 +161,7 @@ func createCommand() *cli.Command {
 
 // openWritable opens DATA (and INDEX unless the data file is sparse) read-write.
 func openWritable(dataPath, indexPath string) (*lsmt.Writable, error) {
-	data, err := os.OpenFile(dataPath, os.O_RDWR, 0)
-	if err != nil {
-		return nil, err
-	}
-	var index *os.File
-	if indexPath != "" {
-		if index, err = os.OpenFile(indexPath, os.O_RDWR, 0); err != nil && !isSparseData(data) {
-			data.Close()
-			return nil, err
-		}
-	}
-	if isSparseData(data) && index != nil {
-		index.Close()
-		index = nil
-	}
-	w, err := lsmt.OpenWritable(data, index)
-	if err != nil {
-		data.Close()
-		if index != nil {
-			index.Close()
-		}
-		return nil, err
-	}
-	return w, nil
-}
-
-func isSparseData(f *os.File) bool {
-	b := make([]byte, lsmt.HeaderSize)
-	if _, err := f.ReadAt(b, 0); err != nil {
-		return false
-	}
-	var h lsmt.HeaderTrailer
-	return h.UnmarshalBinary(b) == nil && h.IsHeader() && h.IsDataFile() && h.IsSparse()
+	return image.OpenWritable(dataPath, indexPath)
 }
 
 func commitCommand() *cli.Command {

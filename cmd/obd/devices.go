@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/obd-project/obd/config"
+	"github.com/obd-project/obd/daemon"
+	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
+)
+
+var socketFlag = &cli.StringFlag{Name: "socket", Value: daemon.DefaultSocket, Usage: "the daemon's API socket", EnvVars: []string{"OBD_SOCKET"}}
+
+func daemonCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "daemon",
+		Usage: "run the device daemon: owns every attached device, recovers them after a crash",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Value: "/etc/overlaybd/overlaybd.json", Usage: "global config (missing file: defaults)"},
+			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/obd/state", Usage: "where each device's record is kept"},
+			&cli.StringFlag{Name: "run-dir", Value: "/run/obd", Usage: "FUSE mount points"},
+			&cli.BoolFlag{Name: "no-recovery", Usage: "create ublk devices without user recovery"},
+			&cli.BoolFlag{Name: "keep-devices", Usage: "on SIGTERM, exit without detaching: ublk devices wait (quiesced) for the next daemon"},
+			socketFlag,
+		},
+		Action: func(c *cli.Context) error {
+			g, err := config.LoadGlobalConfig(c.String("config"))
+			if err != nil {
+				return err
+			}
+			m, err := daemon.NewManager(daemon.Options{StateDir: c.String("state-dir"), RunDir: c.String("run-dir"),
+				Global: g, NoRecovery: c.Bool("no-recovery"), Logger: zap.L()})
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			if err := m.Restore(ctx); err != nil {
+				return err
+			}
+			err = daemon.Serve(ctx, m, c.String("socket"))
+			if c.Bool("keep-devices") {
+				zap.L().Info("exiting, devices kept for the next daemon", zap.Int("devices", len(m.List())))
+				return err
+			}
+			return errors.Join(err, m.DetachAll())
+		},
+	}
+}
+
+func attachCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "attach",
+		Usage:     "attach an image as a block device and print the path to use",
+		ArgsUsage: "[CONFIG.json]",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "config.v1.json of the device"},
+			&cli.StringFlag{Name: "frontend", Value: "auto", Usage: "auto (ublk if /dev/ublk-control exists, else fuse), ublk or fuse"},
+			&cli.BoolFlag{Name: "foreground", Aliases: []string{"f"}, Usage: "serve in this process, without a daemon, until SIGINT/SIGTERM"},
+			&cli.StringFlag{Name: "run-dir", Value: "/run/obd", Usage: "with --foreground: where FUSE mount points go"},
+			&cli.BoolFlag{Name: "json", Usage: "print the device status as JSON after the path"},
+			socketFlag,
+		},
+		Action: func(c *cli.Context) error {
+			cfgPath := c.String("config")
+			if cfgPath == "" && c.NArg() == 1 {
+				cfgPath = c.Args().First()
+			}
+			if cfgPath == "" || c.NArg() > 1 || (c.NArg() == 1 && c.String("config") != "") {
+				return fmt.Errorf("attach: usage: obd attach --config CONFIG.json [--frontend auto|ublk|fuse] [--foreground]")
+			}
+			fe, err := daemon.ParseFrontend(c.String("frontend"))
+			if err != nil {
+				return err
+			}
+			if !c.Bool("foreground") {
+				st, err := daemon.NewClient(c.String("socket")).Attach(c.Context, absPath(cfgPath), fe)
+				if err != nil {
+					return err
+				}
+				return printAttached(st, c.Bool("json"))
+			}
+			m, err := daemon.NewManager(daemon.Options{RunDir: c.String("run-dir"), Logger: zap.L()})
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			st, err := m.Attach(ctx, cfgPath, fe)
+			if err != nil {
+				return err
+			}
+			if err := printAttached(st, c.Bool("json")); err != nil {
+				m.DetachAll()
+				return err
+			}
+			<-ctx.Done()
+			zap.L().Info("signal received, detaching", zap.String("path", st.Path))
+			return m.DetachAll()
+		},
+	}
+}
+
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}
+
+// printAttached prints the path to use as the first stdout line.
+func printAttached(st daemon.Status, asJSON bool) error {
+	if _, err := fmt.Println(st.Path); err != nil {
+		return err
+	}
+	if asJSON {
+		return json.NewEncoder(os.Stdout).Encode(st)
+	}
+	return nil
+}
+
+func detachCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "detach",
+		Usage:     "detach a device (by path or id) from the daemon",
+		ArgsUsage: "DEVICE|ID",
+		Flags:     []cli.Flag{socketFlag},
+		Action: func(c *cli.Context) error {
+			if err := needArgs(c, 1, 1); err != nil {
+				return err
+			}
+			return daemon.NewClient(c.String("socket")).Detach(c.Context, c.Args().First())
+		},
+	}
+}
+
+func listCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "list",
+		Usage: "list the daemon's devices",
+		Flags: []cli.Flag{socketFlag, &cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+		Action: func(c *cli.Context) error {
+			devs, err := daemon.NewClient(c.String("socket")).List(c.Context)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return json.NewEncoder(os.Stdout).Encode(devs)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tDEVICE\tFRONTEND\tSTATE\tSIZE\tREAD\tWRITTEN\tCONFIG")
+			for _, d := range devs {
+				state := d.State
+				if d.ReadOnly {
+					state += ",ro"
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Path, d.Frontend, state,
+					humanBytes(uint64(d.Size)), humanBytes(uint64(d.BytesRead)), humanBytes(uint64(d.BytesWritten)), d.Config)
+			}
+			return tw.Flush()
+		},
+	}
+}

@@ -1,0 +1,80 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Client talks to a daemon over its unix socket.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// NewClient returns a client of the daemon listening on socket.
+func NewClient(socket string) *Client {
+	return &Client{socket: socket, http: &http.Client{
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}},
+		Timeout: 10 * time.Minute, // an attach of a remote image may take a while
+	}}
+}
+
+func (c *Client) call(ctx context.Context, method, path string, body, out any) error {
+	var rd *bytes.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	} else {
+		rd = bytes.NewReader(nil)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://obd"+path, rd)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("obd daemon at %s: %w (is `obd daemon` running?)", c.socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e errorBody
+		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
+			return fmt.Errorf("%s", e.Error)
+		}
+		return fmt.Errorf("obd daemon: %s", resp.Status)
+	}
+	if out != nil {
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+	return nil
+}
+
+// Attach asks the daemon to attach the config.
+func (c *Client) Attach(ctx context.Context, configPath string, fe Frontend) (Status, error) {
+	var st Status
+	err := c.call(ctx, http.MethodPost, "/v1/attach", AttachRequest{Config: configPath, Frontend: fe}, &st)
+	return st, err
+}
+
+// Detach asks the daemon to detach a device by id or path.
+func (c *Client) Detach(ctx context.Context, device string) error {
+	return c.call(ctx, http.MethodPost, "/v1/detach", DetachRequest{Device: device}, nil)
+}
+
+// List returns the daemon's devices.
+func (c *Client) List(ctx context.Context) ([]Status, error) {
+	var out []Status
+	err := c.call(ctx, http.MethodGet, "/v1/list", nil, &out)
+	return out, err
+}

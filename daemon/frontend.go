@@ -1,0 +1,79 @@
+package daemon
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/obd-project/obd/blockdev"
+	"github.com/obd-project/obd/fuseblk"
+	"github.com/obd-project/obd/ublk"
+)
+
+// Frontend is how a device reaches the kernel.
+type Frontend string
+
+const (
+	FrontendAuto Frontend = "auto" // ublk when /dev/ublk-control exists, else FUSE
+	FrontendUblk Frontend = "ublk" // /dev/ublkbN
+	FrontendFUSE Frontend = "fuse" // a regular file on a FUSE mount, for `mount -o loop`
+)
+
+// ParseFrontend validates a --frontend value.
+func ParseFrontend(s string) (Frontend, error) {
+	switch f := Frontend(s); f {
+	case "", FrontendAuto:
+		return FrontendAuto, nil
+	case FrontendUblk, FrontendFUSE:
+		return f, nil
+	}
+	return "", fmt.Errorf("frontend %q: want auto, ublk or fuse", s)
+}
+
+// resolve picks the concrete frontend for auto.
+func (f Frontend) resolve() Frontend {
+	if f == FrontendAuto || f == "" {
+		if ublk.Available() {
+			return FrontendUblk
+		}
+		return FrontendFUSE
+	}
+	return f
+}
+
+// served is a live device.
+type served interface {
+	Path() string
+	Close() error
+}
+
+// FUSEImageName is the name of the image file inside a FUSE device's mount directory.
+const FUSEImageName = "image"
+
+func serveFUSE(t blockdev.Target, mountDir string) (served, error) {
+	if err := os.MkdirAll(mountDir, 0o700); err != nil {
+		return nil, err
+	}
+	m, err := fuseblk.Mount(mountDir, FUSEImageName, t, nil)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func ublkOptions(id int, recovery bool) ublk.Options {
+	o := ublk.Options{ID: uint32(id), SpecificID: true}
+	if recovery {
+		if f, err := ublk.Features(); err == nil && f&ublk.FeatureUserRecovery != 0 {
+			o.Recovery = true
+			// Requests in flight at a crash are sent again to the new server: none is lost.
+			o.RecoveryReissue = f&ublk.FeatureUserRecoveryReissue != 0
+		}
+	}
+	return o
+}
+
+func fuseMountDir(runDir string, id int) string {
+	return filepath.Join(runDir, "fuse", strconv.Itoa(id))
+}

@@ -1,0 +1,372 @@
+// Package daemon owns the devices of one host: it assembles configs into images,
+// serves them through a frontend (ublk or FUSE), keeps a record of each device in a
+// state directory, and recovers its ublk devices after a crash. The same Manager
+// serves `obd daemon` (behind a unix-socket API) and `obd attach --foreground`.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/obd-project/obd/config"
+	"github.com/obd-project/obd/image"
+	"github.com/obd-project/obd/ublk"
+	"go.uber.org/zap"
+)
+
+// Options configure a Manager.
+type Options struct {
+	// StateDir keeps one record per device ("" = no records: a foreground attach).
+	StateDir string
+	// RunDir holds FUSE mount points (default /run/obd).
+	RunDir string
+	// Global is the daemon config (overlaybd.json); nil = defaults.
+	Global *config.GlobalConfig
+	// Remote opens remote layer blobs; nil = local layers only.
+	Remote image.RemoteOpener
+	// NoRecovery creates ublk devices without user recovery.
+	NoRecovery bool
+	Logger     *zap.Logger
+}
+
+// Manager owns a set of devices. It is safe for concurrent use: attaches run in
+// parallel and hold the lock only to reserve an id.
+type Manager struct {
+	opts  Options
+	state stateDir
+	lg    *zap.Logger
+
+	mu      sync.Mutex
+	devices map[int]*device
+	pending map[int]bool // ids reserved by attaches in progress
+}
+
+type device struct {
+	rec    Record
+	img    *image.Image
+	target *countingTarget
+	srv    served
+}
+
+// Status is one device as `obd list` shows it.
+type Status struct {
+	Record
+	State        string `json:"state"`
+	BytesRead    int64  `json:"bytesRead"`
+	BytesWritten int64  `json:"bytesWritten"`
+	ReadErrors   int64  `json:"readErrors"`
+	WriteErrors  int64  `json:"writeErrors"`
+	Size         int64  `json:"size"`
+	ReadOnly     bool   `json:"readOnly"`
+}
+
+// NewManager prepares the state and run directories.
+func NewManager(opts Options) (*Manager, error) {
+	if opts.RunDir == "" {
+		opts.RunDir = "/run/obd"
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.L()
+	}
+	if opts.Global == nil {
+		opts.Global = config.DefaultGlobalConfig()
+	}
+	for _, d := range []string{opts.StateDir, opts.RunDir} {
+		if d != "" {
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return &Manager{opts: opts, state: stateDir(opts.StateDir), lg: opts.Logger,
+		devices: map[int]*device{}, pending: map[int]bool{}}, nil
+}
+
+// reserveID picks the smallest id that no device of ours, no attach in progress, no
+// state record and no kernel ublk device uses, so /dev/ublkbN has N = id.
+func (m *Manager) reserveID() (int, error) {
+	used := map[int]bool{}
+	if infos, err := ublk.List(); err == nil {
+		for _, in := range infos {
+			used[int(in.ID)] = true
+		}
+	}
+	recs, _ := m.state.load()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, r := range recs {
+		used[r.ID] = true
+	}
+	for id := 0; id < 1<<20; id++ {
+		if !used[id] && m.devices[id] == nil && !m.pending[id] {
+			m.pending[id] = true
+			return id, nil
+		}
+	}
+	return 0, errors.New("no free device id")
+}
+
+func (m *Manager) release(id int) {
+	m.mu.Lock()
+	delete(m.pending, id)
+	m.mu.Unlock()
+}
+
+// Attach assembles the config at configPath and serves it. The config's resultFile
+// receives "success" or "failed:<reason>", as the reference daemon writes it.
+func (m *Manager) Attach(ctx context.Context, configPath string, fe Frontend) (st Status, err error) {
+	var cfg *config.ImageConfig
+	defer func() {
+		if cfg != nil {
+			if werr := config.WriteResult(cfg.ResultFile, err); werr != nil {
+				m.lg.Warn("write result file", zap.Error(werr))
+			}
+		}
+	}()
+	abs, err := filepath.Abs(configPath)
+	if err != nil {
+		return st, err
+	}
+	cfg, err = config.LoadImageConfig(abs)
+	if err != nil {
+		return st, err
+	}
+	cfg.InheritDownload(m.opts.Global)
+	id, err := m.reserveID()
+	if err != nil {
+		return st, err
+	}
+	defer m.release(id)
+	img, err := image.Open(ctx, cfg, image.Options{Remote: m.opts.Remote, Logger: m.lg})
+	if err != nil {
+		return st, err
+	}
+	d := &device{img: img, target: &countingTarget{t: img},
+		rec: Record{ID: id, Config: abs, Frontend: fe.resolve(), PID: os.Getpid(), Created: time.Now().UTC()}}
+	if err := m.start(d); err != nil {
+		img.Close()
+		return st, fmt.Errorf("failed to create overlaybd device: %w", err)
+	}
+	if err := m.state.save(d.rec); err != nil {
+		d.srv.Close()
+		img.Close()
+		return st, err
+	}
+	m.mu.Lock()
+	m.devices[id] = d
+	m.mu.Unlock()
+	m.lg.Info("attached", zap.Int("id", id), zap.String("path", d.rec.Path), zap.String("config", abs), zap.String("frontend", string(d.rec.Frontend)))
+	return d.status(), nil
+}
+
+// start serves d.target through d.rec.Frontend and fills in the record's path.
+func (m *Manager) start(d *device) error {
+	switch d.rec.Frontend {
+	case FrontendUblk:
+		opts := ublkOptions(d.rec.ID, !m.opts.NoRecovery && m.opts.StateDir != "")
+		dev, err := ublk.New(d.target, opts)
+		if err != nil {
+			return err
+		}
+		d.srv, d.rec.Path, d.rec.Recovery = dev, dev.Path(), opts.Recovery
+	case FrontendFUSE:
+		d.rec.MountDir = fuseMountDir(m.opts.RunDir, d.rec.ID)
+		srv, err := serveFUSE(d.target, d.rec.MountDir)
+		if err != nil {
+			return err
+		}
+		d.srv, d.rec.Path = srv, srv.Path()
+	default:
+		return fmt.Errorf("unknown frontend %q", d.rec.Frontend)
+	}
+	return nil
+}
+
+func (d *device) status() Status {
+	return Status{Record: d.rec, State: "live", Size: d.target.Size(), ReadOnly: d.target.ReadOnly(),
+		BytesRead: d.target.read.Load(), BytesWritten: d.target.written.Load(),
+		ReadErrors: d.target.readErrs.Load(), WriteErrors: d.target.writeErrs.Load()}
+}
+
+// lookup finds a device by id ("3") or path ("/dev/ublkb3", the FUSE image file).
+func (m *Manager) lookup(ref string) (*device, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if id, err := strconv.Atoi(ref); err == nil {
+		if d := m.devices[id]; d != nil {
+			return d, nil
+		}
+	}
+	for _, d := range m.devices {
+		if d.rec.Path == ref || d.rec.MountDir == ref {
+			return d, nil
+		}
+	}
+	return nil, fmt.Errorf("no device %q", ref)
+}
+
+// Detach stops serving a device (flushing its writable layer) and forgets it.
+func (m *Manager) Detach(ref string) error {
+	d, err := m.lookup(ref)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	if m.devices[d.rec.ID] != d {
+		m.mu.Unlock()
+		return fmt.Errorf("device %q is already being detached", ref)
+	}
+	delete(m.devices, d.rec.ID)
+	m.mu.Unlock()
+	err = d.srv.Close()
+	if err != nil {
+		// Still in use (e.g. mounted): keep the device.
+		m.mu.Lock()
+		m.devices[d.rec.ID] = d
+		m.mu.Unlock()
+		return fmt.Errorf("detach %s: %w", d.rec.Path, err)
+	}
+	cerr := d.img.Close()
+	if d.rec.MountDir != "" {
+		os.Remove(d.rec.MountDir)
+	}
+	m.lg.Info("detached", zap.Int("id", d.rec.ID), zap.String("path", d.rec.Path))
+	return errors.Join(cerr, m.state.remove(d.rec.ID))
+}
+
+// List reports every device, by id.
+func (m *Manager) List() []Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Status, 0, len(m.devices))
+	for _, d := range m.devices {
+		out = append(out, d.status())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// DetachAll detaches every device (daemon shutdown, end of a foreground attach).
+func (m *Manager) DetachAll() error {
+	var errs []error
+	for _, s := range m.List() {
+		if err := m.Detach(strconv.Itoa(s.ID)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Restore runs at daemon start: devices recorded in the state directory whose server
+// died are served again (ublk devices through user recovery: the kernel kept them
+// quiesced, mounted file systems never notice; FUSE devices are mounted again), and
+// ublk devices nobody owns are deleted.
+func (m *Manager) Restore(ctx context.Context) error {
+	recs, errs := m.state.load()
+	for _, e := range errs {
+		m.lg.Warn("state", zap.Error(e))
+	}
+	for _, r := range recs {
+		if r.PID != os.Getpid() && processAlive(r.PID) && r.PID != 0 {
+			m.lg.Warn("device served by another live process, leaving it", zap.Int("id", r.ID), zap.Int("pid", r.PID))
+			continue
+		}
+		if err := m.restore(ctx, r); err != nil {
+			m.lg.Error("could not recover device", zap.Int("id", r.ID), zap.String("path", r.Path), zap.Error(err))
+			if r.Frontend == FrontendUblk {
+				ublk.Delete(uint32(r.ID))
+			}
+			m.state.remove(r.ID)
+			continue
+		}
+	}
+	if ublk.Available() {
+		deleted, err := ublk.CleanupOrphans(func(id uint32) bool {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return m.devices[int(id)] != nil
+		})
+		for _, id := range deleted {
+			m.lg.Info("deleted orphan ublk device", zap.Uint32("id", id))
+		}
+		if err != nil {
+			m.lg.Warn("orphan cleanup", zap.Error(err))
+		}
+	}
+	return nil
+}
+
+func (m *Manager) restore(ctx context.Context, r Record) error {
+	cfg, err := config.LoadImageConfig(r.Config)
+	if err != nil {
+		return err
+	}
+	cfg.InheritDownload(m.opts.Global)
+	switch r.Frontend {
+	case FrontendUblk:
+		info, err := ublk.GetInfo(uint32(r.ID))
+		if err != nil {
+			return fmt.Errorf("ublk device %d is gone: %w", r.ID, err)
+		}
+		if !r.Recovery || info.State != ublk.StateQuiesced {
+			return fmt.Errorf("ublk device %d is %s and was created without recovery=%v: cannot recover", r.ID, info.State, r.Recovery)
+		}
+	case FrontendFUSE:
+	default:
+		return fmt.Errorf("unknown frontend %q", r.Frontend)
+	}
+	img, err := image.Open(ctx, cfg, image.Options{Remote: m.opts.Remote, Logger: m.lg})
+	if err != nil {
+		return err
+	}
+	r.PID = os.Getpid()
+	d := &device{rec: r, img: img, target: &countingTarget{t: img}}
+	switch r.Frontend {
+	case FrontendUblk:
+		opts := ublkOptions(r.ID, true)
+		dev, err := ublk.Recover(uint32(r.ID), d.target, opts)
+		if err != nil {
+			img.Close()
+			return err
+		}
+		d.srv = dev
+	case FrontendFUSE:
+		srv, err := serveFUSE(d.target, r.MountDir)
+		if err != nil {
+			img.Close()
+			return err
+		}
+		d.srv, d.rec.Path = srv, srv.Path()
+	}
+	if err := m.state.save(d.rec); err != nil {
+		m.lg.Warn("state", zap.Error(err))
+	}
+	m.mu.Lock()
+	m.devices[r.ID] = d
+	m.mu.Unlock()
+	m.lg.Info("recovered device", zap.Int("id", r.ID), zap.String("path", d.rec.Path))
+	return nil
+}
+
+func processAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// A zombie is not alive: field 3 is the state.
+	if i := strings.LastIndexByte(string(b), ')'); i > 0 && i+2 < len(b) {
+		return b[i+2] != 'Z'
+	}
+	return true
+}

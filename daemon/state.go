@@ -1,0 +1,92 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Record is what the daemon keeps about a device in its state directory, one JSON
+// file per device, so that a restarted daemon can find and recover its devices.
+type Record struct {
+	ID       int       `json:"id"`
+	Config   string    `json:"config"` // absolute path of the config.v1.json
+	Frontend Frontend  `json:"frontend"`
+	Path     string    `json:"path"`               // /dev/ublkbN or the FUSE image file
+	MountDir string    `json:"mountDir,omitempty"` // FUSE mount point
+	Recovery bool      `json:"recovery,omitempty"` // ublk device created with user recovery
+	PID      int       `json:"pid"`                // the serving process
+	Created  time.Time `json:"created"`
+}
+
+type stateDir string
+
+func (d stateDir) path(id int) string { return filepath.Join(string(d), "dev-"+strconv.Itoa(id)+".json") }
+
+func (d stateDir) save(r Record) error {
+	if d == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := d.path(r.ID) + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	f, err := os.Open(tmp)
+	if err == nil {
+		f.Sync()
+		f.Close()
+	}
+	return os.Rename(tmp, d.path(r.ID))
+}
+
+func (d stateDir) remove(id int) error {
+	if d == "" {
+		return nil
+	}
+	err := os.Remove(d.path(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// load returns every readable record; unreadable files are reported and skipped.
+func (d stateDir) load() ([]Record, []error) {
+	if d == "" {
+		return nil, nil
+	}
+	ents, err := os.ReadDir(string(d))
+	if err != nil {
+		return nil, []error{err}
+	}
+	var recs []Record
+	var errs []error
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasPrefix(name, "dev-") || !strings.HasSuffix(name, ".json") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(string(d), name))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var r Record
+		if err := json.Unmarshal(b, &r); err != nil {
+			errs = append(errs, fmt.Errorf("state file %s: %w", name, err))
+			os.Remove(filepath.Join(string(d), name))
+			continue
+		}
+		recs = append(recs, r)
+	}
+	return recs, errs
+}

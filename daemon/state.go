@@ -26,7 +26,9 @@ type Record struct {
 
 type stateDir string
 
-func (d stateDir) path(id int) string { return filepath.Join(string(d), "dev-"+strconv.Itoa(id)+".json") }
+func (d stateDir) path(id int) string {
+	return filepath.Join(string(d), "dev-"+strconv.Itoa(id)+".json")
+}
 
 func (d stateDir) save(r Record) error {
 	if d == "" {

@@ -128,7 +128,7 @@ func TestOpenErrorsNameTheLayer(t *testing.T) {
 	for js, want := range map[string]string{
 		`{"lowers":[{"file":"b0.commit"},{"file":"missing.commit"}]}`:                        "failed to open layer 1",
 		`{"lowers":[{"file":"b0.commit"},{"file":"` + dir + `/corrupt.commit"}]}`:            "failed to open layer 1",
-		`{"lowers":[{"digest":"sha256:` + strings.Repeat("a", 64) + `"}]}`:                     "failed to open layer 0",
+		`{"lowers":[{"digest":"sha256:` + strings.Repeat("a", 64) + `"}]}`:                   "failed to open layer 0",
 		`{"lowers":[{"file":"b0.commit"}],"upper":{"data":"/nonexistent/d","index":"/x/i"}}`: "upper data",
 		`{"lowers":[]}`: "no virtual size",
 	} {

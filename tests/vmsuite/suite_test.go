@@ -231,7 +231,7 @@ func TestWritableUpperAndCommit(t *testing.T) {
 		files[fmt.Sprintf("f%02d", i)] = bytes.Repeat([]byte{byte(i), byte(i * 7), 'x'}, 10000*(i+1))
 	}
 	dev := d.attach(t, cfg)
-	must(t, "/sbin/mkfs.ext4", "-q", "-F", dev)
+	must(t, "mkfs.ext4", "-q", "-F", dev)
 	must(t, "mount", dev, mnt)
 	for n, b := range files {
 		if err := os.WriteFile(filepath.Join(mnt, n), b, 0o644); err != nil {
@@ -271,7 +271,7 @@ func TestCrashRecovery(t *testing.T) {
 	dev := d.attach(t, cfg)
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
-	must(t, "/sbin/mkfs.ext4", "-q", "-F", dev)
+	must(t, "mkfs.ext4", "-q", "-F", dev)
 	must(t, "mount", dev, mnt)
 
 	content := func(i int) []byte { return bytes.Repeat([]byte(fmt.Sprintf("file %d ", i)), 4000) }

@@ -1,0 +1,140 @@
+package zfile
+
+import (
+	"bytes"
+	"io"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// benchFiles writes size bytes of compressible data raw and as an LZ4 ZFile into a
+// temp dir and returns both open files.
+func benchFiles(b *testing.B, size int) (raw, zf *os.File) {
+	b.Helper()
+	dir := b.TempDir()
+	src := testData(99, size, true)
+	rawPath, zPath := filepath.Join(dir, "raw"), filepath.Join(dir, "zfile")
+	if err := os.WriteFile(rawPath, src, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	out, err := os.Create(zPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := Compress(out, bytes.NewReader(src), Options{}); err != nil {
+		b.Fatal(err)
+	}
+	out.Close()
+	if raw, err = os.Open(rawPath); err != nil {
+		b.Fatal(err)
+	}
+	if zf, err = os.Open(zPath); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { raw.Close(); zf.Close() })
+	return raw, zf
+}
+
+// timeLoop runs fn n times and returns the time per call.
+func timeLoop(n int, fn func(i int)) time.Duration {
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		fn(i)
+	}
+	return time.Since(start) / time.Duration(n)
+}
+
+// interleave runs fa and fb n times each, alternating in chunks so that load from
+// other processes affects both alike, and returns the time per call of each.
+func interleave(n int, fa, fb func(i int)) (ta, tb time.Duration) {
+	const chunk = 256
+	for i := 0; i < n; i += chunk {
+		k := min(chunk, n-i)
+		ta += timeLoop(k, func(j int) { fa(i + j) }) * time.Duration(k)
+		tb += timeLoop(k, func(j int) { fb(i + j) }) * time.Duration(k)
+	}
+	return ta / time.Duration(n), tb / time.Duration(n)
+}
+
+// BenchmarkRandomRead4K: random aligned 4 KiB reads through the ZFile reader versus
+// pread of the same bytes from the uncompressed file (both in the page cache).
+func BenchmarkRandomRead4K(b *testing.B) {
+	const size = 64 << 20
+	raw, zf := benchFiles(b, size)
+	st, _ := zf.Stat()
+	z, err := Open(zf, st.Size(), WithName(zf.Name()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	offs := make([]int64, 4096)
+	rng := rand.New(rand.NewSource(1))
+	for i := range offs {
+		offs[i] = rng.Int63n(size/4096) * 4096
+	}
+	p := make([]byte, 4096)
+	b.ResetTimer()
+	base, zt := interleave(b.N, func(i int) { raw.ReadAt(p, offs[i%len(offs)]) }, func(i int) {
+		if _, err := z.ReadAt(p, offs[i%len(offs)]); err != nil {
+			b.Fatal(err)
+		}
+	})
+	b.ReportMetric(float64(base.Nanoseconds()), "ns/pread")
+	b.ReportMetric(float64(zt.Nanoseconds()), "ns/zfile-read")
+	b.ReportMetric(float64(zt)/float64(base), "x-vs-baseline")
+}
+
+// BenchmarkSequentialRead512 justifies the block cache: 512-byte sequential reads
+// decompress each 4 KiB block once with it, eight times without.
+func BenchmarkSequentialRead512(b *testing.B) {
+	const size = 8 << 20
+	_, zf := benchFiles(b, size)
+	st, _ := zf.Stat()
+	cached, _ := Open(zf, st.Size())
+	uncached, _ := Open(zf, st.Size(), WithBlockCache(0))
+	p := make([]byte, 512)
+	b.ResetTimer()
+	read := func(z *Reader) func(int) {
+		return func(i int) {
+			if _, err := z.ReadAt(p, int64(i*512)%size); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	base, ct := interleave(b.N, read(uncached), read(cached))
+	b.ReportMetric(float64(base.Nanoseconds()), "ns/uncached")
+	b.ReportMetric(float64(ct.Nanoseconds()), "ns/cached")
+	b.ReportMetric(float64(base)/float64(ct), "speedup-x")
+}
+
+// BenchmarkCompress: compression throughput with 2 workers versus 1 (the baseline),
+// for both algorithms, on 16 MiB of compressible data.
+func BenchmarkCompress(b *testing.B) {
+	src := append(testData(98, 12<<20, true), testData(97, 4<<20, false)...)
+	for _, algo := range []Algorithm{LZ4, Zstd} {
+		b.Run(algo.String(), func(b *testing.B) {
+			compress := func(workers int) {
+				if _, err := Compress(io.Discard, bytes.NewReader(src), Options{Algorithm: algo, Workers: workers}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.SetBytes(int64(len(src)))
+			// Interleave the runs so that load from other processes hits both alike.
+			var one, two time.Duration
+			for i := 0; i < b.N; i++ {
+				one += timeLoop(1, func(int) { compress(1) })
+				two += timeLoop(1, func(int) { compress(2) })
+			}
+			one /= time.Duration(b.N)
+			two /= time.Duration(b.N)
+			mbps := func(d time.Duration) float64 { return float64(len(src)) / d.Seconds() / 1e6 }
+			b.ReportMetric(mbps(one), "MB/s-1worker")
+			b.ReportMetric(mbps(two), "MB/s-2workers")
+			b.ReportMetric(float64(one)/float64(two), "x-vs-baseline")
+			b.ReportMetric(float64(runtime.GOMAXPROCS(0)), "cpus")
+		})
+	}
+}

@@ -52,6 +52,13 @@ type served interface {
 const FUSEImageName = "image"
 
 func serveFUSE(t blockdev.Target, mountDir string) (served, error) {
+	if err := os.MkdirAll(filepath.Dir(mountDir), 0o700); err != nil {
+		return nil, err
+	}
+	// A dead daemon's mount answers ENOTCONN, which even MkdirAll trips over.
+	if _, err := fuseblk.CleanupStale(mountDir); err != nil {
+		return nil, fmt.Errorf("stale mount at %s: %w", mountDir, err)
+	}
 	if err := os.MkdirAll(mountDir, 0o700); err != nil {
 		return nil, err
 	}

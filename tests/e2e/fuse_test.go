@@ -152,3 +152,46 @@ func TestForegroundWritable(t *testing.T) {
 		}
 	}
 }
+
+// TestOverlaybdAttachAndDaemonRestart drives the daemon with overlaybd-attach, kills the
+// daemon with SIGKILL, and checks that a restarted daemon serves the device again at the
+// same path from its state directory.
+func TestOverlaybdAttachAndDaemonRestart(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	cfg := helloConfig(t, dir, "")
+	d := startDaemon(t, dir)
+	attach := func(args ...string) (string, error) {
+		return run(t, time.Minute, bin("overlaybd-attach"), append([]string{"--socket", d.socket, "--frontend", "fuse"}, args...)...)
+	}
+	out, err := attach(cfg)
+	if err != nil {
+		t.Fatalf("overlaybd-attach: %v\n%s", err, out)
+	}
+	img := firstLine(out)
+	if !strings.HasSuffix(img, "/image") {
+		t.Fatalf("overlaybd-attach printed %q", img)
+	}
+	d.kill()
+	// The FUSE mount of the dead daemon is gone: reading fails until the restart.
+	d.start(t)
+	list, err := d.obd(t, "list", "--json")
+	if err != nil || !strings.Contains(list, img) {
+		t.Fatalf("restarted daemon does not list %s: %v\n%s\n%s", img, err, list, d.logText())
+	}
+	mnt := filepath.Join(dir, "mnt")
+	os.Mkdir(mnt, 0o755)
+	mustRun(t, "mount", "-t", "ext4", "-o", "loop,ro", img, mnt)
+	if got := fileSHA(t, filepath.Join(mnt, "hello")); got != helloSHA {
+		t.Errorf("/hello after daemon restart: sha256 %s", got)
+	}
+	mustRun(t, "umount", mnt)
+	time.Sleep(300 * time.Millisecond)
+	if out, err := attach("--detach", img); err != nil {
+		t.Fatalf("overlaybd-attach --detach: %v\n%s", err, out)
+	}
+	if _, err := attach(filepath.Join(dir, "missing.json")); err == nil {
+		t.Error("overlaybd-attach of a missing config succeeded")
+	}
+	d.stop(t)
+}

@@ -1,0 +1,82 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func TestStateDirRoundTrip(t *testing.T) {
+	d := stateDir(t.TempDir())
+	recs := []Record{
+		{ID: 0, Config: "/a/config.v1.json", Frontend: FrontendUblk, Path: "/dev/ublkb0", Recovery: true, PID: 42, Created: time.Unix(1, 0).UTC()},
+		{ID: 7, Config: "/b/config.v1.json", Frontend: FrontendFUSE, Path: "/run/obd/fuse/7/image", MountDir: "/run/obd/fuse/7"},
+	}
+	for _, r := range recs {
+		if err := d.save(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A corrupt record is reported and dropped, never fatal.
+	os.WriteFile(filepath.Join(string(d), "dev-9.json"), []byte("{not json"), 0o600)
+	got, errs := d.load()
+	if len(got) != 2 || len(errs) != 1 {
+		t.Fatalf("load: %d records, errors %v", len(got), errs)
+	}
+	if got[0] != recs[0] || got[1] != recs[1] {
+		t.Fatalf("load: %+v", got)
+	}
+	if _, err := os.Stat(filepath.Join(string(d), "dev-9.json")); !os.IsNotExist(err) {
+		t.Error("corrupt record not removed")
+	}
+	if err := d.remove(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.remove(0); err != nil {
+		t.Fatal("second remove:", err)
+	}
+	if got, _ := d.load(); len(got) != 1 || got[0].ID != 7 {
+		t.Fatalf("after remove: %+v", got)
+	}
+}
+
+func TestParseFrontend(t *testing.T) {
+	for in, want := range map[string]Frontend{"": FrontendAuto, "auto": FrontendAuto, "ublk": FrontendUblk, "fuse": FrontendFUSE} {
+		if got, err := ParseFrontend(in); err != nil || got != want {
+			t.Errorf("ParseFrontend(%q) = %q, %v", in, got, err)
+		}
+	}
+	if _, err := ParseFrontend("nbd"); err == nil {
+		t.Error("nbd accepted")
+	}
+}
+
+func TestProcessAlive(t *testing.T) {
+	if !processAlive(os.Getpid()) {
+		t.Error("this process is not alive")
+	}
+	if processAlive(0) || processAlive(-1) || processAlive(1<<30) {
+		t.Error("impossible pid alive")
+	}
+}
+
+func TestReserveIDSkipsUsed(t *testing.T) {
+	m, err := NewManager(Options{StateDir: t.TempDir(), RunDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.state.save(Record{ID: 0})
+	a, err := m.reserveID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := m.reserveID()
+	if a == 0 || b == 0 || a == b {
+		t.Fatalf("ids %d, %d: want distinct and not 0 (recorded)", a, b)
+	}
+	m.release(a)
+	if c, _ := m.reserveID(); c != a {
+		t.Fatalf("released id %d not reused (got %d)", a, c)
+	}
+}

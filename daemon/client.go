@@ -68,8 +68,8 @@ func (c *Client) Attach(ctx context.Context, configPath string, fe Frontend) (St
 }
 
 // Detach asks the daemon to detach a device by id or path.
-func (c *Client) Detach(ctx context.Context, device string) error {
-	return c.call(ctx, http.MethodPost, "/v1/detach", DetachRequest{Device: device}, nil)
+func (c *Client) Detach(ctx context.Context, device string, force bool) error {
+	return c.call(ctx, http.MethodPost, "/v1/detach", DetachRequest{Device: device, Force: force}, nil)
 }
 
 // List returns the daemon's devices.

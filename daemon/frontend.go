@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"github.com/obd-project/obd/blockdev"
 	"github.com/obd-project/obd/fuseblk"
 	"github.com/obd-project/obd/ublk"
+	"golang.org/x/sys/unix"
 )
 
 // Frontend is how a device reaches the kernel.
@@ -83,4 +85,17 @@ func ublkOptions(id int, recovery bool) ublk.Options {
 
 func fuseMountDir(runDir string, id int) string {
 	return filepath.Join(runDir, "fuse", strconv.Itoa(id))
+}
+
+// blockDeviceBusy reports an error when path is mounted or held open exclusively: the
+// kernel refuses an O_EXCL open of such a block device with EBUSY.
+func blockDeviceBusy(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	if err == unix.EBUSY {
+		return errors.New("device is in use (mounted or held open)")
+	}
+	if err == nil {
+		unix.Close(fd)
+	}
+	return nil
 }

@@ -213,11 +213,17 @@ func (m *Manager) lookup(ref string) (*device, error) {
 	return nil, fmt.Errorf("no device %q", ref)
 }
 
-// Detach stops serving a device (flushing its writable layer) and forgets it.
-func (m *Manager) Detach(ref string) error {
+// Detach stops serving a device (flushing its writable layer) and forgets it. A ublk
+// device that is mounted (or otherwise held exclusively) is refused unless force.
+func (m *Manager) Detach(ref string, force bool) error {
 	d, err := m.lookup(ref)
 	if err != nil {
 		return err
+	}
+	if d.rec.Frontend == FrontendUblk && !force {
+		if err := blockDeviceBusy(d.rec.Path); err != nil {
+			return fmt.Errorf("detach %s: %w (unmount it first, or force)", d.rec.Path, err)
+		}
 	}
 	m.mu.Lock()
 	if m.devices[d.rec.ID] != d {
@@ -258,7 +264,7 @@ func (m *Manager) List() []Status {
 func (m *Manager) DetachAll() error {
 	var errs []error
 	for _, s := range m.List() {
-		if err := m.Detach(strconv.Itoa(s.ID)); err != nil {
+		if err := m.Detach(strconv.Itoa(s.ID), false); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -27,6 +27,7 @@ type AttachRequest struct {
 // DetachRequest is the body of POST /v1/detach: a device id or path.
 type DetachRequest struct {
 	Device string `json:"device"`
+	Force  bool   `json:"force,omitempty"` // detach even if mounted
 }
 
 type errorBody struct {
@@ -77,7 +78,7 @@ func Serve(ctx context.Context, m *Manager, socket string) error {
 			reply(w, http.StatusBadRequest, errorBody{"body: want {\"device\": \"ID or path\"}"})
 			return
 		}
-		if err := m.Detach(req.Device); err != nil {
+		if err := m.Detach(req.Device, req.Force); err != nil {
 			reply(w, http.StatusConflict, errorBody{err.Error()})
 			return
 		}

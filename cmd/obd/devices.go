@@ -132,12 +132,12 @@ func detachCommand() *cli.Command {
 		Name:      "detach",
 		Usage:     "detach a device (by path or id) from the daemon",
 		ArgsUsage: "DEVICE|ID",
-		Flags:     []cli.Flag{socketFlag},
+		Flags:     []cli.Flag{socketFlag, &cli.BoolFlag{Name: "force", Usage: "detach even if the device is mounted (its users get I/O errors)"}},
 		Action: func(c *cli.Context) error {
 			if err := needArgs(c, 1, 1); err != nil {
 				return err
 			}
-			return daemon.NewClient(c.String("socket")).Detach(c.Context, c.Args().First())
+			return daemon.NewClient(c.String("socket")).Detach(c.Context, c.Args().First(), c.Bool("force"))
 		},
 	}
 }

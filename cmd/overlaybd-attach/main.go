@@ -31,7 +31,7 @@ func main() {
 			flag.Usage()
 			os.Exit(2)
 		}
-		if err := cl.Detach(ctx, *detach); err != nil {
+		if err := cl.Detach(ctx, *detach, false); err != nil {
 			fmt.Fprintf(os.Stderr, "overlaybd-attach: %v\n", err)
 			os.Exit(1)
 		}

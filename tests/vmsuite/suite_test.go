@@ -206,6 +206,9 @@ func TestGoldenHelloWorld(t *testing.T) {
 	if out, err := d.obd("list"); err != nil || !strings.Contains(out, stack) {
 		t.Errorf("list: %v\n%s", err, out)
 	}
+	if out, err := d.obd("detach", stack); err == nil {
+		t.Errorf("detach of a mounted device succeeded: %s", out)
+	}
 	must(t, "umount", mnt)
 	for _, p := range []string{only, stack} {
 		if out, err := d.obd("detach", p); err != nil {

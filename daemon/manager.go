@@ -44,6 +44,8 @@ type Manager struct {
 	state stateDir
 	lg    *zap.Logger
 
+	metrics *metrics
+
 	mu      sync.Mutex
 	devices map[int]*device
 	pending map[int]bool // ids reserved by attaches in progress
@@ -86,7 +88,7 @@ func NewManager(opts Options) (*Manager, error) {
 			}
 		}
 	}
-	return &Manager{opts: opts, state: stateDir(opts.StateDir), lg: opts.Logger,
+	return &Manager{opts: opts, state: stateDir(opts.StateDir), lg: opts.Logger, metrics: newMetrics(),
 		devices: map[int]*device{}, pending: map[int]bool{}}, nil
 }
 
@@ -124,7 +126,14 @@ func (m *Manager) release(id int) {
 // receives "success" or "failed:<reason>", as the reference daemon writes it.
 func (m *Manager) Attach(ctx context.Context, configPath string, fe Frontend) (st Status, err error) {
 	var cfg *config.ImageConfig
+	start := time.Now()
 	defer func() {
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		m.metrics.attaches.WithLabelValues(string(fe.resolve()), result).Inc()
+		m.metrics.attachDuration.Observe(time.Since(start).Seconds())
 		if cfg != nil {
 			if werr := config.WriteResult(cfg.ResultFile, err); werr != nil {
 				m.lg.Warn("write result file", zap.Error(werr))
@@ -244,6 +253,7 @@ func (m *Manager) Detach(ref string, force bool) error {
 	if d.rec.MountDir != "" {
 		os.Remove(d.rec.MountDir)
 	}
+	m.metrics.detaches.Inc()
 	m.lg.Info("detached", zap.Int("id", d.rec.ID), zap.String("path", d.rec.Path))
 	return errors.Join(cerr, m.state.remove(d.rec.ID))
 }
@@ -358,6 +368,7 @@ func (m *Manager) restore(ctx context.Context, r Record) error {
 	m.mu.Lock()
 	m.devices[r.ID] = d
 	m.mu.Unlock()
+	m.metrics.recovered.Inc()
 	m.lg.Info("recovered device", zap.Int("id", r.ID), zap.String("path", d.rec.Path))
 	return nil
 }

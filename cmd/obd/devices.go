@@ -29,6 +29,7 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "run-dir", Value: "/run/obd", Usage: "FUSE mount points"},
 			&cli.BoolFlag{Name: "no-recovery", Usage: "create ublk devices without user recovery"},
 			&cli.BoolFlag{Name: "keep-devices", Usage: "on SIGTERM, exit without detaching: ublk devices wait (quiesced) for the next daemon"},
+			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at this address (default: exporterConfig.port when exporterConfig.enable)"},
 			socketFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -45,6 +46,20 @@ func daemonCommand() *cli.Command {
 			defer stop()
 			if err := m.Restore(ctx); err != nil {
 				return err
+			}
+			addr, path := c.String("metrics-addr"), g.ExporterConfig.URIPrefix
+			if addr == "" && g.ExporterConfig.Enable {
+				addr = fmt.Sprintf(":%d", g.ExporterConfig.Port)
+			}
+			if path == "" {
+				path = "/metrics"
+			}
+			if addr != "" {
+				go func() {
+					if err := daemon.ServeMetrics(ctx, m, addr, path); err != nil {
+						zap.L().Error("metrics server", zap.Error(err))
+					}
+				}()
 			}
 			err = daemon.Serve(ctx, m, c.String("socket"))
 			if c.Bool("keep-devices") {

@@ -136,15 +136,16 @@ func fileSHA(t *testing.T, p string) string {
 // daemonProc is a running `obd daemon` with private directories.
 type daemonProc struct {
 	cmd      *exec.Cmd
+	extra    []string // more daemon flags
 	socket   string
 	stateDir string
 	runDir   string
 	log      *os.File
 }
 
-func startDaemon(t *testing.T, root string) *daemonProc {
+func startDaemon(t *testing.T, root string, extra ...string) *daemonProc {
 	t.Helper()
-	d := &daemonProc{socket: filepath.Join(root, "obd.sock"), stateDir: filepath.Join(root, "state"), runDir: filepath.Join(root, "run")}
+	d := &daemonProc{socket: filepath.Join(root, "obd.sock"), stateDir: filepath.Join(root, "state"), runDir: filepath.Join(root, "run"), extra: extra}
 	d.start(t)
 	return d
 }
@@ -156,8 +157,9 @@ func (d *daemonProc) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.log = log
-	d.cmd = exec.Command(bin("obd"), "--log-level", "debug", "daemon", "--config", "/nonexistent/overlaybd.json",
-		"--socket", d.socket, "--state-dir", d.stateDir, "--run-dir", d.runDir)
+	args := append([]string{"--log-level", "debug", "daemon", "--config", "/nonexistent/overlaybd.json",
+		"--socket", d.socket, "--state-dir", d.stateDir, "--run-dir", d.runDir}, d.extra...)
+	d.cmd = exec.Command(bin("obd"), args...)
 	d.cmd.Stdout, d.cmd.Stderr = log, log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

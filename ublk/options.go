@@ -1,0 +1,81 @@
+package ublk
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+)
+
+// Defaults for the zero Options.
+const (
+	DefaultDepth      = 128
+	DefaultMaxIOBytes = 512 << 10
+	DefaultMaxQueues  = 4
+	DefaultWorkers    = 16
+)
+
+// Options configure a device. The zero value is a good default.
+type Options struct {
+	// Queues is the number of hardware queues, each served by its own locked OS
+	// thread and io_uring. 0 means min(GOMAXPROCS, DefaultMaxQueues). The kernel
+	// clamps it to the number of CPUs.
+	Queues int
+	// Depth is the number of tags (in-flight requests) per queue: 1..4096, 0 = DefaultDepth.
+	Depth int
+	// MaxIOBytes is the largest request and the per-tag buffer size: a multiple of
+	// the page size up to 32 MiB, 0 = DefaultMaxIOBytes.
+	MaxIOBytes int
+	// ID asks for /dev/ublkb<ID> when SpecificID is set; otherwise the kernel picks.
+	ID         uint32
+	SpecificID bool
+	// InThread runs Target calls on the queue thread itself. Otherwise each queue
+	// hands requests to Workers goroutines and completes them through its ring,
+	// so a slow Target call does not stall the queue's other tags.
+	InThread bool
+	// Workers per queue when !InThread; 0 = DefaultWorkers (capped at Depth).
+	Workers int
+	// Recovery sets UBLK_F_USER_RECOVERY: if this process dies the device is
+	// quiesced (I/O waits) instead of removed, and Recover can serve it again.
+	Recovery bool
+	// RecoveryReissue (with Recovery) re-sends requests that were in flight at the
+	// crash to the new server; writes may then be applied twice.
+	RecoveryReissue bool
+	// NoAffinity skips pinning each queue thread to the CPUs blk-mq maps to it.
+	NoAffinity bool
+}
+
+func (o Options) withDefaults() Options {
+	if o.Queues == 0 {
+		o.Queues = min(runtime.GOMAXPROCS(0), DefaultMaxQueues)
+	}
+	if o.Depth == 0 {
+		o.Depth = DefaultDepth
+	}
+	if o.MaxIOBytes == 0 {
+		o.MaxIOBytes = DefaultMaxIOBytes
+	}
+	if o.Workers == 0 {
+		o.Workers = min(DefaultWorkers, o.Depth)
+	}
+	return o
+}
+
+// validate checks o after withDefaults.
+func (o Options) validate() error {
+	page := os.Getpagesize()
+	switch {
+	case o.Queues < 1 || o.Queues > maxQueues:
+		return fmt.Errorf("ublk: Options.Queues = %d, want 1..%d", o.Queues, maxQueues)
+	case o.Depth < 1 || o.Depth > maxDepth:
+		return fmt.Errorf("ublk: Options.Depth = %d, want 1..%d", o.Depth, maxDepth)
+	case o.MaxIOBytes < page || o.MaxIOBytes > 32<<20 || o.MaxIOBytes%page != 0:
+		return fmt.Errorf("ublk: Options.MaxIOBytes = %d, want a multiple of %d in [%d, %d]", o.MaxIOBytes, page, page, 32<<20)
+	case o.Workers < 0:
+		return fmt.Errorf("ublk: Options.Workers = %d, want >= 0", o.Workers)
+	case o.RecoveryReissue && !o.Recovery:
+		return fmt.Errorf("ublk: Options.RecoveryReissue needs Options.Recovery")
+	case o.SpecificID && o.ID >= 1<<20:
+		return fmt.Errorf("ublk: Options.ID = %d, want < %d", o.ID, 1<<20)
+	}
+	return nil
+}

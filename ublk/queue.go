@@ -1,0 +1,263 @@
+package ublk
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// eventUserData marks the CQE of the eventfd read that wakes a queue thread
+// when workers have finished requests (or the queue is abandoned). Tag CQEs carry the tag (< 4096).
+const eventUserData = 1 << 32
+
+// queue is one hardware queue: one locked OS thread, one io_uring, depth tags,
+// each with its own buffer in an anonymous mmap (the GC never moves it).
+type queue struct {
+	id      int
+	depth   int
+	bufSize int
+	cdevFd  int
+	legacy  bool
+	be      *backend
+	cpus    *unix.CPUSet
+	descs   []byte // read-only mmap of the kernel's ublksrv_io_desc array
+	bufs    []byte // depth*bufSize tag buffers, then 8 bytes for the eventfd read
+	ring    *ring
+	exited  chan struct{} // closed when run returns; err is then set
+	err     error
+
+	// Worker mode (workers.go): requests go to an idle worker or the backlog;
+	// finished ones come back via completed and a write to efd, whose pending
+	// READ on the ring wakes the queue thread. mu guards idle, backlog,
+	// completed and signalled.
+	workers   int
+	pool      []*worker
+	idle      []*worker
+	backlog   []uint16
+	stopping  atomic.Bool
+	workersWG sync.WaitGroup
+	efd       int
+	mu        sync.Mutex
+	completed []completion
+	quit      atomic.Bool
+	served    atomic.Uint64 // requests received, for QueueRequests
+	spare     []completion  // owned by the queue thread between swaps
+	signalled bool
+}
+
+type completion struct {
+	tag    uint16
+	result int32
+}
+
+func (q *queue) desc(tag uint16) ioDesc {
+	return *(*ioDesc)(unsafe.Pointer(&q.descs[int(tag)*descSize]))
+}
+
+func (q *queue) buf(tag uint16) []byte {
+	return q.bufs[int(tag)*q.bufSize : (int(tag)+1)*q.bufSize : (int(tag)+1)*q.bufSize]
+}
+
+// mapQueue maps queue qid's descriptors and allocates its buffers.
+func mapQueue(q *queue) error {
+	page := os.Getpagesize()
+	var err error
+	q.descs, err = unix.Mmap(q.cdevFd, descMmapOffset(q.id, page), descMmapLen(q.depth, page), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return fmt.Errorf("ublk: queue %d: mmap descriptors: %w", q.id, err)
+	}
+	q.bufs, err = unix.Mmap(-1, 0, q.depth*q.bufSize+page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		unix.Munmap(q.descs)
+		q.descs = nil
+		return fmt.Errorf("ublk: queue %d: mmap %d buffer bytes: %w", q.id, q.depth*q.bufSize, err)
+	}
+	if q.efd, err = unix.Eventfd(0, unix.EFD_CLOEXEC); err != nil {
+		q.efd = -1
+		q.unmap()
+		return fmt.Errorf("ublk: queue %d: eventfd: %w", q.id, err)
+	}
+	return nil
+}
+
+func (q *queue) unmap() {
+	if q.descs != nil {
+		unix.Munmap(q.descs)
+		q.descs = nil
+	}
+	if q.bufs != nil {
+		unix.Munmap(q.bufs)
+		q.bufs = nil
+	}
+	if q.efd >= 0 {
+		unix.Close(q.efd)
+		q.efd = -1
+	}
+}
+
+// newQueueRing prefers SINGLE_ISSUER|DEFER_TASKRUN (task work runs only when
+// this thread enters the kernel, which it does anyway), then COOP_TASKRUN.
+func newQueueRing(entries uint32) (*ring, error) {
+	var err error
+	for _, flags := range []uint32{ioringSetupSingleIssuer | ioringSetupDeferTaskrun, ioringSetupCoopTaskrun, 0} {
+		var r *ring
+		if r, err = newRing(entries, flags); err == nil {
+			return r, nil
+		}
+		if !errors.Is(err, unix.EINVAL) {
+			break
+		}
+	}
+	return nil, err
+}
+
+func (q *queue) queueCmd(nr uint32, tag uint16, result int32) error {
+	s, err := q.ring.getSQE()
+	if err != nil {
+		return err
+	}
+	s.Opcode = ioringOpURingCmd
+	s.Flags = iosqeFixedFile
+	s.Fd = 0 // index 0 of the registered files: /dev/ublkcN
+	s.Off = uint64(ioOp(nr, q.legacy))
+	s.UserData = uint64(tag)
+	c := (*ioCmd)(cmdArea(s))
+	c.QID = uint16(q.id)
+	c.Tag = tag
+	c.Result = result
+	c.Addr = uint64(uintptr(unsafe.Pointer(&q.buf(tag)[0])))
+	return nil
+}
+
+// armEvent queues a read of the eventfd counter into the 8 bytes after the tag buffers.
+func (q *queue) armEvent() error {
+	s, err := q.ring.getSQE()
+	if err != nil {
+		return err
+	}
+	s.Opcode = ioringOpRead
+	s.Fd = int32(q.efd)
+	s.Addr = uint64(uintptr(unsafe.Pointer(&q.bufs[q.depth*q.bufSize])))
+	s.Len = 8
+	s.Off = ^uint64(0) // current file position (eventfds have none)
+	s.UserData = eventUserData
+	return nil
+}
+
+func (q *queue) wake() {
+	one := [8]byte{1}
+	unix.Write(q.efd, one[:])
+}
+
+// abandon makes the queue thread return without waiting for the kernel to abort
+// its tags: for a device that never started, where STOP_DEV aborts nothing.
+// Closing the ring then cancels the pending FETCHes.
+func (q *queue) abandon() {
+	q.quit.Store(true)
+	q.wake()
+}
+
+// run is the queue thread. It must own its OS thread for the queue's whole life:
+// the kernel binds the queue to the task that issued its FETCH_REQs and rejects
+// commands from any other. ready gets nil once every FETCH is submitted (or the
+// setup error); the return value is the error that ended serving, if any.
+func (q *queue) run(ready chan<- error) error {
+	runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+	// Memory reclaim must not wait on writeback to our own device while we serve it.
+	_ = unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0)
+	if q.cpus != nil {
+		_ = unix.SchedSetaffinity(0, q.cpus) // best effort: a cgroup may forbid these CPUs
+	}
+	setup := func() error {
+		var err error
+		if q.ring, err = newQueueRing(ringSize(uint32(q.depth) + 1)); err != nil {
+			return err
+		}
+		if err = q.ring.registerFiles([]int32{int32(q.cdevFd)}); err != nil {
+			return err
+		}
+		for t := 0; t < q.depth; t++ {
+			if err = q.queueCmd(nrFetchReq, uint16(t), 0); err != nil {
+				return err
+			}
+		}
+		if err = q.armEvent(); err != nil {
+			return err
+		}
+		return q.ring.submit(0)
+	}
+	if err := setup(); err != nil {
+		if q.ring != nil {
+			q.ring.close()
+		}
+		ready <- fmt.Errorf("ublk: queue %d: %w", q.id, err)
+		return nil
+	}
+	ready <- nil
+	defer q.ring.close()
+	if q.workers > 0 {
+		q.startWorkers(q.workers)
+		defer q.stopWorkers()
+	}
+	live := q.depth // tags not yet aborted by the kernel
+	var loopErr error
+	handle := func(c cqe) {
+		if loopErr != nil {
+			return
+		}
+		if c.UserData == eventUserData {
+			if q.quit.Load() {
+				loopErr = errAbandoned
+				return
+			}
+			if c.Res < 0 { // re-arming would spin on the same error
+				loopErr = fmt.Errorf("ublk: queue %d: eventfd read: %w", q.id, unix.Errno(-c.Res))
+				return
+			}
+			q.mu.Lock()
+			done := q.completed
+			q.completed, q.spare = q.spare[:0], nil // swap buffers: workers never see done again
+			q.signalled = false
+			q.mu.Unlock()
+			for _, d := range done {
+				if loopErr = q.queueCmd(nrCommitAndFetch, d.tag, d.result); loopErr != nil {
+					return
+				}
+			}
+			q.spare = done
+			loopErr = q.armEvent()
+			return
+		}
+		tag := uint16(c.UserData)
+		switch {
+		case c.Res == -int32(unix.ENODEV): // UBLK_IO_RES_ABORT: the queue is going away
+			live--
+		case c.Res < 0:
+			loopErr = fmt.Errorf("ublk: queue %d tag %d: %w", q.id, tag, unix.Errno(-c.Res))
+		case q.workers > 0:
+			q.served.Add(1)
+			q.dispatch(tag)
+		default:
+			q.served.Add(1)
+			loopErr = q.queueCmd(nrCommitAndFetch, tag, q.be.serve(q.desc(tag), q.buf(tag)))
+		}
+	}
+	for live > 0 && loopErr == nil {
+		if err := q.ring.submit(1); err != nil {
+			return fmt.Errorf("ublk: queue %d: %w", q.id, err)
+		}
+		q.ring.reap(handle)
+	}
+	if loopErr == errAbandoned {
+		return nil
+	}
+	return loopErr
+}
+
+var errAbandoned = errors.New("ublk: queue abandoned")

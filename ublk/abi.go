@@ -149,7 +149,6 @@ const (
 )
 
 const (
-	ioResOK    = 0
 	maxDepth   = 4096 // UBLK_MAX_QUEUE_DEPTH: sizes each queue's slot in the descriptor mmap
 	maxQueues  = 4096
 	descSize   = 24

@@ -112,6 +112,14 @@ func Recover(id uint32, t blockdev.Target, opts Options) (*Device, error) {
 		c.close()
 		return nil, fmt.Errorf("ublk: recover device %d: created without USER_RECOVERY (flags %s)", id, FeatureString(info.Flags))
 	}
+	if State(info.State) == StateLive && processAlive(int(info.ServerPID)) {
+		c.close()
+		return nil, fmt.Errorf("ublk: recover device %d: it is LIVE, served by pid %d", id, info.ServerPID)
+	}
+	if State(info.State) == StateDead {
+		c.close()
+		return nil, fmt.Errorf("ublk: recover device %d: it is DEAD (stopped), not quiesced", id)
+	}
 	be := newBackend(t)
 	p, err := c.getParams(id)
 	if err != nil {

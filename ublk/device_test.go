@@ -796,3 +796,16 @@ func TestCleanupOrphansSparesDeviceInSetup(t *testing.T) {
 		t.Fatalf("deleted %v; want %d (dead creator) but not %d (live creator)", deleted, orphan, mine)
 	}
 }
+
+func TestRecoverRefusals(t *testing.T) {
+	requireUblk(t)
+	m := newMemTarget(1 << 20)
+	dev := newDevice(t, m, Options{Queues: 1, Depth: 4, Recovery: true})
+	if _, err := Recover(dev.ID(), m, Options{}); err == nil || !strings.Contains(err.Error(), "LIVE") {
+		t.Errorf("Recover of a live device: %v, want a LIVE error", err)
+	}
+	plain := newDevice(t, newMemTarget(1<<20), Options{Queues: 1, Depth: 4})
+	if _, err := Recover(plain.ID(), m, Options{}); err == nil || !strings.Contains(err.Error(), "USER_RECOVERY") {
+		t.Errorf("Recover of a device without recovery: %v", err)
+	}
+}

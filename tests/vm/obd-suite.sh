@@ -30,7 +30,6 @@ rc=0
 tests/vm/run-in-vm.sh "${VMARGS[@]}" -m 3072 -t 1500 -b "$MKFS" \
 	"$W/obd" "$W/vmsuite.test" "$W/ext4_64" "$W/hello.blob" -- \
 	"./vmsuite.test -test.v -test.count=1 -test.timeout=1400s -test.run '$RUN'" 2>&1 | tee "$W/out" || rc=$?
-rc=${PIPESTATUS[0]:-$rc}
 
 passed=$(grep -c '^--- PASS' "$W/out" || true)
 failed=$(grep -c '^--- FAIL' "$W/out" || true)

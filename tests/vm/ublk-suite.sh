@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 command -v mkfs.ext4 >/dev/null || {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq e2fsprogs >/dev/null; }
+  apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq e2fsprogs >/dev/null; }
 MKFS=$(command -v mkfs.ext4)
 
 # Not under /tmp: -b keeps host paths, and the guest mounts a tmpfs on /tmp.

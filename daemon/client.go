@@ -78,3 +78,10 @@ func (c *Client) List(ctx context.Context) ([]Status, error) {
 	err := c.call(ctx, http.MethodGet, "/v1/list", nil, &out)
 	return out, err
 }
+
+// AttachImage asks the daemon to attach an image by reference.
+func (c *Client) AttachImage(ctx context.Context, req ImageRequest) (Status, error) {
+	var st Status
+	err := c.call(ctx, http.MethodPost, "/v1/attach-image", req, &st)
+	return st, err
+}

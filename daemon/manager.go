@@ -32,6 +32,8 @@ type Options struct {
 	Global *config.GlobalConfig
 	// Remote opens remote layer blobs; nil = local layers only.
 	Remote image.RemoteOpener
+	// Resolver turns image references into configs (AttachImage); nil = no references.
+	Resolver Resolver
 	// NoRecovery creates ublk devices without user recovery.
 	NoRecovery bool
 	Logger     *zap.Logger
@@ -253,6 +255,7 @@ func (m *Manager) Detach(ref string, force bool) error {
 	if d.rec.MountDir != "" {
 		os.Remove(d.rec.MountDir)
 	}
+	m.forgetGenerated(d.rec.Config)
 	m.metrics.detaches.Inc()
 	m.lg.Info("detached", zap.Int("id", d.rec.ID), zap.String("path", d.rec.Path))
 	return errors.Join(cerr, m.state.remove(d.rec.ID))

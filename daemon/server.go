@@ -72,6 +72,25 @@ func Serve(ctx context.Context, m *Manager, socket string) error {
 		}
 		reply(w, http.StatusOK, st)
 	})
+	mux.HandleFunc("POST /v1/attach-image", func(w http.ResponseWriter, r *http.Request) {
+		var req ImageRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Ref == "" {
+			reply(w, http.StatusBadRequest, errorBody{"body: want {\"ref\": \"registry/repo:tag\"}"})
+			return
+		}
+		fe, err := ParseFrontend(string(req.Frontend))
+		if err != nil {
+			reply(w, http.StatusBadRequest, errorBody{err.Error()})
+			return
+		}
+		req.Frontend = fe
+		st, err := m.AttachImage(r.Context(), req)
+		if err != nil {
+			reply(w, http.StatusUnprocessableEntity, errorBody{err.Error()})
+			return
+		}
+		reply(w, http.StatusOK, st)
+	})
 	mux.HandleFunc("POST /v1/detach", func(w http.ResponseWriter, r *http.Request) {
 		var req DetachRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Device == "" {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/daemon"
+	"github.com/obd-project/obd/remote"
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
 )
@@ -29,6 +30,7 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "run-dir", Value: "/run/obd", Usage: "FUSE mount points"},
 			&cli.BoolFlag{Name: "no-recovery", Usage: "create ublk devices without user recovery"},
 			&cli.BoolFlag{Name: "keep-devices", Usage: "on SIGTERM, exit without detaching: ublk devices wait (quiesced) for the next daemon"},
+			&cli.StringFlag{Name: "cache-dir", Usage: "registry extent cache directory (default: cacheConfig.cacheDir)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at this address (default: exporterConfig.port when exporterConfig.enable)"},
 			socketFlag,
 		},
@@ -37,8 +39,15 @@ func daemonCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			m, err := daemon.NewManager(daemon.Options{StateDir: c.String("state-dir"), RunDir: c.String("run-dir"),
-				Global: g, NoRecovery: c.Bool("no-recovery"), Logger: zap.L()})
+			opts := daemon.Options{StateDir: c.String("state-dir"), RunDir: c.String("run-dir"),
+				Global: g, NoRecovery: c.Bool("no-recovery"), Logger: zap.L()}
+			if rem, err := newRemote(g, c.String("cache-dir")); err != nil {
+				zap.L().Warn("remote images disabled", zap.Error(err))
+			} else {
+				defer rem.Close()
+				opts.Remote, opts.Resolver = rem, rem
+			}
+			m, err := daemon.NewManager(opts)
 			if err != nil {
 				return err
 			}
@@ -75,9 +84,12 @@ func attachCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "attach",
 		Usage:     "attach an image as a block device and print the path to use",
-		ArgsUsage: "[CONFIG.json]",
+		ArgsUsage: "[CONFIG.json | REGISTRY/REPO:TAG | REGISTRY/REPO@sha256:...]",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "config.v1.json of the device"},
+			&cli.StringFlag{Name: "upper", Usage: "with an image reference: directory of a writable layer (created if missing)"},
+			&cli.StringFlag{Name: "cache-dir", Usage: "with --foreground and an image reference: registry cache directory"},
+			&cli.StringFlag{Name: "global-config", Value: "/etc/overlaybd/overlaybd.json", Usage: "with --foreground: global config (registry, cache)"},
 			&cli.StringFlag{Name: "frontend", Value: "auto", Usage: "auto (ublk if /dev/ublk-control exists, else fuse), ublk or fuse"},
 			&cli.BoolFlag{Name: "foreground", Aliases: []string{"f"}, Usage: "serve in this process, without a daemon, until SIGINT/SIGTERM"},
 			&cli.StringFlag{Name: "run-dir", Value: "/run/obd", Usage: "with --foreground: where FUSE mount points go"},
@@ -85,31 +97,69 @@ func attachCommand() *cli.Command {
 			socketFlag,
 		},
 		Action: func(c *cli.Context) error {
-			cfgPath := c.String("config")
-			if cfgPath == "" && c.NArg() == 1 {
-				cfgPath = c.Args().First()
+			cfgPath, ref := c.String("config"), ""
+			if c.NArg() > 1 || (c.NArg() == 1 && cfgPath != "") || (c.NArg() == 0 && cfgPath == "") {
+				return fmt.Errorf("attach: usage: obd attach [--frontend auto|ublk|fuse] [--foreground] (--config CONFIG.json | IMAGE-REFERENCE)")
 			}
-			if cfgPath == "" || c.NArg() > 1 || (c.NArg() == 1 && c.String("config") != "") {
-				return fmt.Errorf("attach: usage: obd attach --config CONFIG.json [--frontend auto|ublk|fuse] [--foreground]")
+			if c.NArg() == 1 {
+				if st, err := os.Stat(c.Args().First()); err == nil && st.Mode().IsRegular() {
+					cfgPath = c.Args().First()
+				} else {
+					ref = c.Args().First()
+				}
+			}
+			if ref == "" && c.String("upper") != "" {
+				return fmt.Errorf("attach: --upper goes with an image reference; a config file names its upper layer itself")
 			}
 			fe, err := daemon.ParseFrontend(c.String("frontend"))
 			if err != nil {
 				return err
 			}
+			upper := c.String("upper")
+			if upper != "" {
+				upper = absPath(upper)
+			}
 			if !c.Bool("foreground") {
-				st, err := daemon.NewClient(c.String("socket")).Attach(c.Context, absPath(cfgPath), fe)
+				if c.String("cache-dir") != "" {
+					return fmt.Errorf("attach: --cache-dir applies to --foreground; the daemon's cache is set with `obd daemon --cache-dir`")
+				}
+				cl := daemon.NewClient(c.String("socket"))
+				var st daemon.Status
+				if ref != "" {
+					st, err = cl.AttachImage(c.Context, daemon.ImageRequest{Ref: ref, Upper: upper, Frontend: fe})
+				} else {
+					st, err = cl.Attach(c.Context, absPath(cfgPath), fe)
+				}
 				if err != nil {
 					return err
 				}
 				return printAttached(st, c.Bool("json"))
 			}
-			m, err := daemon.NewManager(daemon.Options{RunDir: c.String("run-dir"), Logger: zap.L()})
+			opts := daemon.Options{RunDir: c.String("run-dir"), Logger: zap.L()}
+			if ref != "" {
+				g, err := config.LoadGlobalConfig(c.String("global-config"))
+				if err != nil {
+					return err
+				}
+				rem, err := newRemote(g, c.String("cache-dir"))
+				if err != nil {
+					return err
+				}
+				defer rem.Close()
+				opts.Remote, opts.Resolver, opts.Global = rem, rem, g
+			}
+			m, err := daemon.NewManager(opts)
 			if err != nil {
 				return err
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			st, err := m.Attach(ctx, cfgPath, fe)
+			var st daemon.Status
+			if ref != "" {
+				st, err = m.AttachImage(ctx, daemon.ImageRequest{Ref: ref, Upper: upper, Frontend: fe})
+			} else {
+				st, err = m.Attach(ctx, cfgPath, fe)
+			}
 			if err != nil {
 				return err
 			}
@@ -183,4 +233,18 @@ func listCommand() *cli.Command {
 			return tw.Flush()
 		},
 	}
+}
+
+// newRemote opens registry access and the extent cache per the global config;
+// cacheDir overrides cacheConfig.cacheDir.
+func newRemote(g *config.GlobalConfig, cacheDir string) (*remote.Opener, error) {
+	o, err := remote.OptionsFromGlobal(g)
+	if err != nil {
+		return nil, err
+	}
+	if cacheDir != "" {
+		o.CacheDir = cacheDir
+	}
+	o.Logger = zap.L()
+	return remote.NewOpener(o)
 }

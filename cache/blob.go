@@ -1,0 +1,658 @@
+package cache
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/obd-project/obd/crc32c"
+	"go.uber.org/zap"
+)
+
+// Blob is one cached remote blob: an io.ReaderAt over the source's bytes that
+// serves them from the local cache, plus Evict for the zfile reader's
+// self-healing (zfile.Evicter). It is safe for concurrent use.
+type Blob struct {
+	s      *blobState
+	src    Source
+	closed atomic.Bool
+}
+
+// Stats counts a blob's activity since it was opened (shared by every handle of
+// the same key open in this process).
+type Stats struct {
+	Hits             int64 // unit pieces of reads served from the local file
+	Misses           int64 // unit pieces of reads that waited for a fill
+	BytesFetched     int64 // bytes read from the source
+	BytesServed      int64 // bytes returned by ReadAt
+	Evictions        int64 // units dropped by Evict or by capacity eviction
+	Refetches        int64 // fetches of units dropped by Evict
+	ChecksumFailures int64 // local pages that failed their CRC (then refetched)
+}
+
+// blobState is what all open handles of one key share.
+type blobState struct {
+	c          *Cache
+	log        *zap.Logger
+	key, base  string
+	size       int64
+	us         int // unit size
+	hdr        metaHeader
+	meta, data *os.File
+	refs       int // guarded by c.mu
+
+	units []atomic.Pointer[unitMeta] // nil: not known to be cached
+
+	mu       sync.Mutex
+	inflight map[int]*flight
+	dropped  map[int]*refetchState
+	streams  [maxStreams]stream
+	clock    uint64
+	wg       sync.WaitGroup // running fills
+
+	hits, misses, fetched, served, evictions, refetches, corrupt atomic.Int64
+}
+
+// unitMeta is a cached unit's page checksums and last access (unix ns).
+type unitMeta struct {
+	crcs  []uint32
+	atime atomic.Int64
+}
+
+// flight is one fill of units [first, first+n): single-flight for each unit.
+type flight struct {
+	first, n int
+	ahead    bool // read-ahead: a reader failing on it retries with its own fill
+	done     chan struct{}
+	start    int64  // blob offset of buf
+	buf      []byte // the units' bytes, once done without err
+	err      error
+	metas    []*unitMeta // set when persisted (or adopted from disk)
+}
+
+type refetchState struct {
+	pending bool // dropped by Evict and not fetched since
+	count   int  // refetches since `since`
+	since   time.Time
+}
+
+// stream is a sequential reader detected by its next expected offset.
+type stream struct {
+	next int64
+	run  int    // consecutive sequential reads
+	used uint64 // LRU clock; 0 = free slot
+}
+
+const maxStreams = 4
+
+// maxLocalTries bounds how often a reader goes back to the cache for one unit
+// whose local copy keeps failing (e.g. evicted again between fill and read).
+const maxLocalTries = 4
+
+// fillHook, when set by tests, runs at points of a fill ("data", "record").
+var fillHook func(point string)
+
+// Open returns the cached view of the blob key (its digest) whose bytes come from
+// src. Handles of the same key share the cache state; each is closed on its own.
+func (c *Cache) Open(key string, src Source) (*Blob, error) {
+	base, err := fileBase(key)
+	if err != nil {
+		return nil, err
+	}
+	size := src.Size()
+	if size < 0 {
+		return nil, fmt.Errorf("cache: blob %s: negative size %d", key, size)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.blobs[base]; s != nil {
+		if s.key != key || s.size != size {
+			return nil, fmt.Errorf("cache: blob %s: already open as %s with size %d, now size %d", key, s.key, s.size, size)
+		}
+		s.refs++
+		return &Blob{s: s, src: src}, nil
+	}
+	s, err := c.openState(key, base, size)
+	if err != nil {
+		return nil, err
+	}
+	s.refs = 1
+	c.blobs[base] = s
+	return &Blob{s: s, src: src}, nil
+}
+
+func (c *Cache) openState(key, base string, size int64) (*blobState, error) {
+	us := c.opts.RefillSize
+	nUnits := numUnits(size, us)
+	s := &blobState{
+		c: c, log: c.log.With(zap.String("blob", key)),
+		key: key, base: base, size: size, us: us,
+		hdr:      metaHeader{UnitSize: uint32(us), BlobSize: size, KeyCRC: crc32c.Checksum([]byte(key))},
+		units:    make([]atomic.Pointer[unitMeta], nUnits),
+		inflight: make(map[int]*flight),
+		dropped:  make(map[int]*refetchState),
+	}
+	var err error
+	if s.meta, err = os.OpenFile(filepath.Join(c.dir, base+metaSuffix), os.O_RDWR|os.O_CREATE, 0o644); err != nil {
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	if s.data, err = os.OpenFile(filepath.Join(c.dir, base+dataSuffix), os.O_RDWR|os.O_CREATE, 0o644); err != nil {
+		s.meta.Close()
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	if err := s.initFiles(); err != nil {
+		s.closeFiles()
+		return nil, fmt.Errorf("cache: blob %s: %w", key, err)
+	}
+	return s, nil
+}
+
+// initFiles validates (or creates) the meta header and loads the unit records,
+// holding the header's lock so that two processes do not initialise at once.
+func (s *blobState) initFiles() error {
+	if err := lockRange(s.meta, 0, headerSize, true); err != nil {
+		return err
+	}
+	defer unlockRange(s.meta, 0, headerSize)
+	hb := make([]byte, headerSize)
+	n, _ := s.meta.ReadAt(hb, 0)
+	h, err := decodeHeader(hb[:n])
+	if err == nil && h != s.hdr {
+		err = fmt.Errorf("header describes unit size %d, blob size %d, key CRC %#08x; want %d, %d, %#08x",
+			h.UnitSize, h.BlobSize, h.KeyCRC, s.hdr.UnitSize, s.hdr.BlobSize, s.hdr.KeyCRC)
+	}
+	if err != nil {
+		if n > 0 {
+			s.log.Info("cache entry reset", zap.String("file", s.meta.Name()), zap.Error(err))
+		}
+		// Holes are punched rather than the files truncated to zero: ext4 flushes
+		// a file truncated to zero on close (auto_da_alloc), a needless stall.
+		if _, err := s.meta.WriteAt(s.hdr.encode(), 0); err != nil {
+			return err
+		}
+		if err := s.meta.Truncate(headerSize); err != nil {
+			return err
+		}
+		if fi, err := s.data.Stat(); err != nil {
+			return err
+		} else if fi.Size() > 0 {
+			if err := punchHole(s.data, 0, fi.Size()); err != nil {
+				return err
+			}
+		}
+	}
+	if fi, err := s.data.Stat(); err != nil {
+		return err
+	} else if fi.Size() != s.size {
+		if err := s.data.Truncate(s.size); err != nil {
+			return err
+		}
+	}
+	forEachRecord(s.meta, s.hdr, func(unit int, crcs []uint32, atime int64) {
+		m := &unitMeta{crcs: crcs}
+		m.atime.Store(atime)
+		s.units[unit].Store(m)
+	})
+	return nil
+}
+
+func (s *blobState) closeFiles() {
+	s.meta.Close()
+	s.data.Close()
+}
+
+// Size is the blob's size in bytes.
+func (b *Blob) Size() int64 { return b.s.size }
+
+// Stats returns the blob's counters.
+func (b *Blob) Stats() Stats {
+	s := b.s
+	return Stats{
+		Hits: s.hits.Load(), Misses: s.misses.Load(),
+		BytesFetched: s.fetched.Load(), BytesServed: s.served.Load(),
+		Evictions: s.evictions.Load(), Refetches: s.refetches.Load(),
+		ChecksumFailures: s.corrupt.Load(),
+	}
+}
+
+// Close releases the handle; the last handle of a key waits for its running
+// fills and closes the files.
+func (b *Blob) Close() error {
+	if b.closed.Swap(true) {
+		return nil
+	}
+	s := b.s
+	c := s.c
+	c.mu.Lock()
+	s.refs--
+	last := s.refs == 0
+	if last {
+		delete(c.blobs, s.base)
+	}
+	c.mu.Unlock()
+	if last {
+		s.wg.Wait()
+		s.closeFiles()
+	}
+	return nil
+}
+
+// ReadAt reads len(p) bytes at off, fetching missing units from the source. A
+// read reaching past Size returns the bytes up to Size and io.EOF. A failed fetch
+// fails only the reads that need its units.
+func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
+	s := b.s
+	if b.closed.Load() {
+		return 0, fmt.Errorf("cache: blob %s: %w", s.key, os.ErrClosed)
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("cache: blob %s: negative offset %d", s.key, off)
+	}
+	if off >= s.size {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	want := p
+	if rem := s.size - off; int64(len(p)) > rem {
+		want = p[:rem]
+	}
+	n, err := s.read(b.src, want, off)
+	s.served.Add(int64(n))
+	if err == nil && len(want) < len(p) {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (s *blobState) read(src Source, p []byte, off int64) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	us := int64(s.us)
+	end := off + int64(len(p))
+	u0, u1 := int(off/us), int((end-1)/us)
+	flights := s.ensure(src, u0, u1, false)
+	s.readAhead(src, off, end)
+	n := 0
+	for u := u0; u <= u1; u++ {
+		segStart := max(off, int64(u)*us)
+		segEnd := min(end, int64(u+1)*us)
+		dst := p[segStart-off : segEnd-off]
+		f := flights[u-u0]
+		for tries := 1; ; tries++ {
+			if f == nil {
+				if s.readLocal(u, dst, segStart) {
+					s.hits.Add(1)
+					break
+				}
+				if tries >= maxLocalTries {
+					return n, fmt.Errorf("cache: blob %s: unit %d (bytes [%d, %d)): local copy failed its checksum %d times", s.key, u, int64(u)*us, int64(u+1)*us, tries)
+				}
+				f = s.ensure(src, u, u, false)[0]
+				continue
+			}
+			<-f.done
+			if f.err != nil {
+				if f.ahead && tries < maxLocalTries {
+					f = s.ensure(src, u, u, false)[0]
+					continue
+				}
+				return n, f.err
+			}
+			copy(dst, f.buf[segStart-f.start:])
+			s.misses.Add(1)
+			break
+		}
+		n += len(dst)
+	}
+	return n, nil
+}
+
+// ensure returns, for each unit in [u0, u1], nil if it is cached, else the fill
+// that brings it (joining a running one or starting new ones: adjacent missing
+// units share a fill of at most MaxFetchSize).
+func (s *blobState) ensure(src Source, u0, u1 int, ahead bool) []*flight {
+	o := &s.c.opts
+	maxUnits := o.MaxFetchSize / s.us
+	out := make([]*flight, u1-u0+1)
+	var launch []*flight
+	var run *flight
+	now := time.Now()
+	s.mu.Lock()
+	for u := u0; u <= u1; u++ {
+		if s.units[u].Load() != nil {
+			run = nil
+			continue
+		}
+		if f := s.inflight[u]; f != nil {
+			out[u-u0], run = f, nil
+			continue
+		}
+		if st := s.dropped[u]; st != nil && st.pending {
+			if ahead { // leave refetches of evicted units to demand reads
+				run = nil
+				continue
+			}
+			if now.Sub(st.since) > o.RefetchWindow {
+				st.count, st.since = 0, now
+			}
+			if st.count >= o.MaxRefetches {
+				us := int64(s.us)
+				f := &flight{first: u, n: 1, done: make(chan struct{}),
+					err: fmt.Errorf("cache: blob %s: unit %d (bytes [%d, %d)) refetched %d times since %s: %w",
+						s.key, u, int64(u)*us, min(int64(u+1)*us, s.size), st.count, st.since.Format(time.RFC3339), ErrRefetchLimit)}
+				close(f.done)
+				out[u-u0], run = f, nil
+				continue
+			}
+			st.count++
+			st.pending = false
+			s.refetches.Add(1)
+		}
+		if run == nil || run.n == maxUnits {
+			run = &flight{first: u, ahead: ahead, done: make(chan struct{}), start: int64(u) * int64(s.us)}
+			launch = append(launch, run)
+		}
+		run.n++
+		s.inflight[u] = run
+		out[u-u0] = run
+	}
+	s.wg.Add(len(launch))
+	s.mu.Unlock()
+	for _, f := range launch {
+		go s.run(src, f)
+	}
+	return out
+}
+
+// readAhead tracks sequential streams and, once a stream has read twice in a
+// row, keeps the next ReadAhead bytes fetched or in flight. It fills the window
+// when half of it is missing, so the window is fetched in large coalesced reads
+// rather than one unit per round trip.
+func (s *blobState) readAhead(src Source, off, end int64) {
+	ra := s.c.opts.ReadAhead
+	if ra < 0 || end >= s.size {
+		return
+	}
+	s.mu.Lock()
+	s.clock++
+	var st *stream
+	for i := range s.streams {
+		if s.streams[i].used != 0 && s.streams[i].next == off {
+			st = &s.streams[i]
+			break
+		}
+	}
+	if st == nil {
+		lru := &s.streams[0]
+		for i := range s.streams {
+			if s.streams[i].used < lru.used {
+				lru = &s.streams[i]
+			}
+		}
+		*lru = stream{next: end, used: s.clock}
+		s.mu.Unlock()
+		return
+	}
+	st.next, st.used = end, s.clock
+	st.run++
+	us := int64(s.us)
+	ua, ub := int(end/us), int((min(end+ra, s.size)-1)/us)
+	missing, firstMissing := 0, false
+	for u := ua; u <= ub; u++ {
+		if s.units[u].Load() == nil && s.inflight[u] == nil {
+			missing++
+			firstMissing = firstMissing || u == ua
+		}
+	}
+	s.mu.Unlock()
+	if missing > 0 && (firstMissing || 2*missing >= ub-ua+1) {
+		s.ensure(src, ua, ub, true)
+	}
+}
+
+// run performs a fill and publishes its result.
+func (s *blobState) run(src Source, f *flight) {
+	defer s.wg.Done()
+	s.fill(src, f)
+	s.mu.Lock()
+	for i := 0; i < f.n; i++ {
+		u := f.first + i
+		if f.metas != nil {
+			s.units[u].Store(f.metas[i])
+		}
+		if s.inflight[u] == f {
+			delete(s.inflight, u)
+		}
+	}
+	s.mu.Unlock()
+	if f.err != nil && f.ahead {
+		s.log.Debug("cache read-ahead failed", zap.Error(f.err))
+	}
+	close(f.done)
+}
+
+// fill brings f's units: under their record locks it adopts them if another
+// process cached them meanwhile (verified), else fetches them from src, writes the
+// data and then the records. A fetched fill that cannot be written is still
+// served from memory.
+func (s *blobState) fill(src Source, f *flight) {
+	us := s.us
+	end := min(f.start+int64(f.n*us), s.size)
+	length := int(end - f.start)
+	rs := recordSize(us)
+	roff, rlen := recordOffset(f.first, us), int64(f.n*rs)
+	if err := lockRange(s.meta, roff, rlen, true); err != nil {
+		s.log.Warn("cache: lock unit records (filling without)", zap.Error(err))
+	} else {
+		defer unlockRange(s.meta, roff, rlen)
+	}
+	recs := make([]byte, rlen)
+	if n, _ := s.meta.ReadAt(recs, roff); n == len(recs) {
+		if s.adopt(f, recs, length) {
+			return
+		}
+	}
+
+	s.c.sem <- struct{}{}
+	buf := make([]byte, length)
+	n, err := src.ReadAt(buf, f.start)
+	<-s.c.sem
+	if n < length {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = fmt.Errorf("short read: %d of %d bytes", n, length)
+		}
+		f.err = fmt.Errorf("cache: blob %s: fetch bytes [%d, %d): %w", s.key, f.start, end, err)
+		return
+	}
+	s.fetched.Add(int64(length))
+	f.buf = buf
+
+	now := time.Now().UnixNano()
+	metas := make([]*unitMeta, f.n)
+	for i := range metas {
+		ub := buf[i*us : min((i+1)*us, length)]
+		m := &unitMeta{crcs: pageCRCs(ub)}
+		m.atime.Store(now)
+		encodeRecord(recs[i*rs:(i+1)*rs], f.first+i, len(ub), now, m.crcs)
+		metas[i] = m
+	}
+	s.c.reserve(int64(length+pageSize-1)/pageSize*pageSize + rlen)
+	if _, err := s.data.WriteAt(buf, f.start); err != nil {
+		s.log.Warn("cache: write data (serving from memory)", zap.Error(err))
+		return
+	}
+	if fillHook != nil {
+		fillHook("data")
+	}
+	if _, err := s.meta.WriteAt(recs, roff); err != nil {
+		s.log.Warn("cache: write unit records (serving from memory)", zap.Error(err))
+		return
+	}
+	if fillHook != nil {
+		fillHook("record")
+	}
+	f.metas = metas
+}
+
+// adopt takes f's units from disk when all their records are valid and the data
+// matches them.
+func (s *blobState) adopt(f *flight, recs []byte, length int) bool {
+	us, rs := s.us, recordSize(s.us)
+	metas := make([]*unitMeta, f.n)
+	for i := range metas {
+		u := f.first + i
+		crcs, _, err := decodeRecord(recs[i*rs:(i+1)*rs], u, unitLen(s.size, us, u))
+		if err != nil {
+			return false
+		}
+		metas[i] = &unitMeta{crcs: crcs}
+	}
+	buf := make([]byte, length)
+	if n, _ := s.data.ReadAt(buf, f.start); n < length {
+		return false
+	}
+	now := time.Now().UnixNano()
+	for i, m := range metas {
+		if !slicesEqual(pageCRCs(buf[i*us:min((i+1)*us, length)]), m.crcs) {
+			return false
+		}
+		m.atime.Store(now)
+	}
+	f.buf, f.metas = buf, metas
+	return true
+}
+
+func slicesEqual(a, b []uint32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+var scratch = sync.Pool{New: func() any { return new([]byte) }}
+
+// readLocal reads dst (blob bytes at off, inside unit u) from the data file,
+// verifying every page it touches. On a mismatch it forgets the unit and returns false.
+func (s *blobState) readLocal(u int, dst []byte, off int64) bool {
+	m := s.units[u].Load()
+	if m == nil {
+		return false
+	}
+	ustart := int64(u) * int64(s.us)
+	p0 := int((off - ustart) / pageSize)
+	aStart := ustart + int64(p0)*pageSize
+	end := off + int64(len(dst))
+	aEnd := min((end+pageSize-1)/pageSize*pageSize, s.size)
+	buf := dst
+	var sp *[]byte
+	if aStart != off || aEnd != end {
+		sp = scratch.Get().(*[]byte)
+		defer scratch.Put(sp)
+		if cap(*sp) < int(aEnd-aStart) {
+			*sp = make([]byte, s.us)
+		}
+		buf = (*sp)[:aEnd-aStart]
+	}
+	ok := true
+	if n, err := s.data.ReadAt(buf, aStart); n < len(buf) {
+		s.log.Debug("cache: read local unit", zap.Int("unit", u), zap.Error(err))
+		ok = false
+	}
+	for i, p := 0, buf; ok && len(p) > 0; i++ {
+		k := min(len(p), pageSize)
+		ok = p0+i < len(m.crcs) && crc32c.Salted(p[:k]) == m.crcs[p0+i]
+		p = p[k:]
+	}
+	if !ok {
+		s.units[u].CompareAndSwap(m, nil)
+		s.corrupt.Add(1)
+		return false
+	}
+	if sp != nil {
+		copy(dst, buf[off-aStart:])
+	}
+	m.atime.Store(time.Now().UnixNano())
+	return true
+}
+
+// Evict drops the units covering [off, off+n) (zfile calls it when a block fails
+// its CRC), so that the next read fetches them again. Each unit is refetched at
+// most Options.MaxRefetches times within Options.RefetchWindow; further reads of
+// it fail with ErrRefetchLimit.
+func (b *Blob) Evict(off, n int64) error {
+	s := b.s
+	if off < 0 || n < 0 {
+		return fmt.Errorf("cache: blob %s: evict [%d, +%d): negative range", s.key, off, n)
+	}
+	if n == 0 || off >= s.size {
+		return nil
+	}
+	end := min(off+n, s.size)
+	us := int64(s.us)
+	u0, u1 := int(off/us), int((end-1)/us)
+	// A fill running now may carry the bad bytes: let it land, then drop it.
+	for u := u0; u <= u1; u++ {
+		s.mu.Lock()
+		f := s.inflight[u]
+		s.mu.Unlock()
+		if f != nil {
+			<-f.done
+		}
+	}
+	now := time.Now()
+	var errs []error
+	for u := u0; u <= u1; u++ {
+		s.mu.Lock()
+		st := s.dropped[u]
+		if st == nil {
+			st = &refetchState{since: now}
+			s.dropped[u] = st
+		}
+		st.pending = true
+		s.units[u].Store(nil)
+		s.mu.Unlock()
+		freed, err := dropUnit(s.meta, s.data, s.hdr, u, true)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.evictions.Add(1)
+		s.c.release(freed)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("cache: blob %s: evict [%d, %d): %w", s.key, off, end, err)
+	}
+	return nil
+}
+
+// forget drops a unit from memory after capacity eviction removed it.
+func (s *blobState) forget(u int) {
+	if u < len(s.units) {
+		s.units[u].Store(nil)
+		s.evictions.Add(1)
+	}
+}
+
+// atime is the last access of a cached unit known to this process.
+func (s *blobState) atime(u int) int64 {
+	if u >= len(s.units) {
+		return 0
+	}
+	if m := s.units[u].Load(); m != nil {
+		return m.atime.Load()
+	}
+	return 0
+}

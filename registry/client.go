@@ -1,0 +1,316 @@
+// Package registry is the network side of remote OverlayBD images: it resolves
+// image references to their overlaybd layer lists (for config.v1.json) and reads
+// blob ranges from OCI registries with authentication, redirects to blob storage,
+// bounded retries and strict range checking.
+//
+// A Blob never returns bytes other than the exact range asked for, as far as HTTP
+// framing can tell (Content-Range, lengths, ETag). It cannot detect bytes corrupted
+// in flight under a consistent framing (a flipped bit, a blob replaced by another of
+// the same size): the ZFile block CRCs and the blob digest check above it do.
+package registry
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// Client holds what the requests of many images and blobs share: the keep-alive
+// connection pools, TLS settings and per-repository auth transports (with their
+// bearer tokens). Safe for concurrent use; make one per process.
+type Client struct {
+	opts     Options
+	keychain authn.Keychain
+	verify   *http.Transport // verified TLS
+	noVerify *http.Transport // for InsecureSkipVerify hosts
+	plain    map[string]bool
+	skip     map[string]bool
+
+	mu   sync.Mutex
+	auth map[string]*authEntry // by scheme://host/repo
+}
+
+type authEntry struct {
+	mu     sync.Mutex
+	rt     http.RoundTripper // nil until a handshake succeeds
+	scheme string            // what the registry answered on: http or https
+}
+
+// NewClient builds a Client. It fails only on unreadable TLS files.
+func NewClient(opts Options) (*Client, error) {
+	o := opts.withDefaults()
+	c := &Client{opts: o, plain: map[string]bool{}, skip: map[string]bool{}, auth: map[string]*authEntry{}}
+	for _, h := range o.PlainHTTP {
+		c.plain[strings.ToLower(h)] = true
+	}
+	for _, h := range o.InsecureSkipVerify {
+		c.skip[strings.ToLower(h)] = true
+	}
+	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.CAFile != "" {
+		pem, err := os.ReadFile(o.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("registry CA file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("registry CA file %s: no PEM certificate found", o.CAFile)
+		}
+		tlsConf.RootCAs = pool
+	}
+	if o.CertFile != "" || o.KeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("registry client certificate (%s, %s): %w", o.CertFile, o.KeyFile, err)
+		}
+		tlsConf.Certificates = []tls.Certificate{cert}
+	}
+	c.verify = c.newTransport(tlsConf)
+	skipConf := tlsConf.Clone()
+	skipConf.InsecureSkipVerify = true
+	c.noVerify = c.newTransport(skipConf)
+
+	var kcs []authn.Keychain
+	if o.CredentialFile != "" {
+		kcs = append(kcs, CredentialFileKeychain(o.CredentialFile))
+	}
+	if o.Keychain != nil {
+		kcs = append(kcs, o.Keychain)
+	} else {
+		kcs = append(kcs, authn.DefaultKeychain)
+	}
+	c.keychain = authn.NewMultiKeychain(kcs...)
+	return c, nil
+}
+
+func (c *Client) newTransport(tlsConf *tls.Config) *http.Transport {
+	o := c.opts
+	d := &net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           d.DialContext,
+		TLSClientConfig:       tlsConf,
+		TLSHandshakeTimeout:   o.TLSHandshakeTimeout,
+		ResponseHeaderTimeout: o.ResponseHeaderTimeout,
+		ExpectContinueTimeout: time.Second,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          8 * o.MaxIdleConnsPerHost,
+		MaxIdleConnsPerHost:   o.MaxIdleConnsPerHost,
+		IdleConnTimeout:       90 * time.Second,
+	}
+}
+
+// Close drops idle keep-alive connections. Open Blobs keep working (they dial
+// again); close them first to release everything.
+func (c *Client) Close() {
+	c.verify.CloseIdleConnections()
+	c.noVerify.CloseIdleConnections()
+}
+
+// RoundTrip is the innermost transport of every request the Client makes: it
+// refuses plain HTTP to hosts not allowed it, sets the User-Agent, picks the TLS
+// settings of the host and reports to the Observer.
+func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
+	host := strings.ToLower(req.URL.Host)
+	switch req.URL.Scheme {
+	case "https":
+	case "http":
+		if !c.plainAllowed(host) {
+			closeBody(req)
+			return nil, fmt.Errorf("refusing plain HTTP to %s: not a loopback host and not in Options.PlainHTTP", req.URL.Host)
+		}
+	default:
+		closeBody(req)
+		return nil, fmt.Errorf("unsupported URL scheme %q", req.URL.Scheme)
+	}
+	r := req.Clone(req.Context())
+	r.Header.Set("User-Agent", c.opts.UserAgent)
+	t := c.verify
+	if c.skip[host] || c.skip[hostOnly(host)] {
+		t = c.noVerify
+	}
+	start := time.Now()
+	resp, err := t.RoundTrip(r)
+	if obs := c.opts.Observer; obs != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		obs.Request(req.URL.Host, status, time.Since(start))
+	}
+	return resp, err
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
+
+func (c *Client) plainAllowed(host string) bool {
+	host = strings.ToLower(host)
+	return isLoopback(host) || c.plain[host] || c.plain[hostOnly(host)]
+}
+
+// hostOnly strips the port of host[:port] (and the brackets of an IPv6 literal).
+func hostOnly(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		return h
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+}
+
+func isLoopback(host string) bool {
+	h := hostOnly(host)
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+// registryFor names a registry host for ggcr, insecure (http allowed) when
+// plainAllowed says so.
+func (c *Client) repository(host, repo string) (name.Repository, error) {
+	var opts []name.Option
+	if c.plainAllowed(host) {
+		opts = append(opts, name.Insecure)
+	}
+	r, err := name.NewRepository(host+"/"+repo, opts...)
+	if err != nil {
+		return name.Repository{}, fmt.Errorf("repository %s/%s: %w", host, repo, err)
+	}
+	return r, nil
+}
+
+// authTransport returns the authenticated transport for pulling from repo,
+// performing the ping/token handshake once per repository. Failures are not
+// cached, so a later call tries again.
+func (c *Client) authTransport(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
+	key := repo.Scheme() + "://" + repo.Name()
+	c.mu.Lock()
+	e := c.auth[key]
+	if e == nil {
+		e = &authEntry{}
+		c.auth[key] = e
+	}
+	c.mu.Unlock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.rt != nil {
+		return e.rt, nil
+	}
+	// Credentials are looked up under Docker Hub's canonical name even when the
+	// blob URL uses registry-1.docker.io, so docker config entries apply.
+	credRepo := repo
+	if repo.RegistryStr() == "registry-1.docker.io" {
+		if r, err := name.NewRepository(name.DefaultRegistry + "/" + repo.RepositoryStr()); err == nil {
+			credRepo = r
+		}
+	}
+	auth, err := authn.Resolve(ctx, c.keychain, credRepo)
+	if err != nil {
+		return nil, fmt.Errorf("credentials for %s: %w", repo.Name(), err)
+	}
+	// Ping first to learn which scheme the registry answered on (a loopback
+	// registry may speak TLS); NewWithContext pings again for the challenge.
+	pr, err := transport.Ping(ctx, repo.Registry, c)
+	if err != nil {
+		return nil, classify(fmt.Errorf("registry %s: %w", repo.RegistryStr(), redactErr(err)))
+	}
+	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, c, []string{repo.Scope(transport.PullScope)})
+	if err != nil {
+		return nil, classify(fmt.Errorf("registry %s: %w", repo.RegistryStr(), redactErr(err)))
+	}
+	e.rt = rt
+	e.scheme = "https"
+	if pr.Insecure {
+		e.scheme = "http"
+	}
+	return rt, nil
+}
+
+// schemeOf is the scheme a repository's registry answered on ("" before the
+// first successful handshake).
+func (c *Client) schemeOf(repo name.Repository) string {
+	c.mu.Lock()
+	e := c.auth[repo.Scheme()+"://"+repo.Name()]
+	c.mu.Unlock()
+	if e == nil {
+		return ""
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.scheme
+}
+
+// forgetAuth drops a repository's transport so the next use handshakes again
+// (fresh credentials, fresh token).
+func (c *Client) forgetAuth(repo name.Repository) {
+	key := repo.Scheme() + "://" + repo.Name()
+	c.mu.Lock()
+	delete(c.auth, key)
+	c.mu.Unlock()
+}
+
+// classify wraps err with the sentinel that says how to treat it.
+func classify(err error) error {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		switch {
+		case te.StatusCode == http.StatusNotFound:
+			return fmt.Errorf("%w: %w", ErrNotFound, err)
+		case te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden:
+			return fmt.Errorf("%w: %w", ErrUnauthorized, err)
+		case te.StatusCode == http.StatusTooManyRequests || te.StatusCode >= 500:
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return err
+	}
+	if isNetErr(err) {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return err
+}
+
+// isNetErr reports connection-level failures worth retrying. TLS verification
+// failures are not: they will not fix themselves.
+func isNetErr(err error) bool {
+	if errors.Is(err, context.Canceled) {
+		return false
+	}
+	var certErr *tls.CertificateVerificationError
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var recordErr tls.RecordHeaderError
+	if errors.As(err, &certErr) || errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &invalid) || errors.As(err, &recordErr) {
+		return false
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "connection reset") || strings.Contains(msg, "broken pipe") || strings.Contains(msg, "EOF")
+}

@@ -15,4 +15,4 @@ W=$(mktemp -d "${TMPDIR:-/tmp}/bench-ublk.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 CGO_ENABLED=0 go test -c -o "$W/ublk.test" ./ublk
 tests/vm/run-in-vm.sh -t 900 "$W/ublk.test" -- \
-  "./ublk.test -test.run '^\$' -test.bench . -test.benchtime ${OPS}x -test.count 1"
+  "./ublk.test -test.run '^\$' -test.bench ${BENCH:-.} -test.benchtime ${OPS}x -test.count 1"

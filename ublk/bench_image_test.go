@@ -1,0 +1,130 @@
+package ublk
+
+import (
+	"bufio"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/obd-project/obd/lsmt"
+	"github.com/obd-project/obd/zfile"
+	"golang.org/x/sys/unix"
+)
+
+// sealedImage writes raw's bytes as a sealed LSMT layer (optionally ZFile LZ4) at
+// path and opens it as the stacked image obd serves.
+func sealedImage(tb testing.TB, raw *os.File, size int64, path string, compress bool) *lsmt.Image {
+	tb.Helper()
+	var segs []lsmt.Segment
+	for s := uint64(0); s < uint64(size/lsmt.SectorSize); s += lsmt.MaxLength {
+		l := min(uint64(size/lsmt.SectorSize)-s, lsmt.MaxLength)
+		segs = append(segs, lsmt.Segment{Offset: s, Length: uint32(l), MOffset: s})
+	}
+	out, err := os.Create(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var w io.Writer = out
+	var zw *zfile.Writer
+	if compress {
+		if zw, err = zfile.NewWriter(out, zfile.Options{}); err != nil {
+			tb.Fatal(err)
+		}
+		w = zw
+	}
+	bw := bufio.NewWriterSize(w, 1<<20)
+	src := lsmt.Source{Segments: segs, Files: []io.ReaderAt{raw}, VirtualSize: uint64(size)}
+	if err := lsmt.Commit(bw, src, lsmt.CommitOptions{}); err != nil {
+		tb.Fatal(err)
+	}
+	if err := bw.Flush(); err != nil {
+		tb.Fatal(err)
+	}
+	if zw != nil {
+		if err := zw.Close(); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	st, _ := out.Stat()
+	var r io.ReaderAt = out
+	rsize := st.Size()
+	if compress {
+		z, err := zfile.Open(out, st.Size())
+		if err != nil {
+			tb.Fatal(err)
+		}
+		r, rsize = z, z.Size()
+	}
+	l, err := lsmt.OpenLayer(r, rsize)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	im, err := lsmt.NewImage([]*lsmt.Layer{l}, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return im
+}
+
+// BenchmarkImageVsLoop is issue #3's comparison: a sealed local image (plain LSMT
+// and ZFile LZ4) served through /dev/ublkbN against the kernel loop device over the
+// same raw bytes, in the same VM and run. x-vs-loop = image IOPS / loop IOPS.
+func BenchmarkImageVsLoop(b *testing.B) {
+	requireUblk(b)
+	const size = 128 << 20
+	dir := b.TempDir()
+	rawPath := filepath.Join(dir, "disk.raw")
+	raw, err := os.Create(rawPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer raw.Close()
+	chunk := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(chunk)) {
+		randomBytes(chunk, uint64(off))
+		// Half of every MiB compressible, like real file-system images.
+		clear(chunk[len(chunk)/2:])
+		if _, err := raw.WriteAt(chunk, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	loop := loopDevice(b, rawPath)
+	for _, kind := range []struct {
+		name     string
+		compress bool
+	}{{"lsmt", false}, {"zfile-lz4", true}} {
+		im := sealedImage(b, raw, size, filepath.Join(dir, kind.name), kind.compress)
+		dev, err := New(im, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, c := range []struct {
+			name   string
+			bs, qd int
+			random bool
+		}{
+			{"rand4k-qd1", 4096, 1, true},
+			{"rand4k-qd32", 4096, 32, true},
+			{"seq1m-qd1", 1 << 20, 1, false},
+		} {
+			b.Run(kind.name+"/"+c.name, func(b *testing.B) {
+				var res [2]float64
+				for i, p := range []string{loop, dev.Path()} {
+					fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECT, 0)
+					if err != nil {
+						b.Fatal(err)
+					}
+					res[i] = iops(b.N, ioLoad(b, fd, size, c.bs, c.qd, b.N, c.random))
+					unix.Close(fd)
+				}
+				b.ReportMetric(res[0], "loop-IOPS")
+				b.ReportMetric(res[1], "image-IOPS")
+				b.ReportMetric(res[1]/res[0], "x-vs-loop")
+			})
+		}
+		if err := dev.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

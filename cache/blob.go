@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,15 @@ type Blob struct {
 	src    Source
 	closed atomic.Bool
 }
+
+// A Blob is what the image layer consumes (image.Blob) and what zfile evicts from
+// (zfile.Evicter).
+var _ interface {
+	io.ReaderAt
+	io.Closer
+	Size() int64
+	Evict(off, n int64) error
+} = (*Blob)(nil)
 
 // Stats counts a blob's activity since it was opened (shared by every handle of
 // the same key open in this process).
@@ -60,9 +70,15 @@ type blobState struct {
 
 // unitMeta is a cached unit's page checksums and last access (unix ns).
 type unitMeta struct {
-	crcs  []uint32
-	atime atomic.Int64
+	crcs    []uint32
+	atime   atomic.Int64
+	stamped atomic.Int64 // access time last written to the record
 }
+
+// stampInterval is how stale a unit's access time on disk may get while it is
+// being read: eviction scans in other processes (or after a restart) order units
+// by it. A variable for tests.
+var stampInterval = 30 * time.Second
 
 // flight is one fill of units [first, first+n): single-flight for each unit.
 type flight struct {
@@ -196,6 +212,7 @@ func (s *blobState) initFiles() error {
 	forEachRecord(s.meta, s.hdr, func(unit int, crcs []uint32, atime int64) {
 		m := &unitMeta{crcs: crcs}
 		m.atime.Store(atime)
+		m.stamped.Store(atime)
 		s.units[unit].Store(m)
 	})
 	return nil
@@ -293,7 +310,7 @@ func (s *blobState) read(src Source, p []byte, off int64) (int, error) {
 					break
 				}
 				if tries >= maxLocalTries {
-					return n, fmt.Errorf("cache: blob %s: unit %d (bytes [%d, %d)): local copy failed its checksum %d times", s.key, u, int64(u)*us, int64(u+1)*us, tries)
+					return n, fmt.Errorf("cache: blob %s: unit %d (bytes [%d, %d)): local copy failed its checksum %d times", s.key, u, int64(u)*us, min(int64(u+1)*us, s.size), tries)
 				}
 				f = s.ensure(src, u, u, false)[0]
 				continue
@@ -372,8 +389,8 @@ func (s *blobState) ensure(src Source, u0, u1 int, ahead bool) []*flight {
 	return out
 }
 
-// readAhead tracks sequential streams and, once a stream has read twice in a
-// row, keeps the next ReadAhead bytes fetched or in flight. It fills the window
+// readAhead tracks sequential streams and, once a stream has read three times in
+// a row, keeps the next ReadAhead bytes fetched or in flight. It fills the window
 // when half of it is missing, so the window is fetched in large coalesced reads
 // rather than one unit per round trip.
 func (s *blobState) readAhead(src Source, off, end int64) {
@@ -384,8 +401,11 @@ func (s *blobState) readAhead(src Source, off, end int64) {
 	s.mu.Lock()
 	s.clock++
 	var st *stream
+	us := int64(s.us)
 	for i := range s.streams {
-		if s.streams[i].used != 0 && s.streams[i].next == off {
+		// Within a unit of the stream's end: queued block-device requests of one
+		// stream arrive slightly out of order, and layers above may skip a little.
+		if next := s.streams[i].next; s.streams[i].used != 0 && off >= next-us && off <= next+us {
 			st = &s.streams[i]
 			break
 		}
@@ -401,9 +421,17 @@ func (s *blobState) readAhead(src Source, off, end int64) {
 		s.mu.Unlock()
 		return
 	}
-	st.next, st.used = end, s.clock
+	st.next, st.used = max(st.next, end), s.clock
 	st.run++
-	us := int64(s.us)
+	if st.run < 2 { // three reads in a row make a stream
+		s.mu.Unlock()
+		return
+	}
+	end = st.next
+	if end >= s.size {
+		s.mu.Unlock()
+		return
+	}
 	ua, ub := int(end/us), int((min(end+ra, s.size)-1)/us)
 	missing, firstMissing := 0, false
 	for u := ua; u <= ub; u++ {
@@ -481,6 +509,7 @@ func (s *blobState) fill(src Source, f *flight) {
 		ub := buf[i*us : min((i+1)*us, length)]
 		m := &unitMeta{crcs: pageCRCs(ub)}
 		m.atime.Store(now)
+		m.stamped.Store(now)
 		encodeRecord(recs[i*rs:(i+1)*rs], f.first+i, len(ub), now, m.crcs)
 		metas[i] = m
 	}
@@ -524,7 +553,7 @@ func (s *blobState) adopt(f *flight, recs []byte, length int) bool {
 		if !slicesEqual(pageCRCs(buf[i*us:min((i+1)*us, length)]), m.crcs) {
 			return false
 		}
-		m.atime.Store(now)
+		m.atime.Store(now) // stamped stays 0: the next hit records the access
 	}
 	f.buf, f.metas = buf, metas
 	return true
@@ -584,8 +613,23 @@ func (s *blobState) readLocal(u int, dst []byte, off int64) bool {
 	if sp != nil {
 		copy(dst, buf[off-aStart:])
 	}
-	m.atime.Store(time.Now().UnixNano())
+	now := time.Now().UnixNano()
+	m.atime.Store(now)
+	if st := m.stamped.Load(); now-st > int64(stampInterval) && m.stamped.CompareAndSwap(st, now) {
+		s.stamp(u, now)
+	}
 	return true
+}
+
+// stamp writes a unit's access time into its record. The field is outside the
+// record's CRC, so this needs no lock: written into a record being cleared, it
+// leaves a record that still reads as not cached.
+func (s *blobState) stamp(u int, at int64) {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], uint64(at))
+	if _, err := s.meta.WriteAt(b[:], recordOffset(u, s.us)+8); err != nil {
+		s.log.Debug("cache: stamp access time", zap.Error(err))
+	}
 }
 
 // Evict drops the units covering [off, off+n) (zfile calls it when a block fails

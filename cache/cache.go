@@ -22,12 +22,22 @@
 // records it can lock without waiting. The per-page checksums make a read racing
 // with another process's eviction safe without any lock on the read path.
 //
-// Capacity. Usage is the allocated size (st_blocks) of the cache files, rescanned
-// at start and whenever the estimate kept in memory reaches the capacity. Eviction
-// is LRU by unit, not by blob as in the reference: a blob is typically one layer
-// of which a container touches a small, hot part, and dropping a whole multi-GiB
-// layer to make room for one unit throws the hot part away with the cold. Units
-// are evicted oldest access first until usage is at most 90% of the capacity.
+// Capacity. Usage is the allocated size (st_blocks) of the cache files. A counter
+// in <dir>/.lock, shared by the processes using the directory, tracks it between
+// scans (fills add what they write, evictions subtract what they free); it is
+// measured afresh at Open and by every eviction, which runs when a fill would take
+// the counter over the capacity. Eviction is LRU by unit, not by blob as in the
+// reference: a blob is typically one layer of which a container touches a small,
+// hot part, and dropping a whole multi-GiB layer to make room for one unit throws
+// the hot part away with the cold. Units are evicted oldest access first (access
+// times live in the records, refreshed by reads at most every 30 s) until usage is
+// at most 90% of the capacity. Files are never unlinked, so a process holding a
+// blob open never writes into a file nobody else can see.
+//
+// Self-healing. Blob.Evict (zfile calls it when a block fails its CRC) drops the
+// covering units; each is refetched at most Options.MaxRefetches times within
+// Options.RefetchWindow, then reads of it fail with ErrRefetchLimit, so a source
+// that keeps sending bad bytes cannot cause endless refetching.
 package cache
 
 import (

@@ -536,3 +536,91 @@ func TestOptionsValidation(t *testing.T) {
 		}
 	}
 }
+
+// Two Cache instances on one directory have their own descriptors, so their OFD
+// locks conflict as two processes' would: a unit one of them fills is adopted
+// (verified) by the other instead of fetched again, even when both miss at once.
+func TestTwoCachesShareFills(t *testing.T) {
+	dir := t.TempDir()
+	o := testOptions()
+	o.ReadAhead, o.MaxFetchSize = -1, o.RefillSize
+	src1 := newSource(17, 20*o.RefillSize)
+	src1.delay = 30 * time.Millisecond
+	src2 := &memSource{data: src1.data, delay: 30 * time.Millisecond}
+	c1, c2 := openCache(t, dir, o), openCache(t, dir, o)
+	b1, b2 := openBlob(t, c1, testKey, src1), openBlob(t, c2, testKey, src2)
+	var wg sync.WaitGroup
+	for _, b := range []*Blob{b1, b2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			readAll(t, b, src1.data, 1000)
+		}()
+	}
+	wg.Wait()
+	if n := src1.calls.Load() + src2.calls.Load(); n != 20 {
+		t.Errorf("%d + %d source calls for 20 units read by two caches, want 20 in all", src1.calls.Load(), src2.calls.Load())
+	}
+	// What one filled, the other serves without fetching.
+	src3 := &memSource{data: src1.data}
+	c3 := openCache(t, dir, o)
+	b4 := openBlob(t, c3, testKey, src3)
+	readAll(t, b4, src1.data, 5000)
+	if n := src3.calls.Load(); n != 0 {
+		t.Errorf("third cache fetched %d times", n)
+	}
+}
+
+// Hits are recorded in the unit records, so LRU order survives a restart (and is
+// seen by other processes' eviction scans).
+func TestLRUAcrossRestart(t *testing.T) {
+	old := stampInterval
+	stampInterval = 0
+	defer func() { stampInterval = old }()
+	dir := t.TempDir()
+	o := testOptions()
+	o.ReadAhead, o.MaxFetchSize = -1, o.RefillSize
+	src := newSource(18, 16*o.RefillSize)
+	c := openCache(t, dir, o)
+	b := openBlob(t, c, testKey, src)
+	for u := 0; u < 16; u++ { // fill in order: unit 0 is the oldest fill
+		readAll(t, io.NewSectionReader(b, int64(u*o.RefillSize), int64(o.RefillSize)), src.data[u*o.RefillSize:(u+1)*o.RefillSize], 4096)
+		time.Sleep(time.Millisecond)
+	}
+	readAll(t, io.NewSectionReader(b, 0, int64(o.RefillSize)), src.data[:o.RefillSize], 4096) // a hit makes it the newest
+	b.Close()
+	c.Close()
+
+	o.Capacity = diskUsage(t, dir) // full: the next fill evicts
+	c2 := openCache(t, dir, o)
+	other := newSource(19, 4*o.RefillSize)
+	readAll(t, openBlob(t, c2, "sha256:other", other), other.data, 4096)
+	src2 := &memSource{data: src.data}
+	b2 := openBlob(t, c2, testKey, src2)
+	readAll(t, io.NewSectionReader(b2, 0, int64(o.RefillSize)), src.data[:o.RefillSize], 4096)
+	if n := src2.calls.Load(); n != 0 {
+		t.Error("the most recently read unit was evicted after restart")
+	}
+	readAll(t, io.NewSectionReader(b2, int64(o.RefillSize), int64(o.RefillSize)), src.data[o.RefillSize:2*o.RefillSize], 4096)
+	if n := src2.calls.Load(); n != 1 {
+		t.Error("the least recently used unit was not evicted")
+	}
+}
+
+// A stream whose requests arrive pairwise swapped (queue depth 2) is still
+// recognised as sequential.
+func TestReadAheadReordered(t *testing.T) {
+	src := newSource(23, 2<<20)
+	o := testOptions()
+	o.RefillSize, o.MaxFetchSize, o.ReadAhead = 64<<10, 1<<20, 1<<20
+	c := openCache(t, t.TempDir(), o)
+	b := openBlob(t, c, testKey, src)
+	const n = 32 << 10
+	for off := int64(0); off < src.Size(); off += 2 * n {
+		readAll(t, io.NewSectionReader(b, off+n, n), src.data[off+n:off+2*n], n)
+		readAll(t, io.NewSectionReader(b, off, n), src.data[off:off+n], n)
+	}
+	if calls := src.calls.Load(); calls > 8 {
+		t.Errorf("%d source calls for a reordered sequential read of 32 units", calls)
+	}
+}

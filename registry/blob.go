@@ -61,7 +61,8 @@ func OpenBlob(ctx context.Context, blobURL string, size int64, opts Options) (*B
 // checks it is reachable with the configured credentials by reading its first
 // byte, so auth and not-found errors surface here. size is the expected size
 // from the manifest or config (an error if the registry disagrees); 0 means ask the
-// registry.
+// registry. Plain HTTP is used only for loopback hosts and Options.PlainHTTP: an
+// http:// URL naming another host is fetched over https.
 func (c *Client) OpenBlob(ctx context.Context, blobURL string, size int64) (*Blob, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("blob %s: negative size %d", redactURL(blobURL), size)
@@ -92,6 +93,10 @@ func (c *Client) OpenBlob(ctx context.Context, blobURL string, size int64) (*Blo
 func splitBlobURL(s string) (host, repo, digest string, err error) {
 	u, err := url.Parse(s)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL, which may hold a signature
+		}
 		return "", "", "", fmt.Errorf("blob URL %s: %w", redactURL(s), err)
 	}
 	bad := func(why string) error {
@@ -321,11 +326,7 @@ func (b *Blob) attempt(ctx context.Context, p []byte, off int64) (int, *attemptE
 		client := &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 		resp, err := client.Do(req)
 		if err != nil {
-			// Token refresh failures surface here, as *transport.Error.
-			ae := handshakeFailure(classify(redactErr(err)))
-			if ae.kind == fatal {
-				ae.kind = transient
-			}
+			ae := transportFailure(err)
 			if ae.kind == reauth {
 				b.c.forgetAuth(b.repo)
 			}
@@ -365,7 +366,7 @@ func (b *Blob) attempt(ctx context.Context, p []byte, off int64) (int, *attemptE
 	}}
 	resp, err := client.Do(req)
 	if err != nil {
-		return 0, failed(transient, "%w", redactErr(err))
+		return 0, transportFailure(err)
 	}
 	defer resp.Body.Close()
 	n, ae := b.body(resp, p, off, loc)
@@ -431,6 +432,21 @@ func handshakeFailure(err error) *attemptError {
 	return &attemptError{err: err, kind: fatal}
 }
 
+// transportFailure classifies an error from http.Client.Do: token refresh
+// failures (as *transport.Error), refusals that will not change (plain HTTP to a
+// remote host, TLS verification), and the rest, which is worth another try.
+func transportFailure(err error) *attemptError {
+	err = redactErr(err)
+	if isPermanent(err) {
+		return &attemptError{err: err, kind: fatal}
+	}
+	ae := handshakeFailure(classify(err))
+	if ae.kind == fatal && !errors.Is(err, ErrNotFound) {
+		ae.kind = transient
+	}
+	return ae
+}
+
 // body checks a response against the requested range and copies it into p. loc is
 // the redirect location that answered (nil: the registry itself).
 func (b *Blob) body(resp *http.Response, p []byte, off int64, loc *location) (int, *attemptError) {
@@ -452,6 +468,10 @@ func (b *Blob) body(resp *http.Response, p []byte, off int64, loc *location) (in
 		ra, _ := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		return 0, &attemptError{err: &StatusError{src, code}, kind: throttled, retryAfter: ra}
 	case code == http.StatusRequestTimeout || code >= 500:
+		// A 503 may say when to come back; honour it like a 429's.
+		if ra, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok && code == http.StatusServiceUnavailable {
+			return 0, &attemptError{err: &StatusError{src, code}, kind: throttled, retryAfter: ra}
+		}
 		return 0, &attemptError{err: &StatusError{src, code}, kind: transient}
 	case code == http.StatusRequestedRangeNotSatisfiable:
 		return 0, failed(fatal, "%w: %w (range %d-%d of a %d-byte blob)", ErrBadResponse, &StatusError{src, code}, off, off+want-1, b.size)

@@ -6,10 +6,13 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -197,5 +200,26 @@ func settleGoroutines(t *testing.T, base int) {
 			t.Fatalf("goroutine leak: %d running, %d before\n%s", n, base, buf)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A registry redirecting blob reads to plain HTTP on a remote host is refused
+// at once (no retries), and the signed query stays out of the error.
+func TestRedirectDowngradeRefused(t *testing.T) {
+	var blobGets atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			blobGets.Add(1)
+			http.Redirect(w, r, "http://storage.example.invalid/b?sig=s3cr3t", http.StatusTemporaryRedirect)
+		}
+	}))
+	defer srv.Close()
+	c := testClient(t, Options{Retry: fastRetry})
+	_, err := c.OpenBlob(context.Background(), srv.URL+"/v2/r/blobs/"+helloLayer, 0)
+	if err == nil || !strings.Contains(err.Error(), "refusing plain HTTP") || strings.Contains(err.Error(), "s3cr3t") {
+		t.Fatalf("downgrade: %v", err)
+	}
+	if blobGets.Load() != 1 {
+		t.Errorf("%d registry requests, want 1", blobGets.Load())
 	}
 }

@@ -7,6 +7,17 @@
 // framing can tell (Content-Range, lengths, ETag). It cannot detect bytes corrupted
 // in flight under a consistent framing (a flipped bit, a blob replaced by another of
 // the same size): the ZFile block CRCs and the blob digest check above it do.
+//
+// Typical use, one Client per process:
+//
+//	c, _ := registry.NewClient(registry.Options{CredentialFile: "/opt/overlaybd/cred.json"})
+//	im, _ := c.Resolve(ctx, "registry.example/app:v1-obd") // ErrNotOverlaybd for plain images
+//	// config.v1.json: repoBlobUrl = im.RepoBlobURL, lowers = im.Lowers()
+//	b, _ := c.OpenBlob(ctx, im.BlobURL(im.Layers[0].Digest), im.Layers[0].Size)
+//	n, err := b.ReadAt(p, off) // errors.Is(err, registry.ErrUnavailable): EIO for this range
+//
+// Errors wrap ErrUnavailable (retry budget spent), ErrNotFound, ErrUnauthorized,
+// ErrBadResponse or ErrNotOverlaybd.
 package registry
 
 import (
@@ -87,6 +98,13 @@ func NewClient(opts Options) (*Client, error) {
 	c.noVerify = c.newTransport(skipConf)
 
 	var kcs []authn.Keychain
+	if o.CredentialService != nil {
+		kc, err := o.CredentialService.Keychain()
+		if err != nil {
+			return nil, err
+		}
+		kcs = append(kcs, kc)
+	}
 	if o.CredentialFile != "" {
 		kcs = append(kcs, CredentialFileKeychain(o.CredentialFile))
 	}
@@ -133,7 +151,7 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	case "http":
 		if !c.plainAllowed(host) {
 			closeBody(req)
-			return nil, fmt.Errorf("refusing plain HTTP to %s: not a loopback host and not in Options.PlainHTTP", req.URL.Host)
+			return nil, fmt.Errorf("%w to %s: not a loopback host and not in Options.PlainHTTP", errPlainHTTP, req.URL.Host)
 		}
 	default:
 		closeBody(req)
@@ -153,6 +171,9 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 			status = resp.StatusCode
 		}
 		obs.Request(req.URL.Host, status, time.Since(start))
+	}
+	if err == nil && strings.Contains(req.URL.Path, "/manifests/") {
+		return limitManifest(req, resp)
 	}
 	return resp, err
 }
@@ -185,7 +206,7 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// registryFor names a registry host for ggcr, insecure (http allowed) when
+// repository names host/repo for ggcr, marked insecure (plain HTTP allowed) when
 // plainAllowed says so.
 func (c *Client) repository(host, repo string) (name.Repository, error) {
 	var opts []name.Option
@@ -289,18 +310,23 @@ func classify(err error) error {
 	return err
 }
 
-// isNetErr reports connection-level failures worth retrying. TLS verification
-// failures are not: they will not fix themselves.
-func isNetErr(err error) bool {
-	if errors.Is(err, context.Canceled) {
-		return false
-	}
+var errPlainHTTP = errors.New("refusing plain HTTP")
+
+// isPermanent reports request failures that retrying cannot fix: a refused
+// plain-HTTP request and TLS verification failures.
+func isPermanent(err error) bool {
 	var certErr *tls.CertificateVerificationError
 	var unknownCA x509.UnknownAuthorityError
 	var hostErr x509.HostnameError
 	var invalid x509.CertificateInvalidError
 	var recordErr tls.RecordHeaderError
-	if errors.As(err, &certErr) || errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &invalid) || errors.As(err, &recordErr) {
+	return errors.Is(err, errPlainHTTP) || errors.As(err, &certErr) || errors.As(err, &unknownCA) ||
+		errors.As(err, &hostErr) || errors.As(err, &invalid) || errors.As(err, &recordErr)
+}
+
+// isNetErr reports connection-level failures worth retrying.
+func isNetErr(err error) bool {
+	if errors.Is(err, context.Canceled) || isPermanent(err) {
 		return false
 	}
 	var oe *net.OpError
@@ -314,3 +340,36 @@ func isNetErr(err error) bool {
 	msg := err.Error()
 	return strings.Contains(msg, "connection reset") || strings.Contains(msg, "broken pipe") || strings.Contains(msg, "EOF")
 }
+
+// maxManifest bounds a manifest or index body (the OCI distribution spec's
+// recommended limit), so a forged size cannot make us allocate much.
+const maxManifest = 4 << 20
+
+// limitManifest refuses manifest answers larger than maxManifest. It sits in
+// Client.RoundTrip because go-containerregistry only uses a transport as given
+// (without adding its own retries and auth) when it is its own *Wrapper type.
+func limitManifest(req *http.Request, resp *http.Response) (*http.Response, error) {
+	if resp.ContentLength > maxManifest {
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: manifest %s: %d bytes, limit %d", ErrBadResponse, req.URL.Path, resp.ContentLength, maxManifest)
+	}
+	resp.Body = limitedBody{io.LimitReader(resp.Body, maxManifest+1), resp.Body, 0}
+	return resp, nil
+}
+
+// limitedBody fails once more than maxManifest bytes were read.
+type limitedBody struct {
+	r io.Reader
+	c io.Closer
+	n int64
+}
+
+func (l limitedBody) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	if lr, ok := l.r.(*io.LimitedReader); ok && lr.N == 0 {
+		return n, fmt.Errorf("%w: manifest larger than %d bytes", ErrBadResponse, maxManifest)
+	}
+	return n, err
+}
+
+func (l limitedBody) Close() error { return l.c.Close() }

@@ -11,6 +11,8 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 )
@@ -163,24 +165,33 @@ func CredentialCandidates(host, repo string) []string {
 }
 
 // CredentialFileKeychain is an authn.Keychain over a credential file. The file is
-// re-read at every Authorization call (token refresh), so rotated credentials are
-// picked up; a repository with no matching entry resolves to authn.Anonymous so a
-// following keychain can answer.
-func CredentialFileKeychain(path string) authn.Keychain { return credKeychain{path} }
+// consulted at every Authorization call (each token refresh; each request with
+// Basic auth) and re-parsed when its size or modification time changed, so
+// rotated credentials are picked up. A repository with no matching entry resolves
+// to authn.Anonymous so that a following keychain can answer; so does a missing
+// file, as in the reference.
+func CredentialFileKeychain(path string) authn.Keychain { return &credKeychain{path: path} }
 
-type credKeychain struct{ path string }
+type credKeychain struct {
+	path string
 
-func (k credKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
+	mu      sync.Mutex
+	size    int64
+	modTime time.Time
+	parsed  *CredentialFile
+}
+
+func (k *credKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
 	return k.ResolveContext(context.Background(), r)
 }
 
-func (k credKeychain) ResolveContext(_ context.Context, r authn.Resource) (authn.Authenticator, error) {
+func (k *credKeychain) ResolveContext(_ context.Context, r authn.Resource) (authn.Authenticator, error) {
 	reg := r.RegistryStr()
 	repo := strings.TrimPrefix(strings.TrimPrefix(r.String(), reg), "/")
 	cands := CredentialCandidates(reg, repo)
 	_, ok, err := k.lookup(cands)
 	if errors.Is(err, fs.ErrNotExist) {
-		return authn.Anonymous, nil // a configured but absent file means no credentials, as in the reference
+		return authn.Anonymous, nil
 	}
 	if err != nil || !ok {
 		return authn.Anonymous, err
@@ -188,20 +199,8 @@ func (k credKeychain) ResolveContext(_ context.Context, r authn.Resource) (authn
 	return &credAuthenticator{k: k, cands: cands}, nil
 }
 
-func (k credKeychain) lookup(cands []string) (Credential, bool, error) {
-	f, err := os.Open(k.path)
-	if err != nil {
-		return Credential{}, false, fmt.Errorf("credential file: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxCredentialFile+1))
-	if err != nil {
-		return Credential{}, false, fmt.Errorf("credential file %s: %w", k.path, err)
-	}
-	if len(data) > maxCredentialFile {
-		return Credential{}, false, fmt.Errorf("credential file %s: larger than %d bytes", k.path, maxCredentialFile)
-	}
-	cf, err := ParseCredentialFile(k.path, data)
+func (k *credKeychain) lookup(cands []string) (Credential, bool, error) {
+	cf, err := k.load()
 	if err != nil {
 		return Credential{}, false, err
 	}
@@ -209,8 +208,39 @@ func (k credKeychain) lookup(cands []string) (Credential, bool, error) {
 	return c, ok, nil
 }
 
+// load returns the parsed file, re-reading it only when it changed.
+func (k *credKeychain) load() (*CredentialFile, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	st, err := os.Stat(k.path)
+	if err != nil {
+		return nil, fmt.Errorf("credential file: %w", err)
+	}
+	if k.parsed != nil && st.Size() == k.size && st.ModTime().Equal(k.modTime) {
+		return k.parsed, nil
+	}
+	f, err := os.Open(k.path)
+	if err != nil {
+		return nil, fmt.Errorf("credential file: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxCredentialFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("credential file %s: %w", k.path, err)
+	}
+	if len(data) > maxCredentialFile {
+		return nil, fmt.Errorf("credential file %s: larger than %d bytes", k.path, maxCredentialFile)
+	}
+	cf, err := ParseCredentialFile(k.path, data)
+	if err != nil {
+		return nil, err
+	}
+	k.parsed, k.size, k.modTime = cf, st.Size(), st.ModTime()
+	return cf, nil
+}
+
 type credAuthenticator struct {
-	k     credKeychain
+	k     *credKeychain
 	cands []string
 }
 

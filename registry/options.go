@@ -21,6 +21,9 @@ type Options struct {
 	// CredentialFile is the reference's credentialConfig "file" mode path; when
 	// set it is consulted before Keychain.
 	CredentialFile string
+	// CredentialService is the reference's credentialConfig http/https/uds
+	// modes; when set it is consulted first.
+	CredentialService *CredentialService
 
 	// PlainHTTP lists registries ("host" or "host:port") reached over plain HTTP.
 	// Loopback hosts (localhost, 127.0.0.0/8, [::1]) always may; any other http://

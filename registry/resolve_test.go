@@ -3,6 +3,8 @@ package registry
 import (
 	"context"
 	"errors"
+	"io"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -220,5 +222,31 @@ func TestUserAgent(t *testing.T) {
 	resp.Body.Close()
 	if ua := <-got; ua != "obd/"+Version {
 		t.Errorf("User-Agent %q", ua)
+	}
+}
+
+// A manifest larger than 4 MiB is refused, whether its size is announced or not.
+func TestManifestLimit(t *testing.T) {
+	big := strings.Repeat(" ", 5<<20)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.Contains(r.URL.Path, "/manifests/") {
+			return // /v2/: 200, no auth
+		}
+		w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+		if strings.Contains(r.URL.Path, "chunked") {
+			w.(http.Flusher).Flush() // no Content-Length
+		} else {
+			w.Header().Set("Content-Length", strconv.Itoa(len(big)))
+		}
+		io.WriteString(w, big)
+	}))
+	defer srv.Close()
+	c := testClient(t, Options{Retry: fastRetry})
+	host := strings.TrimPrefix(srv.URL, "http://")
+	for _, tag := range []string{"sized", "chunked"} {
+		_, err := c.Resolve(context.Background(), host+"/x:"+tag)
+		if !errors.Is(err, ErrBadResponse) || !strings.Contains(err.Error(), "manifest") {
+			t.Errorf("%s: %v", tag, err)
+		}
 	}
 }

@@ -156,7 +156,7 @@ func (m *Manager) Attach(ctx context.Context, configPath string, fe Frontend) (s
 		return st, err
 	}
 	defer m.release(id)
-	img, err := image.Open(ctx, cfg, image.Options{Remote: m.opts.Remote, Logger: m.lg})
+	img, err := image.Open(ctx, cfg, image.Options{Remote: m.opts.Remote, Logger: m.lg, PrefetchConcurrency: m.opts.Global.PrefetchConcurrency})
 	if err != nil {
 		return st, err
 	}
@@ -342,7 +342,7 @@ func (m *Manager) restore(ctx context.Context, r Record) error {
 	default:
 		return fmt.Errorf("unknown frontend %q", r.Frontend)
 	}
-	img, err := image.Open(ctx, cfg, image.Options{Remote: m.opts.Remote, Logger: m.lg})
+	img, err := image.Open(ctx, cfg, image.Options{Remote: m.opts.Remote, Logger: m.lg, PrefetchConcurrency: m.opts.Global.PrefetchConcurrency})
 	if err != nil {
 		return err
 	}

@@ -9,12 +9,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/obd-project/obd/blockdev"
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/layer"
 	"github.com/obd-project/obd/lsmt"
+	"github.com/obd-project/obd/trace"
 	"go.uber.org/zap"
 )
 
@@ -37,6 +39,11 @@ type Options struct {
 	Logger *zap.Logger  // nil: zap.L()
 	// Parallel bounds how many layers open at once (the reference: 32).
 	Parallel int
+	// PrefetchConcurrency is the number of trace replay workers (prefetchConfig.concurrency).
+	PrefetchConcurrency int
+	// RecordTrace and ReplayTrace are run-time trace files (`obd attach --record-trace /
+	// --prefetch`), in addition to the config's recordTracePath and acceleration layer.
+	RecordTrace, ReplayTrace string
 }
 
 // Image is an assembled device: the stacked layers as a blockdev.Target.
@@ -45,6 +52,10 @@ type Image struct {
 	blobs []io.Closer
 	upper *lsmt.Writable
 	once  sync.Once
+
+	// Trace recording or replay in the background, stopped by Close.
+	stopTrace func()
+	traceDone chan struct{}
 }
 
 var (
@@ -64,9 +75,33 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 		opts.Parallel = 32
 	}
 	lowers := cfg.Lowers
+	replayPath, recordPath := opts.ReplayTrace, opts.RecordTrace
 	if cfg.AccelerationLayer && len(lowers) > 0 {
 		// The last lower only carries a prefetch trace: it leaves the stack.
+		if d := lowers[len(lowers)-1].Dir; d != "" && replayPath == "" {
+			replayPath = filepath.Join(d, config.TraceFileName)
+		}
 		lowers = lowers[:len(lowers)-1]
+	}
+	if p := cfg.RecordTracePath; p != "" {
+		// The reference's protocol: an empty file asks for recording, a
+		// non-empty one is replayed.
+		switch mode, err := trace.DetectMode(p); {
+		case err != nil:
+			return nil, fmt.Errorf("recordTracePath: %w", err)
+		case mode == trace.ModeRecord && recordPath == "":
+			recordPath = p
+		case mode == trace.ModeReplayTrace && replayPath == "":
+			replayPath = p
+		case mode == trace.ModeReplayFileList:
+			lg.Warn("recordTracePath holds a file list: file-list prefetch is not supported yet", zap.String("path", p))
+		}
+	}
+	var rec *trace.Recorder
+	var wrap func(int, io.ReaderAt) io.ReaderAt
+	if recordPath != "" {
+		rec = trace.NewRecorder(0)
+		wrap = rec.Layer
 	}
 	if len(lowers) > lsmt.MaxLayers {
 		return nil, fmt.Errorf("%d lower layers, at most %d can be stacked", len(lowers), lsmt.MaxLayers)
@@ -76,6 +111,7 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 	}
 	im := &Image{}
 	layers := make([]*lsmt.Layer, len(lowers))
+	inners := make([]io.ReaderAt, len(lowers))
 	blobs := make([]io.Closer, len(lowers))
 	errs := make([]error, len(lowers))
 	sem := make(chan struct{}, opts.Parallel)
@@ -86,7 +122,7 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			layers[i], blobs[i], errs[i] = openLower(ctx, cfg, i, lowers[i], opts.Remote, lg)
+			layers[i], inners[i], blobs[i], errs[i] = openLower(ctx, cfg, i, lowers[i], opts.Remote, wrap, lg)
 		}(i)
 	}
 	wg.Wait()
@@ -117,51 +153,87 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 		return nil, errors.New("image has no virtual size: no layer records one")
 	}
 	im.Image = st
+	if err := im.startTrace(lg, rec, recordPath, replayPath, inners, opts.PrefetchConcurrency); err != nil {
+		im.Close()
+		return nil, err
+	}
 	lg.Info("image assembled", zap.Int("lowers", len(layers)), zap.Bool("writable", im.upper != nil), zap.Int64("size", st.Size()))
 	return im, nil
 }
 
-func openLower(ctx context.Context, cfg *config.ImageConfig, i int, l config.Layer, remote RemoteOpener, lg *zap.Logger) (*lsmt.Layer, io.Closer, error) {
+// blob is a lower layer's blob before unwrapping.
+type blob struct {
+	r    io.ReaderAt
+	size int64
+	c    io.Closer
+	name string
+}
+
+// openLower finds layer i's blob (local candidates first, then the registry),
+// unwraps it (tar, ZFile), lets wrap see the LSMT file (trace recording) and opens
+// the LSMT layer. It also returns the unwrapped reader, which trace replay reads.
+func openLower(ctx context.Context, cfg *config.ImageConfig, i int, l config.Layer, remote RemoteOpener,
+	wrap func(int, io.ReaderAt) io.ReaderAt, lg *zap.Logger) (*lsmt.Layer, io.ReaderAt, io.Closer, error) {
 	if l.TargetFile != "" || l.TargetDigest != "" {
-		return nil, nil, fmt.Errorf("failed to open layer %d: TurboOCI layers (targetFile/targetDigest) are not supported yet", i)
+		return nil, nil, nil, fmt.Errorf("failed to open layer %d: TurboOCI layers (targetFile/targetDigest) are not supported yet", i)
 	}
+	b, err := findBlob(ctx, cfg, i, l, remote)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	inner, isize, w, err := layer.Unwrap(b.r, b.size, b.name)
+	if err == nil && wrap != nil {
+		inner = wrap(i, inner)
+	}
+	var ll *lsmt.Layer
+	if err == nil {
+		ll, err = lsmt.OpenLayer(inner, isize)
+	}
+	if err != nil {
+		// A blob that exists but does not open is corrupt: never fall back
+		// silently to another copy.
+		b.c.Close()
+		return nil, nil, nil, fmt.Errorf("failed to open layer %d: %s: %w", i, b.name, err)
+	}
+	lg.Debug("opened layer", zap.Int("layer", i), zap.String("blob", b.name), zap.Strings("chain", w.Chain()))
+	return ll, inner, b.c, nil
+}
+
+func findBlob(ctx context.Context, cfg *config.ImageConfig, i int, l config.Layer, remote RemoteOpener) (blob, error) {
 	var localErr error
 	for _, p := range l.LocalCandidates() {
-		f, err := layer.OpenFile(p)
+		f, err := os.Open(p)
 		if err == nil {
-			lg.Debug("opened local layer", zap.Int("layer", i), zap.String("path", p), zap.Strings("chain", f.Wrapping.Chain()))
-			return f.Layer, f, nil
+			st, err := f.Stat()
+			if err != nil {
+				f.Close()
+				return blob{}, fmt.Errorf("failed to open layer %d: %w", i, err)
+			}
+			return blob{r: f, size: st.Size(), c: f, name: p}, nil
 		}
 		if !errors.Is(err, os.ErrNotExist) {
-			// A local file that exists but does not open is corrupt: never fall back
-			// silently to something else.
-			return nil, nil, fmt.Errorf("failed to open layer %d: %w", i, err)
+			return blob{}, fmt.Errorf("failed to open layer %d: %w", i, err)
 		}
 		localErr = err
 	}
 	if l.Digest == "" {
 		if localErr != nil {
-			return nil, nil, fmt.Errorf("failed to open layer %d: %w", i, localErr)
+			return blob{}, fmt.Errorf("failed to open layer %d: %w", i, localErr)
 		}
-		return nil, nil, fmt.Errorf("failed to open layer %d: no file, dir or digest", i)
+		return blob{}, fmt.Errorf("failed to open layer %d: no file, dir or digest", i)
 	}
 	if remote == nil {
-		return nil, nil, fmt.Errorf("failed to open layer %d: %s is remote and this build has no registry access", i, l.Digest)
+		return blob{}, fmt.Errorf("failed to open layer %d: %s is remote and this build has no registry access", i, l.Digest)
 	}
 	url, err := cfg.BlobURL(l.Digest)
 	if err != nil {
-		return nil, nil, fmt.Errorf("failed to open layer %d: %w", i, err)
+		return blob{}, fmt.Errorf("failed to open layer %d: %w", i, err)
 	}
 	b, err := remote.OpenBlob(ctx, url, l)
 	if err != nil {
-		return nil, nil, fmt.Errorf("failed to open remote file %s: %w", url, err)
+		return blob{}, fmt.Errorf("failed to open remote file %s: %w", url, err)
 	}
-	ll, _, err := layer.Open(b, b.Size(), url)
-	if err != nil {
-		b.Close()
-		return nil, nil, fmt.Errorf("failed to open layer %d: %w", i, err)
-	}
-	return ll, b, nil
+	return blob{r: b, size: b.Size(), c: b, name: url}, nil
 }
 
 // OpenWritable opens a writable layer read-write: dataPath, and indexPath unless the
@@ -203,10 +275,61 @@ func IsSparse(f *os.File) bool {
 	return h.UnmarshalBinary(b) == nil && h.IsHeader() && h.IsDataFile() && h.IsSparse()
 }
 
-// Close syncs and closes the writable layer, then releases the layer blobs.
+// startTrace starts recording reads into recordPath (dumped when its .lock file is
+// deleted or the image closes) or replaying the trace at replayPath to warm caches.
+func (im *Image) startTrace(lg *zap.Logger, rec *trace.Recorder, recordPath, replayPath string, layers []io.ReaderAt, workers int) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	switch {
+	case rec != nil:
+		r, err := trace.StartRecording(recordPath, rec)
+		if err != nil {
+			cancel()
+			return fmt.Errorf("record trace %s: %w", recordPath, err)
+		}
+		go func() {
+			defer close(done)
+			if err := r.Wait(ctx, 0); err != nil && !errors.Is(err, context.Canceled) {
+				lg.Warn("trace recording", zap.String("path", recordPath), zap.Error(err))
+			}
+			lg.Info("trace recorded", zap.String("path", recordPath), zap.Int("records", rec.Len()))
+		}()
+	case replayPath != "":
+		recs, err := trace.ReadTraceFile(replayPath)
+		if errors.Is(err, os.ErrNotExist) {
+			cancel()
+			return nil // an acceleration layer without a trace: nothing to do
+		}
+		if err != nil {
+			cancel()
+			return fmt.Errorf("prefetch trace %s: %w", replayPath, err)
+		}
+		go func() {
+			defer close(done)
+			st, err := trace.Replay(ctx, recs, layers, workers)
+			lg.Info("trace replayed", zap.String("path", replayPath), zap.Int("records", st.Records),
+				zap.Int64("bytes", st.Bytes), zap.Int("errors", st.Errors), zap.Duration("took", st.Duration), zap.Error(err))
+		}()
+	default:
+		cancel()
+		return nil
+	}
+	im.stopTrace, im.traceDone = cancel, done
+	return nil
+}
+
+// TraceDone is closed when trace recording or replay has finished (nil without one).
+func (im *Image) TraceDone() <-chan struct{} { return im.traceDone }
+
+// Close stops trace work (a recording is dumped), syncs and closes the writable
+// layer, then releases the layer blobs.
 func (im *Image) Close() error {
 	var err error
 	im.once.Do(func() {
+		if im.stopTrace != nil {
+			im.stopTrace()
+			<-im.traceDone
+		}
 		if im.upper != nil {
 			err = im.upper.Close()
 		}

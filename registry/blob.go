@@ -67,16 +67,10 @@ func (c *Client) OpenBlob(ctx context.Context, blobURL string, size int64) (*Blo
 	if size < 0 {
 		return nil, fmt.Errorf("blob %s: negative size %d", redactURL(blobURL), size)
 	}
-	host, repoPath, digest, err := splitBlobURL(blobURL)
+	b, err := c.newBlob(blobURL, -1)
 	if err != nil {
 		return nil, err
 	}
-	repo, err := c.repository(host, repoPath)
-	if err != nil {
-		return nil, err
-	}
-	b := &Blob{c: c, url: blobURL, red: redactURL(blobURL), repo: repo, digest: digest, size: -1}
-	b.ctx, b.cancel = context.WithCancel(context.Background())
 	var one [1]byte
 	if err := b.fetch(ctx, one[:], 0); err != nil {
 		b.cancel()
@@ -86,6 +80,33 @@ func (c *Client) OpenBlob(ctx context.Context, blobURL string, size int64) (*Blo
 		b.cancel()
 		return nil, fmt.Errorf("open blob %s: %w: size %d expected, registry has %d", b.red, ErrBadResponse, size, b.size)
 	}
+	return b, nil
+}
+
+// LazyBlob is OpenBlob without the probe: it makes no request until the first
+// ReadAt, so auth and not-found errors surface there. size must be the blob's
+// true size (from the manifest): it is what reads are bounded by, and an answer
+// disagreeing with it fails the read. It is for blobs a local cache already
+// holds whole, so that reopening them needs no network.
+func (c *Client) LazyBlob(blobURL string, size int64) (*Blob, error) {
+	if size <= 0 {
+		return nil, fmt.Errorf("blob %s: lazy open needs the size, got %d", redactURL(blobURL), size)
+	}
+	return c.newBlob(blobURL, size)
+}
+
+// newBlob checks blobURL and returns an unopened Blob of size (-1: unknown).
+func (c *Client) newBlob(blobURL string, size int64) (*Blob, error) {
+	host, repoPath, digest, err := splitBlobURL(blobURL)
+	if err != nil {
+		return nil, err
+	}
+	repo, err := c.repository(host, repoPath)
+	if err != nil {
+		return nil, err
+	}
+	b := &Blob{c: c, url: blobURL, red: redactURL(blobURL), repo: repo, digest: digest, size: size}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
 	return b, nil
 }
 

@@ -121,6 +121,14 @@ func BenchmarkImageVsLoop(b *testing.B) {
 				b.ReportMetric(res[0], "loop-IOPS")
 				b.ReportMetric(res[1], "image-IOPS")
 				b.ReportMetric(res[1]/res[0], "x-vs-loop")
+				// Target calls seen blocking so far: each moved a queue to its worker pool for a while.
+				var blocks uint64
+				for _, q := range dev.queues {
+					if q.policy != nil {
+						blocks += q.policy.blocks.Load()
+					}
+				}
+				b.ReportMetric(float64(blocks), "blocking-calls")
 			})
 		}
 		if err := dev.Close(); err != nil {

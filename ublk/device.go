@@ -190,6 +190,9 @@ func (d *Device) startQueues(be *backend, opts Options) error {
 			legacy: d.ctrl.legacy, be: be}
 		if !opts.InThread {
 			q.workers = min(opts.Workers, q.depth)
+			if !opts.AlwaysWorkers {
+				q.policy = newServePolicy(opts.BlockThreshold)
+			}
 		}
 		if !opts.NoAffinity {
 			if set, err := d.ctrl.getQueueAffinity(d.info.DevID, qid); err == nil && set.Count() > 0 {

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -191,6 +192,51 @@ func TestRoundTripWorkers(t *testing.T) {
 	if dev.Features()&FeatureCmdIoctlEncode == 0 {
 		t.Logf("legacy opcodes in use: flags %s", FeatureString(dev.Features()))
 	}
+}
+
+func TestRoundTripAlwaysWorkers(t *testing.T) {
+	requireUblk(t)
+	roundTrip(t, Options{AlwaysWorkers: true, Queues: 1, Depth: 16})
+}
+
+// The adaptive default serves a RAM target on the queue thread and moves to the
+// worker pool once a Target call blocks (here: sleeps 5 ms).
+func TestAdaptiveServe(t *testing.T) {
+	requireUblk(t)
+	m := newMemTarget(1 << 20)
+	randomBytes(m.data, 7)
+	slow := &sleepyTarget{memTarget: m}
+	dev := newDevice(t, slow, Options{Queues: 1})
+	q := dev.queues[0]
+	fd := openDirect(t, dev.Path(), unix.O_RDONLY)
+	defer unix.Close(fd)
+	buf := alignedBuf(t, 4096)
+	preadAll(t, fd, buf, 0, 4096)
+	if !q.policy.inline() {
+		t.Fatal("a RAM target's read counted as blocking")
+	}
+	slow.delay.Store(int64(5 * time.Millisecond))
+	preadAll(t, fd, buf, 4096, 4096)
+	if q.policy.inline() {
+		t.Fatal("a read that slept 5 ms did not move the queue to the worker pool")
+	}
+	slow.delay.Store(0)
+	for i := 0; i < 8; i++ { // served by workers now, still correctly
+		preadAll(t, fd, buf, int64(i)*4096, 4096)
+		if !bytes.Equal(buf, m.data[i*4096:(i+1)*4096]) {
+			t.Fatalf("read %d: wrong data", i)
+		}
+	}
+}
+
+type sleepyTarget struct {
+	*memTarget
+	delay atomic.Int64 // ns
+}
+
+func (s *sleepyTarget) ReadAt(p []byte, off int64) (int, error) {
+	time.Sleep(time.Duration(s.delay.Load()))
+	return s.memTarget.ReadAt(p, off)
 }
 
 func TestRoundTripInThread(t *testing.T) {

@@ -19,7 +19,11 @@
 // The thread FETCHes every tag into a per-tag buffer (anonymous mmap, so the GC
 // never moves it), then loops on COMMIT_AND_FETCH.
 //
-// Target calls run, by default, on a pool of Workers goroutines per queue. The
+// Target calls run either on the queue thread or on a pool of Workers
+// goroutines per queue. By default (adaptive) the queue thread calls the Target
+// itself as long as calls do not block, and uses the pool for a second after a
+// call (inline or on a worker) spent more than Options.BlockThreshold off the
+// CPU (policy.go); Options.InThread and Options.AlwaysWorkers fix one mode. The
 // queue thread hands a tag to an idle worker (which sleeps on its own futex:
 // waking a goroutine through a channel from a thread about to block in
 // io_uring_enter costs the Go scheduler tens of µs), and a worker's result comes
@@ -41,13 +45,14 @@
 // In-thread wins for a RAM target (no hand-off: two cross-thread wake-ups, about
 // 12 µs on the dev host, BenchmarkWorkerHandoff, and far more under TCG), but the
 // worker pool is 3–6× faster as soon as Target calls block, which obd's targets
-// (files, remote blobs) do. Hence workers by default.
+// (files, remote blobs) do on a cache miss. Hence the adaptive default: in-thread
+// while the Target answers from memory or the page cache, workers while it blocks.
 //
 // Against the kernel loop driver reading the same tmpfs file (BenchmarkVsLoop,
 // ublk IOPS / loop IOPS, same runs): workers 0.25–1.7 (4K QD1), 0.63–0.82 (4K
 // QD32), 0.56–0.61 (1 MiB sequential); in-thread 3.2, 1.3 and 0.78. Sequential
-// reads pay one extra copy (file → tag buffer → bio) and, with the default 512
-// KiB MaxIOBytes, two requests per 1 MiB read.
+// reads pay one extra copy (file → tag buffer → bio); a 512 KiB MaxIOBytes
+// split each 1 MiB read in two, hence the 1 MiB default.
 //
 // Devices created with Options.Recovery survive the death of their server as
 // QUIESCED (I/O waits); Recover serves them again from a new process. List,

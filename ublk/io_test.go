@@ -147,7 +147,7 @@ func TestDeviceParams(t *testing.T) {
 
 func TestOptionsValidation(t *testing.T) {
 	def := Options{}.withDefaults()
-	if def.Depth != DefaultDepth || def.MaxIOBytes != DefaultMaxIOBytes || def.Queues < 1 || def.Queues > DefaultMaxQueues || def.Workers != DefaultWorkers {
+	if def.Depth != DefaultDepth || def.MaxIOBytes != DefaultMaxIOBytes || def.Queues < 1 || def.Queues > DefaultMaxQueues || def.Workers != DefaultWorkers || def.BlockThreshold != DefaultBlockThreshold {
 		t.Fatalf("defaults %+v", def)
 	}
 	if err := def.validate(); err != nil {
@@ -167,6 +167,8 @@ func TestOptionsValidation(t *testing.T) {
 		{Options{MaxIOBytes: 64 << 20}, "MaxIOBytes"},
 		{Options{Workers: -2}, "Workers"},
 		{Options{RecoveryReissue: true}, "Recovery"},
+		{Options{InThread: true, AlwaysWorkers: true}, "AlwaysWorkers"},
+		{Options{BlockThreshold: -1}, "BlockThreshold"},
 		{Options{SpecificID: true, ID: 1 << 20}, "ID"},
 	}
 	for _, c := range bad {

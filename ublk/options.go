@@ -4,12 +4,13 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"time"
 )
 
 // Defaults for the zero Options.
 const (
 	DefaultDepth      = 128
-	DefaultMaxIOBytes = 512 << 10
+	DefaultMaxIOBytes = 1 << 20 // 512 KiB split every 1 MiB read in two requests
 	DefaultMaxQueues  = 4
 	DefaultWorkers    = 16
 )
@@ -28,10 +29,19 @@ type Options struct {
 	// ID asks for /dev/ublkb<ID> when SpecificID is set; otherwise the kernel picks.
 	ID         uint32
 	SpecificID bool
-	// InThread runs Target calls on the queue thread itself. Otherwise each queue
-	// hands requests to Workers goroutines and completes them through its ring,
-	// so a slow Target call does not stall the queue's other tags.
+	// By default each queue calls the Target on its own thread while the Target
+	// does not block, and hands requests to its Workers goroutines (completing
+	// them through its ring) for a second after a call blocked, so that a
+	// slow Target call does not stall the queue's other tags (policy.go).
+	//
+	// InThread always calls the Target on the queue thread.
 	InThread bool
+	// AlwaysWorkers always hands requests to the worker pool.
+	AlwaysWorkers bool
+	// BlockThreshold is how long a Target call may wait off the CPU (for I/O,
+	// a lock, another goroutine) and still count as not blocking; 0 means
+	// DefaultBlockThreshold.
+	BlockThreshold time.Duration
 	// Workers per queue when !InThread; 0 = DefaultWorkers (capped at Depth).
 	Workers int
 	// Recovery sets UBLK_F_USER_RECOVERY: if this process dies the device is
@@ -54,6 +64,9 @@ func (o Options) withDefaults() Options {
 	if o.MaxIOBytes == 0 {
 		o.MaxIOBytes = DefaultMaxIOBytes
 	}
+	if o.BlockThreshold == 0 {
+		o.BlockThreshold = DefaultBlockThreshold
+	}
 	if o.Workers == 0 {
 		o.Workers = min(DefaultWorkers, o.Depth)
 	}
@@ -72,6 +85,10 @@ func (o Options) validate() error {
 		return fmt.Errorf("ublk: Options.MaxIOBytes = %d, want a multiple of %d in [%d, %d]", o.MaxIOBytes, page, page, 32<<20)
 	case o.Workers < 0:
 		return fmt.Errorf("ublk: Options.Workers = %d, want >= 0", o.Workers)
+	case o.InThread && o.AlwaysWorkers:
+		return fmt.Errorf("ublk: Options.InThread and Options.AlwaysWorkers are exclusive")
+	case o.BlockThreshold < 0:
+		return fmt.Errorf("ublk: Options.BlockThreshold = %v, want >= 0", o.BlockThreshold)
 	case o.RecoveryReissue && !o.Recovery:
 		return fmt.Errorf("ublk: Options.RecoveryReissue needs Options.Recovery")
 	case o.SpecificID && o.ID >= 1<<20:

@@ -37,6 +37,7 @@ type queue struct {
 	// READ on the ring wakes the queue thread. mu guards idle, backlog,
 	// completed and signalled.
 	workers   int
+	policy    *servePolicy // adaptive mode: inline while the Target does not block; nil otherwise
 	pool      []*worker
 	idle      []*worker
 	backlog   []uint16
@@ -240,9 +241,15 @@ func (q *queue) run(ready chan<- error) error {
 			live--
 		case c.Res < 0:
 			loopErr = fmt.Errorf("ublk: queue %d tag %d: %w", q.id, tag, unix.Errno(-c.Res))
-		case q.workers > 0:
+		case q.workers > 0 && (q.policy == nil || !q.policy.inline()):
 			q.served.Add(1)
 			q.dispatch(tag)
+		case q.policy != nil:
+			q.served.Add(1)
+			s := q.policy.start()
+			res := q.be.serve(q.desc(tag), q.buf(tag))
+			q.policy.done(s)
+			loopErr = q.queueCmd(nrCommitAndFetch, tag, res)
 		default:
 			q.served.Add(1)
 			loopErr = q.queueCmd(nrCommitAndFetch, tag, q.be.serve(q.desc(tag), q.buf(tag)))

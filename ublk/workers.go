@@ -1,6 +1,7 @@
 package ublk
 
 import (
+	"runtime"
 	"sync/atomic"
 	"unsafe"
 
@@ -80,6 +81,12 @@ func (q *queue) dispatch(tag uint16) {
 func (w *worker) run() {
 	q := w.q
 	defer q.workersWG.Done()
+	if q.policy != nil {
+		// Thread CPU time measures only this call's work if the goroutine keeps
+		// its thread; it does anyway, sleeping in a raw futex syscall.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
 	for {
 		for atomic.LoadUint32(&w.state) == 0 {
 			if q.stopping.Load() { // checked before sleeping: a stop may have raced our reset below
@@ -93,7 +100,15 @@ func (w *worker) run() {
 		tag := w.tag
 		atomic.StoreUint32(&w.state, 0)
 		for more := true; more; {
-			tag, more = q.finish(w, tag, q.be.serve(q.desc(tag), q.buf(tag)))
+			var res int32
+			if q.policy != nil {
+				s := q.policy.start()
+				res = q.be.serve(q.desc(tag), q.buf(tag))
+				q.policy.done(s)
+			} else {
+				res = q.be.serve(q.desc(tag), q.buf(tag))
+			}
+			tag, more = q.finish(w, tag, res)
 		}
 	}
 }

@@ -22,8 +22,9 @@ type Evicter interface {
 // maxTries is the number of reads of a bad block (the reference: 1 + 2 retries).
 const maxTries = 3
 
-// maxBatch bounds one pread of consecutive compressed blocks.
-const maxBatch = 256 << 10
+// maxBatch bounds one pread of consecutive compressed blocks: a 1 MiB read (the
+// largest a ublk device passes by default) of compressible data takes one pread.
+const maxBatch = 1 << 20
 
 // ErrChecksum is wrapped by a BlockError whose block failed its CRC.
 var ErrChecksum = errors.New("zfile: block checksum mismatch")

@@ -117,7 +117,7 @@ func TestLargeRandomReads(t *testing.T) {
 		zb := compressBytes(t, src, Options{})
 		z := openBytes(t, zb, WithBlockCache(cache))
 		checkReads(t, z, src, rng, 300)
-		for _, n := range []int{512, 16 << 10, 128 << 10} {
+		for _, n := range []int{512, 16 << 10, 128 << 10, 4 << 20} { // 4 MiB: batches hit maxBatch
 			if got := decompressSHA(t, z, n); got != sha(src) {
 				t.Fatalf("cache %d: sequential reads of %d differ", cache, n)
 			}

@@ -1,0 +1,92 @@
+package ublk
+
+import (
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// servePolicy decides, per request, whether the queue thread calls the Target
+// itself or hands the request to the worker pool (the default, adaptive mode).
+//
+// Calling the Target on the queue thread saves the hand-off (a futex wake, a
+// context switch and an eventfd write: BenchmarkWorkerHandoff), which is most of
+// a request's cost when the Target answers from memory or the page cache. It is
+// wrong only while the Target blocks: then every other tag of the queue waits.
+// So every call, inline or on a worker, measures how long it spent off the CPU
+// (wall time minus thread CPU time). A call blocked if its thread went to sleep
+// (a voluntary context switch: waiting for a disk, the network, a lock) and was
+// off the CPU longer than threshold and longer than it computed. The last rule
+// keeps a Target that splits its work among goroutines and waits for them
+// inline; being preempted is no voluntary switch. After a call blocked,
+// requests go to the pool until holdoff has passed without one.
+type servePolicy struct {
+	threshold time.Duration
+	holdoff   time.Duration
+	epoch     time.Time     // origin of lastBlocked
+	blockedAt atomic.Int64  // ns since epoch of the last blocking call; < 0: never
+	blocks    atomic.Uint64 // blocking calls seen, for benchmarks
+}
+
+// Defaults for the adaptive serve mode.
+const (
+	DefaultBlockThreshold = 50 * time.Microsecond
+	blockHoldoff          = time.Second
+)
+
+func newServePolicy(threshold time.Duration) *servePolicy {
+	p := &servePolicy{threshold: threshold, holdoff: blockHoldoff, epoch: time.Now()}
+	p.blockedAt.Store(-1)
+	return p
+}
+
+// inline reports whether the next request may be served on the queue thread.
+func (p *servePolicy) inline() bool {
+	b := p.blockedAt.Load()
+	return b < 0 || time.Since(p.epoch)-time.Duration(b) > p.holdoff
+}
+
+// callStart is taken before a Target call by a thread locked to its goroutine.
+type callStart struct {
+	wall  time.Duration // since epoch
+	usage threadUsage
+}
+
+func (p *servePolicy) start() callStart {
+	return callStart{time.Since(p.epoch), getThreadUsage()}
+}
+
+// done records a call begun at s on the same thread.
+func (p *servePolicy) done(s callStart) {
+	wall := time.Since(p.epoch)
+	u := getThreadUsage()
+	cpu := u.cpu - s.usage.cpu
+	p.observe(wall, wall-s.wall-cpu, cpu, u.sleeps != s.usage.sleeps)
+}
+
+// observe records a call ending at now (since epoch) that was off the CPU for
+// offCPU, computed for cpu and went to sleep if slept.
+func (p *servePolicy) observe(now, offCPU, cpu time.Duration, slept bool) {
+	if slept && offCPU > p.threshold && offCPU > cpu {
+		p.blockedAt.Store(int64(now))
+		p.blocks.Add(1)
+	}
+}
+
+type threadUsage struct {
+	cpu    time.Duration // user + system
+	sleeps int64         // voluntary context switches
+}
+
+// getThreadUsage reads the calling thread's counters. getrusage(RUSAGE_THREAD)
+// cannot fail for the calling thread; if it did, the zero value would make the
+// next call look blocked or not, costing speed, never correctness.
+func getThreadUsage() threadUsage {
+	var ru unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_THREAD, &ru)
+	return threadUsage{
+		cpu:    time.Duration(ru.Utime.Nano() + ru.Stime.Nano()),
+		sleeps: ru.Nvcsw,
+	}
+}

@@ -99,12 +99,18 @@ type refetchState struct {
 
 // stream is a sequential reader detected by its next expected offset.
 type stream struct {
-	next int64
+	begin, next int64 // where the stream started, where its next read should start
 	run  int    // consecutive sequential reads
 	used uint64 // LRU clock; 0 = free slot
 }
 
 const maxStreams = 4
+
+// Read-ahead window growth (readAhead).
+const (
+	minWindow      = 1 << 20
+	raWindowFactor = 1
+)
 
 // maxLocalTries bounds how often a reader goes back to the cache for one unit
 // whose local copy keeps failing (e.g. evicted again between fill and read).
@@ -390,12 +396,16 @@ func (s *blobState) ensure(src Source, u0, u1 int, ahead bool) []*flight {
 }
 
 // readAhead tracks sequential streams and, once a stream has read three times in
-// a row, keeps the next ReadAhead bytes fetched or in flight. It fills the window
+// a row, keeps a window ahead of it fetched or in flight. It fills the window
 // when half of it is missing, so the window is fetched in large coalesced reads
-// rather than one unit per round trip.
+// rather than one unit per round trip. The window grows with the stream, as the
+// kernel's read-ahead does: raWindowFactor times what the stream has read, at
+// least minWindow, at most ReadAhead. A short stream (a file of a few MiB read
+// through a file system) so fetches little beyond it, and a long one soon keeps
+// a whole bandwidth-delay product in flight.
 func (s *blobState) readAhead(src Source, off, end int64) {
-	ra := s.c.opts.ReadAhead
-	if ra < 0 || end >= s.size {
+	maxRA := s.c.opts.ReadAhead
+	if maxRA < 0 || end >= s.size {
 		return
 	}
 	s.mu.Lock()
@@ -417,7 +427,7 @@ func (s *blobState) readAhead(src Source, off, end int64) {
 				lru = &s.streams[i]
 			}
 		}
-		*lru = stream{next: end, used: s.clock}
+		*lru = stream{begin: off, next: end, used: s.clock}
 		s.mu.Unlock()
 		return
 	}
@@ -432,6 +442,7 @@ func (s *blobState) readAhead(src Source, off, end int64) {
 		s.mu.Unlock()
 		return
 	}
+	ra := min(maxRA, max(minWindow, raWindowFactor*(st.next-st.begin)))
 	ua, ub := int(end/us), int((min(end+ra, s.size)-1)/us)
 	missing, firstMissing := 0, false
 	for u := ua; u <= ub; u++ {

@@ -624,3 +624,46 @@ func TestReadAheadReordered(t *testing.T) {
 		t.Errorf("%d source calls for a reordered sequential read of 32 units", calls)
 	}
 }
+
+// A short sequential stream (a file read through a file system) must not pull a
+// large read-ahead window: the window grows with the stream.
+func TestReadAheadWindowGrows(t *testing.T) {
+	src := newSource(8, 64<<20)
+	o := testOptions()
+	o.RefillSize, o.MaxFetchSize, o.ReadAhead = 64<<10, 4<<20, 32<<20
+	c := openCache(t, t.TempDir(), o)
+	b := openBlob(t, c, testKey, src)
+	fetched := func() int64 {
+		var n int64
+		for _, r := range src.requests() {
+			n += r[1]
+		}
+		return n
+	}
+	buf := make([]byte, 128<<10)
+	read := func(from, n int64) {
+		for off := from; off < from+n; off += int64(len(buf)) {
+			if _, err := b.ReadAt(buf, off); err != nil {
+				t.Fatal(err)
+			}
+			if string(buf) != string(src.data[off:off+int64(len(buf))]) {
+				t.Fatalf("wrong bytes at %d", off)
+			}
+		}
+	}
+	read(0, 2<<20) // a 2 MiB "file"
+	time.Sleep(100 * time.Millisecond)
+	b.s.wg.Wait()
+	short := fetched()
+	// At most the stream, a window of the stream's length, and a fill's rounding.
+	if short > 2*(2<<20)+int64(o.MaxFetchSize) {
+		t.Errorf("a 2 MiB stream fetched %d bytes", short)
+	}
+	read(8<<20, 40<<20) // a long stream: the window reaches ReadAhead
+	b.s.wg.Wait()
+	long := fetched() - short
+	if long < 40<<20+8<<20 {
+		t.Errorf("a 40 MiB stream fetched only %d bytes: the window did not grow", long)
+	}
+	t.Logf("2 MiB stream fetched %d bytes; 40 MiB stream %d", short, long)
+}

@@ -71,7 +71,9 @@ func OptionsFromGlobal(g *config.GlobalConfig) (Options, error) {
 // link and end together, and every source read costs a round trip, so the
 // window must be several BDPs and the fetches large. BenchmarkSequentialHighRTT
 // (200 ms, 100 MiB/s) gives ~13% of the cap with the cache defaults (4 MiB
-// window, 4 MiB fetches), ~55-60% with these. Memory stays bounded: at most
+// window, 4 MiB fetches), 53-57% with these. The window grows with each stream
+// (cache: as long as what the stream has read), so reading a file of a few MiB
+// fetches about twice its size, not 128 MiB. Memory stays bounded: at most
 // MaxFetches (8) fetch buffers of MaxFetchSize are live, 128 MiB. Only streams
 // (three sequential reads) read ahead: random reads fetch just the units they miss.
 const (

@@ -152,13 +152,29 @@ func generate(t testing.TB, seed uint64, overlaybd bool, sizes []int) GeneratedI
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	g := GeneratedImage{}
-	var adds []mutate.Addendum
 	for _, n := range sizes {
 		b := make([]byte, n)
 		for i := range b {
 			b[i] = byte(rng.Uint32())
 		}
 		g.Blobs = append(g.Blobs, b)
+	}
+	g.Image = layersImage(t, overlaybd, g.Blobs)
+	return g
+}
+
+// LayersImage builds an image of the given layer blobs (bottom first), annotated
+// as overlaybd layers the way converted images are: for real overlaybd blobs
+// (tar-wrapped ZFile/LSMT, e.g. from `obd import --tar`).
+func LayersImage(t testing.TB, blobs ...[]byte) v1.Image {
+	t.Helper()
+	return layersImage(t, true, blobs)
+}
+
+func layersImage(t testing.TB, overlaybd bool, blobs [][]byte) v1.Image {
+	t.Helper()
+	var adds []mutate.Addendum
+	for _, b := range blobs {
 		mt := types.OCILayer
 		if overlaybd {
 			mt = types.OCIUncompressedLayer
@@ -170,7 +186,7 @@ func generate(t testing.TB, seed uint64, overlaybd bool, sizes []int) GeneratedI
 			if err != nil {
 				t.Fatalf("registrytest: %v", err)
 			}
-			a.Annotations = map[string]string{annBlobDigest: d.String(), annBlobSize: strconv.Itoa(n), annVersion: "0.1.0"}
+			a.Annotations = map[string]string{annBlobDigest: d.String(), annBlobSize: strconv.Itoa(len(b)), annVersion: "0.1.0"}
 		}
 		adds = append(adds, a)
 	}
@@ -187,6 +203,5 @@ func generate(t testing.TB, seed uint64, overlaybd bool, sizes []int) GeneratedI
 	if _, err := img.Manifest(); err != nil {
 		t.Fatalf("registrytest: build image: %v", fmt.Errorf("manifest: %w", err))
 	}
-	g.Image = img
-	return g
+	return img
 }

@@ -99,9 +99,9 @@ type refetchState struct {
 
 // stream is a sequential reader detected by its next expected offset.
 type stream struct {
-	begin, next int64 // where the stream started, where its next read should start
-	run  int    // consecutive sequential reads
-	used uint64 // LRU clock; 0 = free slot
+	begin, next int64  // where the stream started, where its next read should start
+	run         int    // consecutive sequential reads
+	used        uint64 // LRU clock; 0 = free slot
 }
 
 const maxStreams = 4

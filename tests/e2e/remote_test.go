@@ -7,15 +7,10 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -24,38 +19,6 @@ import (
 )
 
 const helloBlobSize = 642560
-
-// countingProxy forwards to a registry and counts the blob bytes it sends back.
-type countingProxy struct {
-	*httptest.Server
-	blobBytes atomic.Int64
-}
-
-func newCountingProxy(t *testing.T, target string) *countingProxy {
-	u, _ := url.Parse(target)
-	p := &countingProxy{}
-	rp := httputil.NewSingleHostReverseProxy(u)
-	rp.ModifyResponse = func(resp *http.Response) error {
-		if strings.Contains(resp.Request.URL.Path, "/blobs/") && resp.Request.Method == http.MethodGet {
-			resp.Body = &countingBody{resp.Body, &p.blobBytes}
-		}
-		return nil
-	}
-	p.Server = httptest.NewServer(rp)
-	t.Cleanup(p.Close)
-	return p
-}
-
-type countingBody struct {
-	io.ReadCloser
-	n *atomic.Int64
-}
-
-func (b *countingBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.n.Add(int64(n))
-	return n, err
-}
 
 // attachForeground runs `obd attach --foreground ARGS...` and returns the first line
 // it prints and a function that stops it (SIGTERM) and waits.
@@ -112,14 +75,14 @@ func TestAttachImageReference(t *testing.T) {
 	needRoot(t)
 	reg := registrytest.New(t)
 	reg.PushLayout(t, golden+"/hello-world-oci", "hello-world")
-	proxy := newCountingProxy(t, reg.URL)
-	ref := strings.TrimPrefix(proxy.URL, "http://") + "/hello-world:amd64-converted"
+	proxy := registrytest.NewCountingProxy(t, reg.URL)
+	ref := proxy.Host() + "/hello-world:amd64-converted"
 	dir := t.TempDir()
 	cacheDir := filepath.Join(dir, "cache")
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
 	for round := 0; round < 2; round++ {
-		before := proxy.blobBytes.Load()
+		before := proxy.BlobBytes()
 		img, stop := attachForeground(t, "--frontend", "fuse", "--global-config", "/nonexistent", "--cache-dir", cacheDir,
 			"--run-dir", filepath.Join(dir, "run"), ref)
 		mustRun(t, "mount", "-t", "ext4", "-o", "loop,ro", img, mnt)
@@ -129,7 +92,7 @@ func TestAttachImageReference(t *testing.T) {
 		mustRun(t, "umount", mnt)
 		time.Sleep(300 * time.Millisecond)
 		stop()
-		fetched := proxy.blobBytes.Load() - before
+		fetched := proxy.BlobBytes() - before
 		t.Logf("round %d: %d blob bytes from the registry", round, fetched)
 		// A cold open reads the blob's first byte to surface auth and not-found
 		// errors at attach time (as the reference does): 1 byte beyond the data. A
@@ -180,8 +143,8 @@ func TestLargeImageLazy(t *testing.T) {
 	os.Remove(layerPath)
 	reg := registrytest.New(t)
 	reg.PushImage(t, "big", "v1", registrytest.LayersImage(t, blob))
-	proxy := newCountingProxy(t, reg.URL)
-	ref := strings.TrimPrefix(proxy.URL, "http://") + "/big:v1"
+	proxy := registrytest.NewCountingProxy(t, reg.URL)
+	ref := proxy.Host() + "/big:v1"
 
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
@@ -201,7 +164,7 @@ func TestLargeImageLazy(t *testing.T) {
 	if err != nil || len(entries) < files {
 		t.Errorf("listing: %d entries, %v", len(entries), err)
 	}
-	fetched := proxy.blobBytes.Load()
+	fetched := proxy.BlobBytes()
 	frac := float64(fetched) / float64(len(blob))
 	t.Logf("read %d MiB of files: fetched %d of %d blob bytes (%.1f%%)", read>>20, fetched, len(blob), 100*frac)
 	if fetched < read || frac > 0.10 {

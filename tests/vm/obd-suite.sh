@@ -2,6 +2,7 @@
 # obd-suite.sh - the daemon's real-kernel suite (tests/vmsuite): the real obd binary
 # serves the golden images as /dev/ublkbN inside a QEMU guest with ublk_drv.
 # Covers attach/mount/read, a writable upper + commit, kill -9 recovery, 64 devices,
+# attach by image reference from a registry on the guest loopback,
 # bad configs. The last line is "N passed, N failed"; exit status non-zero on failure.
 #
 # Usage: tests/vm/obd-suite.sh [-run REGEX] [-v]
@@ -28,7 +29,7 @@ cp testdata/golden/hello-world-oci/blobs/sha256/022231c3f1af70e0cc42f0c3781eabf1
 
 rc=0
 tests/vm/run-in-vm.sh "${VMARGS[@]}" -m 3072 -t 1500 -b "$MKFS" \
-	"$W/obd" "$W/vmsuite.test" "$W/ext4_64" "$W/hello.blob" -- \
+	"$W/obd" "$W/vmsuite.test" "$W/ext4_64" "$W/hello.blob" testdata/golden/hello-world-oci -- \
 	"./vmsuite.test -test.v -test.count=1 -test.timeout=1400s -test.run '$RUN'" 2>&1 | tee "$W/out" || rc=$?
 
 passed=$(grep -c '^--- PASS' "$W/out" || true)

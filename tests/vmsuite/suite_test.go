@@ -26,7 +26,8 @@ import (
 	"github.com/obd-project/obd/lsmt"
 )
 
-// The guest's /work holds: obd (binary), ext4_64 (base layer), hello.blob (hello-world layer).
+// The guest's /work holds: obd (binary), ext4_64 (base layer), hello.blob (hello-world
+// layer), hello-world-oci (the converted image as an OCI layout).
 var (
 	work    = envOr("OBD_VM_WORK", "/work")
 	obdBin  = filepath.Join(work, "obd")
@@ -46,6 +47,11 @@ func envOr(k, d string) string {
 func TestMain(m *testing.M) {
 	if _, err := os.Stat("/dev/ublk-control"); err != nil {
 		fmt.Println("vmsuite: /dev/ublk-control missing: this suite runs only inside the ublk VM")
+		os.Exit(1)
+	}
+	// The guest's init leaves loopback down; the remote test runs a registry on it.
+	if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		fmt.Printf("vmsuite: ip link set lo up: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	os.Exit(m.Run())
@@ -75,12 +81,14 @@ type daemon struct {
 	root, socket     string
 	stateDir, runDir string
 	logPath          string
+	extra            []string
 }
 
-func newDaemon(t *testing.T) *daemon {
+// newDaemon starts `obd daemon` with private directories and the extra flags.
+func newDaemon(t *testing.T, extra ...string) *daemon {
 	root := t.TempDir()
 	d := &daemon{root: root, socket: filepath.Join(root, "obd.sock"), stateDir: filepath.Join(root, "state"),
-		runDir: filepath.Join(root, "run"), logPath: filepath.Join(root, "daemon.log")}
+		runDir: filepath.Join(root, "run"), logPath: filepath.Join(root, "daemon.log"), extra: extra}
 	d.start(t)
 	return d
 }
@@ -92,6 +100,7 @@ func (d *daemon) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.cmd = exec.Command(obdBin, "daemon", "--config", "/nonexistent", "--socket", d.socket, "--state-dir", d.stateDir, "--run-dir", d.runDir)
+	d.cmd.Args = append(d.cmd.Args, d.extra...)
 	d.cmd.Stdout, d.cmd.Stderr = log, log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"runtime"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -38,7 +39,8 @@ type Options struct {
 
 	// UserAgent defaults to "obd/" + Version.
 	UserAgent string
-	// Platform picks the manifest out of an index; nil means linux/amd64.
+	// Platform picks the manifest out of an index; nil means linux on this
+	// machine's architecture (runtime.GOARCH).
 	Platform *v1.Platform
 
 	// Retry bounds every blob read and manifest resolution.
@@ -100,7 +102,7 @@ func (o Options) withDefaults() Options {
 		o.UserAgent = "obd/" + Version
 	}
 	if o.Platform == nil {
-		o.Platform = &v1.Platform{OS: "linux", Architecture: "amd64"}
+		o.Platform = &v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
 	}
 	r := &o.Retry
 	if r.MaxAttempts <= 0 {

@@ -402,6 +402,9 @@ func (b *Blob) request(ctx context.Context, u string, p []byte, off int64) (*htt
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %v", b.red, redactErr(err))
 	}
+	if b.c.opts.DataProxy != nil {
+		req = req.WithContext(withDataRequest(ctx, req.URL.String()))
+	}
 	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+int64(len(p))-1))
 	return req, nil
 }

@@ -106,7 +106,9 @@ func NewClient(o ClientOptions) (*Client, error) {
 // RegistrySource bounds src's reads by the node's registry-read limit; the peer
 // server's registry sources go through it.
 // Its bytes count as "registry" bytes.
-func (c *Client) RegistrySource(src cache.Source) cache.Source { return &limited{src, c.regSem, c.o.Metrics} }
+func (c *Client) RegistrySource(src cache.Source) cache.Source {
+	return &limited{src, c.regSem, c.o.Metrics}
+}
 
 // limited is a cache.Source whose reads hold a slot of sem.
 type limited struct {

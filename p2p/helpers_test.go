@@ -3,6 +3,7 @@ package p2p_test
 import (
 	"bytes"
 	"context"
+	b64 "encoding/base64"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -229,4 +231,13 @@ func value(c prometheus.Counter) float64 {
 		return 0
 	}
 	return m.Counter.GetValue()
+}
+
+func base64(s string) string { return b64.StdEncoding.EncodeToString([]byte(s)) }
+
+func writeFile(t testing.TB, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -315,6 +315,9 @@ func (p *Proxy) check(req *http.Request, resp *http.Response) error {
 	if t := resp.Header.Get(HeaderDragonflyErrorType); t != "" {
 		return fmt.Errorf("p2p proxy: HTTP %d, %s %s", resp.StatusCode, HeaderDragonflyErrorType, t)
 	}
+	if isRedirect(resp.StatusCode) && resp.Header.Get("Location") != "" {
+		return nil // the registry's redirect, passed on: the client follows it
+	}
 	rng := req.Header.Get("Range")
 	if rng == "" {
 		if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent {
@@ -358,4 +361,12 @@ func (b *proxyBody) Read(q []byte) (int, error) {
 		b.p.down(err)
 	}
 	return n, err
+}
+
+func isRedirect(code int) bool {
+	switch code {
+	case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther, http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+		return true
+	}
+	return false
 }

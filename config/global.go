@@ -88,6 +88,8 @@ type P2PConfig struct {
 	// Listen is where this node's peer server listens (default ":19150");
 	// Advertise is how peers reach it (must match its entry in the peer list).
 	Listen, Advertise string
+	// FanOut is the width of each chunk's distribution tree (0: 8).
+	FanOut int
 	// TLSCert and TLSKey serve the peer server over TLS; TLSCA verifies https:// peers
 	// (and, in dragonfly mode, dfdaemon's interception certificate).
 	TLSCert, TLSKey, TLSCA string
@@ -275,7 +277,7 @@ func ParseGlobalConfig(data []byte) (*GlobalConfig, error) {
 			}
 			return firstErr(o.boolean("enable", &c.Enable), o.str("address", &c.Address), o.str("mode", &c.Mode),
 				o.str("peersFile", &c.PeersFile), o.str("token", &c.Token), o.str("tokenFile", &c.TokenFile),
-				o.str("listen", &c.Listen), o.str("advertise", &c.Advertise),
+				o.str("listen", &c.Listen), o.str("advertise", &c.Advertise), o.int32("fanOut", &c.FanOut),
 				o.str("tlsCert", &c.TLSCert), o.str("tlsKey", &c.TLSKey), o.str("tlsCA", &c.TLSCA))
 		}},
 		{"exporterConfig", func(o *object) error {
@@ -352,6 +354,9 @@ func (g *GlobalConfig) validate() error {
 		}
 		if p.Enable && len(p.Peers) == 0 && p.PeersFile == "" {
 			return errors.New("p2pConfig: mode \"peers\" needs peers or peersFile")
+		}
+		if p.FanOut < 0 {
+			return fmt.Errorf("p2pConfig.fanOut %d: must be >= 0", p.FanOut)
 		}
 		if (p.TLSCert == "") != (p.TLSKey == "") {
 			return errors.New("p2pConfig: tlsCert and tlsKey go together")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -24,6 +25,7 @@ const (
 	HeaderBlobURL    = "X-Obd-Blob-Url"
 	HeaderBlobSize   = "X-Obd-Blob-Size"
 	defaultPeerTries = 2
+	defaultFanOut    = 8
 	defaultParallel  = 8
 	defaultTimeout   = 15 * time.Second
 	defaultDialPeer  = 2 * time.Second
@@ -40,6 +42,9 @@ type ClientOptions struct {
 	// PeerTries is how many peers are asked for a chunk before the registry
 	// (default 2: the owner, then the next in rendezvous order).
 	PeerTries int
+	// FanOut is the width of each chunk's distribution tree (default 8): see
+	// upstream. With at most FanOut+1 nodes every node asks the owner directly.
+	FanOut int
 	// Parallel bounds the concurrent peer requests of one read (default 8).
 	Parallel int
 	// MaxPeerRequests and MaxRegistryReads bound this node's concurrent peer
@@ -77,6 +82,9 @@ func NewClient(o ClientOptions) (*Client, error) {
 	}
 	if o.PeerTries <= 0 {
 		o.PeerTries = defaultPeerTries
+	}
+	if o.FanOut <= 0 {
+		o.FanOut = defaultFanOut
 	}
 	if o.Parallel <= 0 {
 		o.Parallel = defaultParallel
@@ -139,6 +147,27 @@ func (c *Client) Close() { c.http.CloseIdleConnections() }
 // read from their owners first. It is a cache.Source; the cache in front of it
 // verifies and keeps what it returns.
 func (c *Client) Source(digest, url string, reg cache.Source) *Source {
+	return c.source(digest, url, reg)
+}
+
+// ServerSource is Source for the peer server's handles: Close closes reg.
+func (c *Client) ServerSource(digest, url string, reg cache.Source) cache.Source {
+	return &closingSource{c.source(digest, url, reg), reg}
+}
+
+type closingSource struct {
+	*Source
+	reg cache.Source
+}
+
+func (s *closingSource) Close() error {
+	if c, ok := s.reg.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
+}
+
+func (c *Client) source(digest, url string, reg cache.Source) *Source {
 	return &Source{c: c, digest: digest, url: url, reg: c.RegistrySource(reg), served: map[int64]string{}, avoid: map[int64]string{}}
 }
 
@@ -214,9 +243,9 @@ func (s *Source) readChunk(p []byte, off, chunk int64) error {
 	bad := s.avoid[chunk]
 	s.mu.Unlock()
 	tries := 0
-	for _, peer := range set.Ranked(s.digest + "#" + strconv.FormatInt(chunk, 10)) {
-		if peer == self || tries >= s.c.o.PeerTries {
-			break // this node owns the chunk, or enough peers were asked
+	for _, peer := range upstream(set.Ranked(s.digest+"#"+strconv.FormatInt(chunk, 10)), self, s.c.o.FanOut) {
+		if tries >= s.c.o.PeerTries {
+			break
 		}
 		if peer == bad {
 			continue
@@ -254,6 +283,27 @@ func (s *Source) readChunk(p []byte, off, chunk int64) error {
 	delete(s.served, chunk)
 	s.mu.Unlock()
 	return nil
+}
+
+// upstream returns whom this node asks for a chunk, in order, given the chunk's
+// rendezvous ranking: its parent in the chunk's tree, the parent's parent, and so
+// on up to the owner (rank 0), which fetches from the registry. The tree is the
+// ranking read as a heap of width fanOut: the node at rank r > 0 fetches from
+// rank (r-1)/fanOut. Every chunk has a different tree, so every node relays some
+// chunks and no node serves a chunk to the whole fleet; and a node only ever
+// waits on nodes ranked above it, so waits cannot form a cycle. Empty when this
+// node owns the chunk.
+func upstream(ranked []string, self string, fanOut int) []string {
+	pos := slices.Index(ranked, self)
+	if pos < 0 {
+		pos = len(ranked) // not in the fleet: a leaf below everyone
+	}
+	var out []string
+	for pos > 0 {
+		pos = (pos - 1) / fanOut
+		out = append(out, ranked[pos])
+	}
+	return out
 }
 
 // peerError is a failed peer request with a metrics reason.

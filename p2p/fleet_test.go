@@ -1,6 +1,7 @@
 package p2p_test
 
 import (
+	"fmt"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -24,7 +25,7 @@ type node struct {
 
 // startFleet starts n nodes on 127.0.0.1, each with its own cache directory and
 // peer server, all listing all.
-func startFleet(t *testing.T, n int, token string) []*node {
+func startFleet(t *testing.T, n int, token string, fanOut int) []*node {
 	t.Helper()
 	lns := make([]interface{ Close() error }, n)
 	nodes := make([]*node, n)
@@ -37,7 +38,7 @@ func startFleet(t *testing.T, n int, token string) []*node {
 		defer func() {
 			nd := nodes[i]
 			nd.op = newOpener(t, t.TempDir(), config.P2PConfig{Enable: true, Mode: config.P2PModePeers,
-				Peers: peers, Advertise: nd.addr, Token: token}, nd.m)
+				Peers: peers, Advertise: nd.addr, Token: token, FanOut: fanOut}, nd.m)
 			nd.srv = &http.Server{Handler: nd.op.PeerServer()}
 			go nd.srv.Serve(ln)
 			t.Cleanup(func() { nd.srv.Close() })
@@ -48,15 +49,22 @@ func startFleet(t *testing.T, n int, token string) []*node {
 
 // TestFleet: five nodes read the same scattered working set; the registry sends
 // it about once, not five times. Then two peers die mid-run: reads stay correct,
-// and the survivors count fallbacks.
+// and the survivors count fallbacks. Fan-out 8 makes every chunk's owner serve
+// the other four; fan-out 2 makes two of them relays.
 func TestFleet(t *testing.T) {
+	for _, fo := range []int{8, 2} {
+		t.Run(fmt.Sprintf("fanout%d", fo), func(t *testing.T) { testFleet(t, fo) })
+	}
+}
+
+func testFleet(t *testing.T, fanOut int) {
 	reg := registrytest.New(t)
 	front := newCounter(t, reg.URL)
 	data := randomData(1, 48<<20)
 	l := pushBlob(t, reg, "fleet/app", data)
 	blobURL := front.URL + "/v2/fleet/app/blobs/" + l.Digest
 
-	nodes := startFleet(t, 5, "fleet-secret")
+	nodes := startFleet(t, 5, "fleet-secret", fanOut)
 	for _, nd := range nodes {
 		nd.blob = openBlob(t, nd.op, blobURL, l)
 	}

@@ -127,3 +127,23 @@ func FuzzRangeHeaders(f *testing.F) {
 		}
 	})
 }
+
+func TestUpstream(t *testing.T) {
+	r := []string{"a", "b", "c", "d", "e", "f", "g"}
+	for _, tc := range []struct {
+		self string
+		fan  int
+		want []string
+	}{
+		{"a", 2, nil},
+		{"b", 2, []string{"a"}},
+		{"e", 2, []string{"b", "a"}},
+		{"g", 2, []string{"c", "a"}},
+		{"g", 8, []string{"a"}},
+		{"x", 2, []string{"d", "b", "a"}}, // not listed: below the last
+	} {
+		if got := upstream(r, tc.self, tc.fan); !slices.Equal(got, tc.want) {
+			t.Errorf("upstream(%s, fan %d) = %v, want %v", tc.self, tc.fan, got, tc.want)
+		}
+	}
+}

@@ -30,9 +30,10 @@ type ServerOptions struct {
 	// Cache is this node's extent cache (the one its own reads use, so that a
 	// chunk fetched for a peer and for a local reader is fetched once).
 	Cache *cache.Cache
-	// Open opens the registry source of a blob by URL and size, without probing
-	// (registry.Client.LazyBlob). It must not read through peers.
-	Open  func(url string, size int64) (cache.Source, error)
+	// Open opens the source of a blob by digest, URL and size, without probing:
+	// Client.Source over registry.Client.LazyBlob, so that a relay fetches a
+	// chunk from its parent in the chunk's tree and the owner from the registry.
+	Open  func(digest, url string, size int64) (cache.Source, error)
 	Token string
 	// MaxServing bounds concurrent requests; more get 503 and the peer moves on
 	// (default 32).
@@ -180,7 +181,7 @@ func (s *Server) acquire(digest, url string, size int64) (*served, error) {
 		h.used = s.clock
 		return h, nil
 	}
-	src, err := s.o.Open(url, size)
+	src, err := s.o.Open(digest, url, size)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %v", digest, err)
 	}

@@ -18,7 +18,7 @@ func TestServerRefuses(t *testing.T) {
 	}
 	opened := 0
 	s, err := NewServer(ServerOptions{Cache: ca, Token: "secret", Logger: zap.NewNop(),
-		Open: func(string, int64) (cache.Source, error) { opened++; return nil, http.ErrAbortHandler }})
+		Open: func(string, string, int64) (cache.Source, error) { opened++; return nil, http.ErrAbortHandler }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -199,7 +199,8 @@ func (op *Opener) setupPeers(o Options) error {
 	if err != nil {
 		return err
 	}
-	co := p2p.ClientOptions{Peers: set, Token: token, ChunkSize: o.Cache.RefillSize, Metrics: op.metrics, Logger: o.Logger}
+	co := p2p.ClientOptions{Peers: set, Token: token, ChunkSize: o.Cache.RefillSize, FanOut: pc.FanOut,
+		Metrics: op.metrics, Logger: o.Logger}
 	if pc.TLSCA != "" {
 		if co.TLS, err = p2p.ClientTLS(pc.TLSCA); err != nil {
 			return err
@@ -209,12 +210,12 @@ func (op *Opener) setupPeers(o Options) error {
 		return err
 	}
 	op.server, err = p2p.NewServer(p2p.ServerOptions{Cache: op.cache, Token: token, Metrics: op.metrics, Logger: o.Logger,
-		Open: func(url string, size int64) (cache.Source, error) {
+		Open: func(digest, url string, size int64) (cache.Source, error) {
 			b, err := op.client.LazyBlob(url, size)
 			if err != nil {
 				return nil, err
 			}
-			return op.peers.RegistrySource(b), nil
+			return op.peers.ServerSource(digest, url, b), nil
 		}})
 	return err
 }

@@ -243,7 +243,7 @@ func (s *Source) readChunk(p []byte, off, chunk int64) error {
 	bad := s.avoid[chunk]
 	s.mu.Unlock()
 	tries := 0
-	for _, peer := range upstream(set.Ranked(s.digest+"#"+strconv.FormatInt(chunk, 10)), self, s.c.o.FanOut) {
+	for _, peer := range upstream(set.Ranked(ChunkKey(s.digest, chunk)), self, s.c.o.FanOut) {
 		if tries >= s.c.o.PeerTries {
 			break
 		}

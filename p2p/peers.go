@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -281,3 +282,15 @@ func score(peer, key string) uint64 {
 	h ^= h >> 31
 	return h
 }
+
+// Rank is the rendezvous order of peers for key (exported for the simulator).
+func Rank(peers []string, key string) []string { return rank(peers, key) }
+
+// Upstream is whom self asks for a chunk with this ranking (see upstream;
+// exported for the simulator).
+func Upstream(ranked []string, self string, fanOut int) []string {
+	return upstream(ranked, self, fanOut)
+}
+
+// ChunkKey is the rendezvous key of a blob chunk.
+func ChunkKey(digest string, chunk int64) string { return digest + "#" + strconv.FormatInt(chunk, 10) }

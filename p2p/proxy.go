@@ -356,7 +356,7 @@ type proxyBody struct {
 func (b *proxyBody) Read(q []byte) (int, error) {
 	n, err := b.ReadCloser.Read(q)
 	b.p.o.Metrics.bytes(b.src, n)
-	if err != nil && err != io.EOF && b.src == "proxy" {
+	if err != nil && err != io.EOF && b.src == "proxy" && !errors.Is(err, context.Canceled) {
 		b.p.o.Metrics.peerError("proxy")
 		b.p.down(err)
 	}

@@ -35,8 +35,7 @@ type ServerOptions struct {
 	// chunk from its parent in the chunk's tree and the owner from the registry.
 	Open  func(digest, url string, size int64) (cache.Source, error)
 	Token string
-	// MaxServing bounds concurrent requests; more get 503 and the peer moves on
-	// (default 32).
+	// MaxServing bounds concurrent requests; more wait (default 32).
 	MaxServing int
 	Metrics    *Metrics
 	Logger     *zap.Logger
@@ -133,11 +132,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.StatusRequestedRangeNotSatisfiable)
 		return
 	}
+	// Wait for a slot rather than refuse: a refused peer would be penalised and
+	// go to the registry, which is what peer mode is there to avoid. The
+	// requester's timeout bounds the wait.
 	select {
 	case s.sem <- struct{}{}:
 		defer func() { <-s.sem }()
-	default:
-		http.Error(w, "busy", http.StatusServiceUnavailable)
+	case <-r.Context().Done():
 		return
 	}
 	h, err := s.acquire(digest, url, size)

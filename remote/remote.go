@@ -195,6 +195,11 @@ func (op *Opener) setupPeers(o Options) error {
 	if err != nil {
 		return err
 	}
+	// A node others list but that does not know its own entry would ask its
+	// children for the chunks it owns: require it.
+	if pc.Advertise == "" {
+		return errors.New("p2pConfig: peer mode needs advertise (this node's entry in the peer list)")
+	}
 	set, err := p2p.NewPeerSet(pc.Advertise, pc.Peers, pc.PeersFile, o.Logger)
 	if err != nil {
 		return err

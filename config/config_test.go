@@ -275,6 +275,11 @@ func TestParseGlobalConfigErrors(t *testing.T) {
 		{"nested type", `{"exporterConfig":{"port":"80"}}`, "exporterConfig.port: want an integer in"},
 		{"section type", `{"p2pConfig":true}`, "p2pConfig: want a JSON object, found a boolean"},
 		{"download block", `{"download":{"blockSize":0}}`, "download.blockSize: must be > 0"},
+		{"p2p mode", `{"p2pConfig":{"mode":"kraken"}}`, `p2pConfig.mode "kraken": want proxy|dragonfly|peers`},
+		{"p2p peers no token", `{"p2pConfig":{"enable":true,"mode":"peers","peers":["a:1"]}}`, "needs token or tokenFile"},
+		{"p2p peers none", `{"p2pConfig":{"enable":true,"mode":"peers","token":"t"}}`, "needs peers or peersFile"},
+		{"p2p peers type", `{"p2pConfig":{"peers":[1]}}`, "p2pConfig.peers[0]: want a string"},
+		{"p2p tls half", `{"p2pConfig":{"mode":"peers","tlsCert":"c"}}`, "tlsCert and tlsKey go together"},
 		{"prefetch", `{"prefetchConfig":{"concurrency":0}}`, "prefetchConfig.concurrency 0: must be > 0"},
 		{"syntax", `{"a":}`, "invalid JSON"},
 	}
@@ -420,5 +425,20 @@ func TestWriteResult(t *testing.T) {
 	}
 	if err := WriteResult(filepath.Join(path, "sub"), nil); err == nil {
 		t.Fatal("unwritable result file: no error")
+	}
+}
+
+func TestParseGlobalConfigP2P(t *testing.T) {
+	g, err := ParseGlobalConfig([]byte(`{"p2pConfig":{"enable":true,"mode":"peers","address":"ignored",
+		"peers":["10.0.0.1:19150","https://10.0.0.2:19150"],"peersFile":"/etc/obd/peers","token":"s3cret",
+		"listen":":19150","advertise":"10.0.0.1:19150","fanOut":4,"tlsCert":"c.pem","tlsKey":"k.pem","tlsCA":"ca.pem"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := P2PConfig{Enable: true, Mode: P2PModePeers, Address: "ignored",
+		Peers: []string{"10.0.0.1:19150", "https://10.0.0.2:19150"}, PeersFile: "/etc/obd/peers", Token: "s3cret",
+		Listen: ":19150", Advertise: "10.0.0.1:19150", FanOut: 4, TLSCert: "c.pem", TLSKey: "k.pem", TLSCA: "ca.pem"}
+	if !reflect.DeepEqual(g.P2PConfig, want) {
+		t.Fatalf("p2pConfig\n got %+v\nwant %+v", g.P2PConfig, want)
 	}
 }

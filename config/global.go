@@ -68,13 +68,39 @@ type CredentialConfig struct {
 	ClientCertPath, ClientKeyPath, ServerCAPath string
 }
 
-// P2PConfig is "p2pConfig".
+// P2PConfig is "p2pConfig". enable and address are the reference's; the other
+// members are obd's (the reference ignores them).
 type P2PConfig struct {
 	// Enable routes blob data through the P2P proxy when it is reachable.
 	Enable bool
-	// Address is the proxy prefix (default "http://localhost:9731/accelerator").
+	// Address is the proxy prefix (default "http://localhost:9731/accelerator");
+	// in dragonfly mode, dfdaemon's proxy address ("" → 127.0.0.1:4001).
 	Address string
+	// Mode is "proxy" (the reference's URL prefix; the default), "dragonfly"
+	// (dfdaemon as an HTTP proxy) or "peers" (obd's built-in peer mode).
+	Mode string
+	// Peers lists peers ("host:port" or http(s)://host:port); PeersFile names a
+	// file of them, one a line, re-read when it changes. Peer mode only.
+	Peers     []string
+	PeersFile string
+	// Token is the fleet's shared secret (or TokenFile, a file holding it).
+	Token, TokenFile string
+	// Listen is where this node's peer server listens (default ":19150");
+	// Advertise is how peers reach it (must match its entry in the peer list).
+	Listen, Advertise string
+	// FanOut is the width of each chunk's distribution tree (0: 8).
+	FanOut int
+	// TLSCert and TLSKey serve the peer server over TLS; TLSCA verifies https:// peers
+	// (and, in dragonfly mode, dfdaemon's interception certificate).
+	TLSCert, TLSKey, TLSCA string
 }
+
+// P2P modes.
+const (
+	P2PModeProxy     = "proxy"
+	P2PModeDragonfly = "dragonfly"
+	P2PModePeers     = "peers"
+)
 
 // ExporterConfig is "exporterConfig", the Prometheus exporter.
 type ExporterConfig struct {
@@ -237,7 +263,22 @@ func ParseGlobalConfig(data []byte) (*GlobalConfig, error) {
 			return parseDownload(o, &g.Download)
 		}},
 		{"p2pConfig", func(o *object) error {
-			return firstErr(o.boolean("enable", &g.P2PConfig.Enable), o.str("address", &g.P2PConfig.Address))
+			c := &g.P2PConfig
+			peers, err := o.array("peers")
+			if err != nil {
+				return err
+			}
+			for i, v := range peers {
+				var p string
+				if err := json.Unmarshal(v, &p); err != nil {
+					return fmt.Errorf("p2pConfig.peers[%d]: want a string, found %s", i, kind(v))
+				}
+				c.Peers = append(c.Peers, p)
+			}
+			return firstErr(o.boolean("enable", &c.Enable), o.str("address", &c.Address), o.str("mode", &c.Mode),
+				o.str("peersFile", &c.PeersFile), o.str("token", &c.Token), o.str("tokenFile", &c.TokenFile),
+				o.str("listen", &c.Listen), o.str("advertise", &c.Advertise), o.int32("fanOut", &c.FanOut),
+				o.str("tlsCert", &c.TLSCert), o.str("tlsKey", &c.TLSKey), o.str("tlsCA", &c.TLSCA))
 		}},
 		{"exporterConfig", func(o *object) error {
 			c := &g.ExporterConfig
@@ -304,6 +345,24 @@ func (g *GlobalConfig) validate() error {
 	case "", "file", "http", "https", "uds":
 	default:
 		return fmt.Errorf("credentialConfig.mode %q: want file|http|https|uds", g.CredentialConfig.Mode)
+	}
+	switch p := g.P2PConfig; p.Mode {
+	case "", P2PModeProxy, P2PModeDragonfly:
+	case P2PModePeers:
+		if p.Enable && p.Token == "" && p.TokenFile == "" {
+			return errors.New("p2pConfig: mode \"peers\" needs token or tokenFile")
+		}
+		if p.Enable && len(p.Peers) == 0 && p.PeersFile == "" {
+			return errors.New("p2pConfig: mode \"peers\" needs peers or peersFile")
+		}
+		if p.FanOut < 0 {
+			return fmt.Errorf("p2pConfig.fanOut %d: must be >= 0", p.FanOut)
+		}
+		if (p.TLSCert == "") != (p.TLSKey == "") {
+			return errors.New("p2pConfig: tlsCert and tlsKey go together")
+		}
+	default:
+		return fmt.Errorf("p2pConfig.mode %q: want proxy|dragonfly|peers", p.Mode)
 	}
 	if g.PrefetchConcurrency <= 0 {
 		return fmt.Errorf("prefetchConfig.concurrency %d: must be > 0", g.PrefetchConcurrency)

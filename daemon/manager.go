@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"os"
 	"path/filepath"
 	"sort"
@@ -36,6 +37,8 @@ type Options struct {
 	Resolver Resolver
 	// NoRecovery creates ublk devices without user recovery.
 	NoRecovery bool
+	// Collectors are other packages' metrics (P2P) served with the manager's.
+	Collectors []prometheus.Collector
 	Logger     *zap.Logger
 }
 

@@ -40,6 +40,7 @@ func (m *Manager) Registry() *prometheus.Registry {
 	r := prometheus.NewRegistry()
 	r.MustRegister(m.metrics.attaches, m.metrics.detaches, m.metrics.attachDuration, m.metrics.recovered,
 		deviceCollector{m}, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	r.MustRegister(m.opts.Collectors...)
 	return r
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -38,6 +39,8 @@ type Blob struct {
 	mu       sync.Mutex
 	loc      *location // blob-storage URL the registry redirected to; nil: ask the registry
 	selfETag string    // ETag of the registry's own answers
+
+	selfServes atomic.Bool // the registry answered a range itself (Self mode)
 }
 
 // location is a resolved redirect target, valid until expires.
@@ -344,6 +347,11 @@ func (b *Blob) attempt(ctx context.Context, p []byte, off int64) (int, *attemptE
 		if err != nil {
 			return 0, failed(fatal, "%w", err)
 		}
+		if b.selfServes.Load() {
+			// Known to serve the blob itself (Self mode): a data request, for the
+			// DataProxy. The first request resolves the mode directly.
+			req = b.dataRequest(req)
+		}
 		client := &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 		resp, err := client.Do(req)
 		if err != nil {
@@ -363,6 +371,9 @@ func (b *Blob) attempt(ctx context.Context, p []byte, off int64) (int, *attemptE
 			loc = b.newLocation(target.String())
 		} else {
 			defer resp.Body.Close()
+			if resp.StatusCode/100 == 2 {
+				b.selfServes.Store(true)
+			}
 			n, ae := b.body(resp, p, off, nil)
 			if ae != nil && ae.kind == reauth {
 				b.c.forgetAuth(b.repo) // handshake again: fresh credentials and token
@@ -379,6 +390,7 @@ func (b *Blob) attempt(ctx context.Context, p []byte, off int64) (int, *attemptE
 	if err != nil {
 		return 0, failed(fatal, "%w", err)
 	}
+	req = b.dataRequest(req)
 	client := &http.Client{Transport: b.c, CheckRedirect: func(_ *http.Request, via []*http.Request) error {
 		if len(via) >= maxRedirects {
 			return fmt.Errorf("more than %d redirects", maxRedirects)
@@ -404,6 +416,14 @@ func (b *Blob) request(ctx context.Context, u string, p []byte, off int64) (*htt
 	}
 	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+int64(len(p))-1))
 	return req, nil
+}
+
+// dataRequest marks req for the DataProxy, if there is one.
+func (b *Blob) dataRequest(req *http.Request) *http.Request {
+	if b.c.opts.DataProxy == nil {
+		return req
+	}
+	return req.WithContext(withDataRequest(req.Context(), req.URL.String()))
 }
 
 func isRedirect(code int) bool {

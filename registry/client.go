@@ -164,7 +164,13 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		t = c.noVerify
 	}
 	start := time.Now()
-	resp, err := t.RoundTrip(r)
+	var resp *http.Response
+	var err error
+	if dp := c.opts.DataProxy; dp != nil && isDataRequest(req) {
+		resp, err = dp.RoundTrip(r, t)
+	} else {
+		resp, err = t.RoundTrip(r)
+	}
 	if obs := c.opts.Observer; obs != nil {
 		status := 0
 		if resp != nil {
@@ -176,6 +182,20 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		return limitManifest(req, resp)
 	}
 	return resp, err
+}
+
+// dataKey marks a request context with the URL of the blob data request made
+// under it; only that exact URL goes to the DataProxy, not the token requests or
+// redirect hops made with the same context.
+type dataKey struct{}
+
+func withDataRequest(ctx context.Context, u string) context.Context {
+	return context.WithValue(ctx, dataKey{}, u)
+}
+
+func isDataRequest(req *http.Request) bool {
+	u, _ := req.Context().Value(dataKey{}).(string)
+	return u != "" && u == req.URL.String()
 }
 
 func closeBody(req *http.Request) {

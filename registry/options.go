@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"net/http"
 	"runtime"
 	"time"
 
@@ -68,6 +69,11 @@ type Options struct {
 	// An http:// proxy must be loopback or listed in PlainHTTP. Registries that
 	// serve blobs themselves (no redirect) are read directly.
 	RewriteURL func(string) string
+	// DataProxy, if set, carries blob data requests (the registry's own answer in
+	// Self mode, with its Authorization header, and the storage URL it redirected
+	// to), never the ping, token or redirect-resolution requests: the P2P proxy
+	// and Dragonfly modes of package p2p.
+	DataProxy DataProxy
 
 	// Logger defaults to zap.L(). URLs are logged without their query strings;
 	// credentials and tokens are never logged.
@@ -95,6 +101,16 @@ type Observer interface {
 	Bytes(n int64)
 	// Retry reports that a read will try again after wait.
 	Retry(reason string, wait time.Duration)
+}
+
+// DataProxy sends a blob data request through a P2P proxy. req is the request as
+// it would go directly (Range, User-Agent and, to the registry itself,
+// Authorization set); direct sends it that way. A proxy that fails (cannot be
+// reached, answers with an error of its own, frames the range wrongly) must fall
+// back to direct itself, so that its failures neither use up the read's retry
+// budget nor look like a registry or blob fault. Called concurrently.
+type DataProxy interface {
+	RoundTrip(req *http.Request, direct http.RoundTripper) (*http.Response, error)
 }
 
 func (o Options) withDefaults() Options {

@@ -14,6 +14,7 @@ import (
 	"github.com/obd-project/obd/cache"
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/image"
+	"github.com/obd-project/obd/p2p"
 	"github.com/obd-project/obd/registry"
 	"go.uber.org/zap"
 )
@@ -23,7 +24,13 @@ type Options struct {
 	Registry registry.Options
 	CacheDir string        // the extent cache directory
 	Cache    cache.Options // capacity, refill unit, ...
-	Logger   *zap.Logger
+	// P2P is p2pConfig: with Enable, blob data goes through a proxy (modes
+	// "proxy", "dragonfly") or peers ("peers"); the cache stays in front.
+	P2P config.P2PConfig
+	// P2PMetrics receives the P2P counters (nil: the Opener makes its own; see
+	// Opener.P2PMetrics).
+	P2PMetrics *p2p.Metrics
+	Logger     *zap.Logger
 }
 
 // OptionsFromGlobal maps the daemon config (overlaybd.json) to Options: cacheConfig,
@@ -61,6 +68,7 @@ func OptionsFromGlobal(g *config.GlobalConfig) (Options, error) {
 		return o, fmt.Errorf("credentialConfig.mode %q: want file, http, https or uds", cred.Mode)
 	}
 	o.Registry.CertFile, o.Registry.KeyFile = g.CertConfig.CertFile, g.CertConfig.KeyFile
+	o.P2P = g.P2PConfig
 	return o, nil
 }
 
@@ -86,6 +94,11 @@ type Opener struct {
 	client *registry.Client
 	cache  *cache.Cache
 	lg     *zap.Logger
+
+	metrics *p2p.Metrics
+	proxy   *p2p.Proxy  // proxy and dragonfly modes
+	peers   *p2p.Client // peer mode
+	server  *p2p.Server // peer mode
 }
 
 var _ image.RemoteOpener = (*Opener)(nil)
@@ -106,6 +119,25 @@ func NewOpener(o Options) (*Opener, error) {
 	if o.Cache.MaxFetchSize == 0 {
 		o.Cache.MaxFetchSize = DefaultMaxFetchSize
 	}
+	if o.P2P.Enable && o.P2P.Mode == config.P2PModePeers {
+		// One chunk per fill: a fill then waits only on the chunk's owner, which
+		// ranks above this node, so nodes never wait on each other in a cycle.
+		// The p2p client bounds peer and registry requests itself, so the
+		// cache's bound (whose slots a fill holds while it waits on a peer) is
+		// lifted.
+		o.Cache.MaxFetchSize = o.Cache.RefillSize
+		if o.Cache.MaxFetchSize == 0 {
+			o.Cache.MaxFetchSize = cache.DefaultRefillSize
+		}
+		o.Cache.MaxFetches = 1 << 10
+	}
+	op := &Opener{lg: o.Logger, metrics: o.P2PMetrics}
+	if op.metrics == nil {
+		op.metrics = p2p.NewMetrics()
+	}
+	if err := op.setupProxy(&o); err != nil {
+		return nil, err
+	}
 	c, err := registry.NewClient(o.Registry)
 	if err != nil {
 		return nil, err
@@ -115,14 +147,109 @@ func NewOpener(o Options) (*Opener, error) {
 		c.Close()
 		return nil, err
 	}
-	return &Opener{client: c, cache: ca, lg: o.Logger}, nil
+	op.client, op.cache = c, ca
+	if err := op.setupPeers(o); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return op, nil
+}
+
+// setupProxy makes the proxy of the proxy and dragonfly modes and hooks it into
+// the registry client's data requests.
+func (op *Opener) setupProxy(o *Options) error {
+	pc := o.P2P
+	if !pc.Enable || pc.Mode == config.P2PModePeers {
+		return nil
+	}
+	po := p2p.ProxyOptions{Metrics: op.metrics, Logger: o.Logger}
+	if pc.TLSCA != "" {
+		t, err := p2p.ClientTLS(pc.TLSCA)
+		if err != nil {
+			return err
+		}
+		po.TLS = t
+	}
+	var err error
+	if pc.Mode == config.P2PModeDragonfly {
+		op.proxy, err = p2p.NewDragonfly(pc.Address, po)
+	} else {
+		op.proxy, err = p2p.NewURLProxy(pc.Address, po)
+	}
+	if err != nil {
+		return err
+	}
+	// The reference checks the proxy once; obd keeps checking (see p2p.Proxy).
+	if err := op.proxy.Check(context.Background()); err != nil {
+		o.Logger.Warn("p2p proxy not reachable now; reads go to the registry until it is", zap.Error(err))
+	}
+	o.Registry.DataProxy = op.proxy
+	return nil
+}
+
+// setupPeers makes the peer client and server of peer mode.
+func (op *Opener) setupPeers(o Options) error {
+	pc := o.P2P
+	if !pc.Enable || pc.Mode != config.P2PModePeers {
+		return nil
+	}
+	token, err := p2p.LoadToken(pc.Token, pc.TokenFile)
+	if err != nil {
+		return err
+	}
+	// A node others list but that does not know its own entry would ask its
+	// children for the chunks it owns: require it.
+	if pc.Advertise == "" {
+		return errors.New("p2pConfig: peer mode needs advertise (this node's entry in the peer list)")
+	}
+	set, err := p2p.NewPeerSet(pc.Advertise, pc.Peers, pc.PeersFile, o.Logger)
+	if err != nil {
+		return err
+	}
+	co := p2p.ClientOptions{Peers: set, Token: token, ChunkSize: o.Cache.RefillSize, FanOut: pc.FanOut,
+		Metrics: op.metrics, Logger: o.Logger}
+	if pc.TLSCA != "" {
+		if co.TLS, err = p2p.ClientTLS(pc.TLSCA); err != nil {
+			return err
+		}
+	}
+	if op.peers, err = p2p.NewClient(co); err != nil {
+		return err
+	}
+	op.server, err = p2p.NewServer(p2p.ServerOptions{Cache: op.cache, Token: token, Metrics: op.metrics, Logger: o.Logger,
+		Open: func(digest, url string, size int64) (cache.Source, error) {
+			b, err := op.client.LazyBlob(url, size)
+			if err != nil {
+				return nil, err
+			}
+			return op.peers.ServerSource(digest, url, b), nil
+		}})
+	return err
 }
 
 // Client is the registry client, for resolving references.
 func (o *Opener) Client() *registry.Client { return o.client }
 
-// Close releases the registry client's connections.
-func (o *Opener) Close() { o.client.Close() }
+// P2PMetrics are the P2P counters, for the daemon's metrics registry.
+func (o *Opener) P2PMetrics() *p2p.Metrics { return o.metrics }
+
+// PeerServer is the handler serving this node's cache to peers (nil unless
+// p2pConfig.mode is "peers").
+func (o *Opener) PeerServer() *p2p.Server { return o.server }
+
+// Close releases the registry client's, proxy's and peers' connections.
+func (o *Opener) Close() {
+	o.client.Close()
+	if o.proxy != nil {
+		o.proxy.Close()
+	}
+	if o.peers != nil {
+		o.peers.Close()
+	}
+	if o.server != nil {
+		o.server.Close()
+	}
+}
 
 // OpenBlob opens the blob at url (repoBlobUrl/digest) through the cache. The cache
 // key is the digest, so blobs are shared across repositories and registries, as
@@ -143,19 +270,36 @@ func (o *Opener) OpenBlob(ctx context.Context, url string, l config.Layer) (imag
 	if err != nil {
 		return nil, err
 	}
-	b, err := o.cache.Open(l.Digest, src)
+	var cs cache.Source = src
+	var ps *p2p.Source
+	if o.peers != nil {
+		ps = o.peers.Source(l.Digest, url, src)
+		cs = ps
+	}
+	b, err := o.cache.Open(l.Digest, cs)
 	if err != nil {
 		src.Close()
 		return nil, err
 	}
-	return &cachedBlob{Blob: b, src: src}, nil
+	return &cachedBlob{Blob: b, src: src, peers: ps}, nil
 }
 
 // cachedBlob closes the registry side with the cache handle. It keeps the cache's
 // Evict, which the ZFile reader calls when a block fails its CRC.
 type cachedBlob struct {
 	*cache.Blob
-	src *registry.Blob
+	src   *registry.Blob
+	peers *p2p.Source // peer mode: told of evictions, to penalise the peer that served the bytes
+}
+
+// Evict drops the range from the cache and, in peer mode, penalises the peers
+// that served it.
+func (b *cachedBlob) Evict(off, n int64) error {
+	err := b.Blob.Evict(off, n)
+	if b.peers != nil {
+		b.peers.Evicted(off, n)
+	}
+	return err
 }
 
 func (b *cachedBlob) Close() error {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/daemon"
+	"github.com/obd-project/obd/p2p"
 	"github.com/obd-project/obd/remote"
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
@@ -46,6 +47,7 @@ func daemonCommand() *cli.Command {
 			} else {
 				defer rem.Close()
 				opts.Remote, opts.Resolver = rem, rem
+				opts.Collectors = rem.P2PMetrics().Collectors()
 			}
 			m, err := daemon.NewManager(opts)
 			if err != nil {
@@ -53,6 +55,16 @@ func daemonCommand() *cli.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			if opts.Remote != nil {
+				if srv := opts.Remote.(*remote.Opener).PeerServer(); srv != nil {
+					pc := g.P2PConfig
+					go func() {
+						if err := p2p.Serve(ctx, pc.Listen, pc.TLSCert, pc.TLSKey, srv, zap.L()); err != nil {
+							zap.L().Error("p2p peer server", zap.Error(err))
+						}
+					}()
+				}
+			}
 			if err := m.Restore(ctx); err != nil {
 				return err
 			}

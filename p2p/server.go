@@ -1,0 +1,249 @@
+package p2p
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/obd-project/obd/cache"
+	"go.uber.org/zap"
+)
+
+// Limits of the peer server.
+const (
+	maxServeRange     = cache.MaxRefillSize // one chunk at most (the largest refill unit)
+	defaultMaxServing = 32
+	maxOpenBlobs      = 64
+)
+
+// ServerOptions configure a Server.
+type ServerOptions struct {
+	// Cache is this node's extent cache (the one its own reads use, so that a
+	// chunk fetched for a peer and for a local reader is fetched once).
+	Cache *cache.Cache
+	// Open opens the source of a blob by digest, URL and size, without probing:
+	// Client.Source over registry.Client.LazyBlob, so that a relay fetches a
+	// chunk from its parent in the chunk's tree and the owner from the registry.
+	Open  func(digest, url string, size int64) (cache.Source, error)
+	Token string
+	// MaxServing bounds concurrent requests; more wait (default 32).
+	MaxServing int
+	Metrics    *Metrics
+	Logger     *zap.Logger
+}
+
+// Server serves blob ranges from the local cache to peers, fetching a missing
+// chunk from the registry once (the cache's single-flight) and caching it. It
+// serves only bytes that pass the cache's page checks. It is an http.Handler.
+type Server struct {
+	o   ServerOptions
+	sem chan struct{}
+
+	mu    sync.Mutex
+	open  map[string]*served // by digest
+	clock uint64
+}
+
+type served struct {
+	blob *cache.Blob
+	src  cache.Source
+	refs int
+	used uint64
+	gone bool // dropped from the map: close at refs 0
+}
+
+// NewServer checks o and makes a Server.
+func NewServer(o ServerOptions) (*Server, error) {
+	if o.Cache == nil || o.Open == nil {
+		return nil, errors.New("p2p: server needs a cache and a registry opener")
+	}
+	if o.Token == "" {
+		return nil, errors.New("p2p: peer mode needs a token")
+	}
+	if o.MaxServing <= 0 {
+		o.MaxServing = defaultMaxServing
+	}
+	if o.Logger == nil {
+		o.Logger = zap.L()
+	}
+	return &Server{o: o, sem: make(chan struct{}, o.MaxServing), open: map[string]*served{}}, nil
+}
+
+// Close closes the blobs the server holds open.
+func (s *Server) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for d, h := range s.open {
+		delete(s.open, d)
+		h.gone = true
+		if h.refs == 0 {
+			closeServed(h)
+		}
+	}
+}
+
+func closeServed(h *served) {
+	h.blob.Close()
+	if c, ok := h.src.(io.Closer); ok {
+		c.Close()
+	}
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !s.authorized(r) {
+		http.Error(w, "bad or missing token", http.StatusUnauthorized)
+		return
+	}
+	if r.Method != http.MethodGet {
+		http.Error(w, "GET only", http.StatusMethodNotAllowed)
+		return
+	}
+	digest, ok := strings.CutPrefix(r.URL.Path, blobPath)
+	if !ok {
+		http.NotFound(w, r)
+		return
+	}
+	if _, err := v1.NewHash(digest); err != nil {
+		http.Error(w, fmt.Sprintf("digest %q: %v", digest, err), http.StatusBadRequest)
+		return
+	}
+	url := r.Header.Get(HeaderBlobURL)
+	if !strings.HasSuffix(url, "/blobs/"+digest) {
+		http.Error(w, HeaderBlobURL+" does not name the blob "+digest, http.StatusBadRequest)
+		return
+	}
+	size, err := parseUint(r.Header.Get(HeaderBlobSize))
+	if err != nil || size <= 0 {
+		http.Error(w, "bad "+HeaderBlobSize, http.StatusBadRequest)
+		return
+	}
+	first, last, ok := parseRange(r.Header.Get("Range"))
+	if !ok || last >= size || last-first+1 > maxServeRange {
+		http.Error(w, fmt.Sprintf("want one range bytes=<first>-<last> of at most %d bytes inside the blob", maxServeRange),
+			http.StatusRequestedRangeNotSatisfiable)
+		return
+	}
+	// Wait for a slot rather than refuse: a refused peer would be penalised and
+	// go to the registry, which is what peer mode is there to avoid. The
+	// requester's timeout bounds the wait.
+	select {
+	case s.sem <- struct{}{}:
+		defer func() { <-s.sem }()
+	case <-r.Context().Done():
+		return
+	}
+	h, err := s.acquire(digest, url, size)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusConflict)
+		return
+	}
+	defer s.release(digest, h)
+	buf := make([]byte, last-first+1)
+	if n, err := h.blob.ReadAt(buf, first); n < len(buf) {
+		s.o.Logger.Debug("p2p serve failed", zap.String("blob", digest), zap.Int64("off", first), zap.Error(err))
+		http.Error(w, fmt.Sprintf("read: %v", err), http.StatusBadGateway)
+		return
+	}
+	w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, last, size))
+	w.Header().Set("Content-Length", strconv.Itoa(len(buf)))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.WriteHeader(http.StatusPartialContent)
+	n, _ := w.Write(buf)
+	if s.o.Metrics != nil {
+		s.o.Metrics.Uploaded.Add(float64(n))
+	}
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(tok), []byte(s.o.Token)) == 1
+}
+
+// acquire returns the open cache handle of digest, opening it (and closing the
+// least recently used idle one beyond maxOpenBlobs).
+func (s *Server) acquire(digest, url string, size int64) (*served, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clock++
+	if h := s.open[digest]; h != nil {
+		if h.blob.Size() != size {
+			return nil, fmt.Errorf("blob %s has size %d, not %d", digest, h.blob.Size(), size)
+		}
+		h.refs++
+		h.used = s.clock
+		return h, nil
+	}
+	src, err := s.o.Open(digest, url, size)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %v", digest, err)
+	}
+	b, err := s.o.Cache.Open(digest, src)
+	if err != nil {
+		if c, ok := src.(io.Closer); ok {
+			c.Close()
+		}
+		return nil, err
+	}
+	h := &served{blob: b, src: src, refs: 1, used: s.clock}
+	s.open[digest] = h
+	if len(s.open) > maxOpenBlobs {
+		var lru string
+		for d, o := range s.open {
+			if o.refs == 0 && (lru == "" || o.used < s.open[lru].used) {
+				lru = d
+			}
+		}
+		if lru != "" {
+			o := s.open[lru]
+			delete(s.open, lru)
+			closeServed(o)
+		}
+	}
+	return h, nil
+}
+
+func (s *Server) release(digest string, h *served) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h.refs--
+	if h.refs == 0 && h.gone {
+		closeServed(h)
+	}
+}
+
+// DefaultListen is the peer server's default address.
+const DefaultListen = ":19150"
+
+// Serve serves h on addr ("" → DefaultListen), over TLS when certFile and
+// keyFile are set, until ctx ends.
+func Serve(ctx context.Context, addr, certFile, keyFile string, h http.Handler, lg *zap.Logger) error {
+	if addr == "" {
+		addr = DefaultListen
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("p2p peer server: %w", err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	stop := context.AfterFunc(ctx, func() { srv.Close() })
+	defer stop()
+	lg.Info("p2p peer server listening", zap.String("addr", ln.Addr().String()), zap.Bool("tls", certFile != ""))
+	if certFile != "" {
+		err = srv.ServeTLS(ln, certFile, keyFile)
+	} else {
+		err = srv.Serve(ln)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -155,6 +156,9 @@ type cachedBlob struct {
 	*cache.Blob
 	src *registry.Blob
 }
+
+// Source is the registry blob itself, which the background download reads.
+func (b *cachedBlob) Source() io.ReaderAt { return b.src }
 
 func (b *cachedBlob) Close() error {
 	err := b.Blob.Close()

@@ -62,8 +62,13 @@ func (c *Client) call(ctx context.Context, method, path string, body, out any) e
 
 // Attach asks the daemon to attach the config.
 func (c *Client) Attach(ctx context.Context, configPath string, fe Frontend) (Status, error) {
+	return c.AttachTrace(ctx, configPath, fe, TraceOptions{})
+}
+
+// AttachTrace is Attach with run-time trace recording or replay.
+func (c *Client) AttachTrace(ctx context.Context, configPath string, fe Frontend, tr TraceOptions) (Status, error) {
 	var st Status
-	err := c.call(ctx, http.MethodPost, "/v1/attach", AttachRequest{Config: configPath, Frontend: fe}, &st)
+	err := c.call(ctx, http.MethodPost, "/v1/attach", AttachRequest{Config: configPath, Frontend: fe, TraceOptions: tr}, &st)
 	return st, err
 }
 

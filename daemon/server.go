@@ -22,6 +22,7 @@ const DefaultSocket = "/run/obd/obd.sock"
 type AttachRequest struct {
 	Config   string   `json:"config"`
 	Frontend Frontend `json:"frontend,omitempty"`
+	TraceOptions
 }
 
 // DetachRequest is the body of POST /v1/detach: a device id or path.
@@ -65,7 +66,7 @@ func Serve(ctx context.Context, m *Manager, socket string) error {
 			reply(w, http.StatusBadRequest, errorBody{err.Error()})
 			return
 		}
-		st, err := m.Attach(r.Context(), req.Config, fe)
+		st, err := m.AttachTrace(r.Context(), req.Config, fe, req.TraceOptions)
 		if err != nil {
 			reply(w, http.StatusUnprocessableEntity, errorBody{err.Error()})
 			return

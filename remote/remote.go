@@ -16,6 +16,7 @@ import (
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/image"
 	"github.com/obd-project/obd/registry"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -82,9 +83,11 @@ const (
 
 // Opener opens remote layer blobs through one shared registry client and cache.
 type Opener struct {
-	client *registry.Client
-	cache  *cache.Cache
-	lg     *zap.Logger
+	client  *registry.Client
+	cache   *cache.Cache
+	lg      *zap.Logger
+	metrics *metrics
+	dir     string // the cache directory (pulled image configs live under it)
 }
 
 var _ image.RemoteOpener = (*Opener)(nil)
@@ -99,6 +102,10 @@ func NewOpener(o Options) (*Opener, error) {
 	}
 	o.Registry.Logger = o.Logger
 	o.Cache.Logger = o.Logger
+	m := newMetrics()
+	if o.Registry.Observer == nil {
+		o.Registry.Observer = m
+	}
 	if o.Cache.ReadAhead == 0 {
 		o.Cache.ReadAhead = DefaultReadAhead
 	}
@@ -114,8 +121,13 @@ func NewOpener(o Options) (*Opener, error) {
 		c.Close()
 		return nil, err
 	}
-	return &Opener{client: c, cache: ca, lg: o.Logger}, nil
+	m.cache, m.usage = ca.Stats, ca.Usage
+	return &Opener{client: c, cache: ca, lg: o.Logger, metrics: m, dir: o.CacheDir}, nil
 }
+
+// Collector reports registry requests, latency, retries, bytes fetched and the
+// cache's counters, for the daemon's metrics endpoint.
+func (o *Opener) Collector() prometheus.Collector { return o.metrics }
 
 // Client is the registry client, for resolving references.
 func (o *Opener) Client() *registry.Client { return o.client }
@@ -177,8 +189,12 @@ func (o *Opener) ImageConfig(ctx context.Context, ref string) (*config.ImageConf
 	return cfg, im, nil
 }
 
-// Config resolves ref into a device config (see ImageConfig).
+// Config resolves ref into a device config (see ImageConfig). When the registry
+// is unreachable, an image fetched by Pull resolves to the config Pull recorded.
 func (o *Opener) Config(ctx context.Context, ref string) (*config.ImageConfig, error) {
 	cfg, _, err := o.ImageConfig(ctx, ref)
-	return cfg, err
+	if err != nil {
+		return o.resolveOffline(ref, err)
+	}
+	return cfg, nil
 }

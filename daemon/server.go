@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 )
 
@@ -107,6 +108,8 @@ func Serve(ctx context.Context, m *Manager, socket string) error {
 	mux.HandleFunc("GET /v1/list", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, m.List())
 	})
+	// The metrics, also without --metrics-addr (obd stats reads them here).
+	mux.Handle("GET /v1/metrics", promhttp.HandlerFor(m.Registry(), promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()

@@ -21,9 +21,10 @@ import (
 
 // PullOptions configure Pull.
 type PullOptions struct {
-	// Parallel is the number of chunks fetched at once, over all layers (default 8).
+	// Parallel is the number of chunks fetched at once, over all layers (default
+	// 16; the cache bounds concurrent registry reads itself).
 	Parallel int
-	// ChunkSize is the unit of work (default 16 MiB).
+	// ChunkSize is the unit of work (default 8 MiB).
 	ChunkSize int
 	// BlobsOnly fetches the layer blobs only: the resolved image (its device
 	// config) is not kept, so attaching the reference still asks the registry
@@ -49,10 +50,10 @@ type PullResult struct {
 // that attaching ref works with the registry unreachable (see Config).
 func (o *Opener) Pull(ctx context.Context, ref string, po PullOptions) (PullResult, error) {
 	if po.Parallel <= 0 {
-		po.Parallel = 8
+		po.Parallel = 16
 	}
 	if po.ChunkSize <= 0 {
-		po.ChunkSize = 16 << 20
+		po.ChunkSize = 8 << 20
 	}
 	cfg, im, err := o.ImageConfig(ctx, ref)
 	if err != nil {
@@ -82,11 +83,11 @@ func (o *Opener) Pull(ctx context.Context, ref string, po PullOptions) (PullResu
 		if err != nil {
 			return res, err
 		}
-		b, err := o.OpenBlob(ctx, u, l)
+		b, err := o.openBlob(ctx, u, l, true)
 		if err != nil {
 			return res, fmt.Errorf("layer %d (%s): %w", i, l.Digest, err)
 		}
-		blobs[i] = b.(*cachedBlob)
+		blobs[i] = b
 		res.Bytes += int64(l.Size)
 		for off := int64(0); off < int64(l.Size); off += int64(po.ChunkSize) {
 			chunks = append(chunks, chunk{i, off, int(min(int64(po.ChunkSize), int64(l.Size)-off))})
@@ -105,6 +106,13 @@ func (o *Opener) Pull(ctx context.Context, ref string, po PullOptions) (PullResu
 	progress(0)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Each layer is hashed in order while later chunks are still being fetched,
+	// read back from the cache as the fetched prefix grows, so verifying costs
+	// no time after the last byte arrives.
+	hashers := make([]*orderedHash, len(blobs))
+	for i, b := range blobs {
+		hashers[i] = newOrderedHash(b)
+	}
 	work := make(chan chunk)
 	var firstErr error
 	var emu sync.Mutex
@@ -124,6 +132,7 @@ func (o *Opener) Pull(ctx context.Context, ref string, po PullOptions) (PullResu
 					cancel()
 					continue
 				}
+				hashers[c.layer].fetched(c.off, c.n)
 				progress(c.n)
 			}
 		}()
@@ -138,18 +147,30 @@ feed:
 	}
 	close(work)
 	wg.Wait()
+	sums := make([]string, len(hashers))
+	var herr error
+	for i, h := range hashers {
+		var err error
+		sums[i], err = h.finish()
+		if herr == nil && err != nil {
+			herr = fmt.Errorf("layer %d (%s): read back: %w", i, cfg.Lowers[i].Digest, err)
+		}
+	}
 	if firstErr != nil {
 		return res, firstErr
 	}
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
+	if herr != nil {
+		return res, herr
+	}
 	res.Fetched = o.cache.Stats().BytesFetched - before
 	for i, l := range cfg.Lowers {
-		if err := verifyDigest(blobs[i], l.Digest); err != nil {
+		if want := strings.TrimPrefix(l.Digest, "sha256:"); sums[i] != want || !strings.HasPrefix(l.Digest, "sha256:") {
 			// Drop what was fetched: the next pull starts this blob over.
 			blobs[i].Evict(0, blobs[i].Size())
-			return res, fmt.Errorf("layer %d: %w", i, err)
+			return res, fmt.Errorf("layer %d: %s: the fetched blob hashes to sha256:%s (digest mismatch)", i, l.Digest, sums[i])
 		}
 		if !o.cache.Complete(l.Digest, int64(l.Size)) {
 			return res, fmt.Errorf("layer %d (%s) is not wholly cached after the pull: is the cache (cacheSizeGB) smaller than the image?", i, l.Digest)
@@ -165,23 +186,61 @@ feed:
 	return res, nil
 }
 
-// verifyDigest hashes the blob (from the cache) and compares it with digest.
-func verifyDigest(r interface {
+// orderedHash hashes a blob from its start as chunks of it are fetched, in any
+// order: a goroutine reads each newly contiguous range back (from the cache,
+// locally) and hashes it.
+type orderedHash struct {
+	r    io.ReaderAt
+	size int64
+	in   chan [2]int64 // fetched ranges: off, n
+	done chan struct{}
+	sum  string
+	err  error
+}
+
+func newOrderedHash(r interface {
 	io.ReaderAt
 	Size() int64
-}, digest string) error {
-	want, ok := strings.CutPrefix(digest, "sha256:")
-	if !ok {
-		return fmt.Errorf("%s: only sha256 digests can be verified", digest)
+}) *orderedHash {
+	h := &orderedHash{r: r, size: r.Size(), in: make(chan [2]int64, 64), done: make(chan struct{})}
+	go h.run()
+	return h
+}
+
+func (h *orderedHash) fetched(off int64, n int) { h.in <- [2]int64{off, int64(n)} }
+
+func (h *orderedHash) run() {
+	defer close(h.done)
+	d := sha256.New()
+	pending := map[int64]int64{}
+	var next int64
+	buf := make([]byte, 1<<20)
+	for r := range h.in {
+		pending[r[0]] = r[1]
+		for h.err == nil {
+			n, ok := pending[next]
+			if !ok {
+				break
+			}
+			delete(pending, next)
+			if _, err := io.CopyBuffer(d, io.NewSectionReader(h.r, next, n), buf); err != nil {
+				h.err = err
+			}
+			next += n
+		}
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(r, 0, r.Size())); err != nil {
-		return fmt.Errorf("%s: read back: %w", digest, err)
+	if h.err == nil && next != h.size {
+		// Not all fetched: a failed or cancelled pull, which reports its own error.
+		h.err = fmt.Errorf("only %d of %d bytes fetched", next, h.size)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != want {
-		return fmt.Errorf("%s: the fetched blob hashes to sha256:%s (digest mismatch)", digest, got)
-	}
-	return nil
+	h.sum = hex.EncodeToString(d.Sum(nil))
+}
+
+// finish waits for the hash of everything fetched and returns it.
+func (h *orderedHash) finish() (string, error) {
+	close(h.in)
+	<-h.done
+	return h.sum, h.err
 }
 
 // pulled is what Pull records about an image, under <cacheDir>/images/.

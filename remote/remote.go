@@ -139,6 +139,12 @@ func (o *Opener) Close() { o.client.Close() }
 // key is the digest, so blobs are shared across repositories and registries, as
 // the reference's cache does.
 func (o *Opener) OpenBlob(ctx context.Context, url string, l config.Layer) (image.Blob, error) {
+	return o.openBlob(ctx, url, l, false)
+}
+
+// openBlob is OpenBlob; lazy skips the open probe when the size is known (Pull:
+// the first read reports the same errors, one round trip later).
+func (o *Opener) openBlob(ctx context.Context, url string, l config.Layer, lazy bool) (*cachedBlob, error) {
 	if l.Digest == "" {
 		return nil, errors.New("remote layer without a digest")
 	}
@@ -146,7 +152,7 @@ func (o *Opener) OpenBlob(ctx context.Context, url string, l config.Layer) (imag
 	// a page later fails its check, so a warm attach works with the registry down.
 	var src *registry.Blob
 	var err error
-	if size := int64(l.Size); size > 0 && o.cache.Complete(l.Digest, size) {
+	if size := int64(l.Size); size > 0 && (lazy || o.cache.Complete(l.Digest, size)) {
 		src, err = o.client.LazyBlob(url, size)
 	} else {
 		src, err = o.client.OpenBlob(ctx, url, size)

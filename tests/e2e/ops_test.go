@@ -233,3 +233,66 @@ func TestStatsAfterRemoteAttach(t *testing.T) {
 		t.Errorf("stats table: %v\n%s", err, table)
 	}
 }
+
+// With download.enable in the daemon's config, an image attached by reference is
+// downloaded whole in the background: `obd list` reports it done, the verified
+// copy sits in the layer directory, and the device reads right with the registry
+// down.
+func TestBackgroundDownloadDaemon(t *testing.T) {
+	needRoot(t)
+	reg := registrytest.New(t)
+	reg.PushLayout(t, golden+"/hello-world-oci", "hello-world")
+	proxy := newCountingProxy(t, reg.URL)
+	ref := strings.TrimPrefix(proxy.URL, "http://") + "/hello-world:amd64-converted"
+	dir := t.TempDir()
+	global := filepath.Join(dir, "overlaybd.json")
+	os.WriteFile(global, []byte(`{"download": {"enable": true, "delay": 0, "delayExtra": 1, "maxMBps": 10, "tryCnt": 2}}`), 0o644)
+	// startDaemon passes a nonexistent --config first; the later one wins.
+	d := startDaemon(t, dir, "--cache-dir", filepath.Join(dir, "cache"), "--config", global)
+	defer d.stop(t)
+	out, err := d.obd(t, "attach", "--frontend", "fuse", ref)
+	if err != nil {
+		t.Fatal(err, out)
+	}
+	img := firstLine(out)
+	var st []struct {
+		Downloads []struct {
+			Digest string
+			State  string
+			Bytes  int64
+			Size   int64
+		}
+	}
+	for i := 0; ; i++ {
+		out, err := d.obd(t, "list", "--json")
+		if err != nil {
+			t.Fatal(err, out)
+		}
+		if err := json.Unmarshal([]byte(out), &st); err != nil || len(st) != 1 || len(st[0].Downloads) != 1 {
+			t.Fatalf("list --json: %v\n%s", err, out)
+		}
+		if st[0].Downloads[0].State == "done" {
+			break
+		}
+		if i == 300 {
+			t.Fatalf("download not done within 30 s: %+v\n%s", st[0].Downloads, d.logText())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	dl := st[0].Downloads[0]
+	if dl.Bytes != helloBlobSize || dl.Size != helloBlobSize {
+		t.Errorf("download %+v; want %d bytes", dl, helloBlobSize)
+	}
+	local := filepath.Join(d.stateDir, "layers", strings.TrimPrefix(dl.Digest, "sha256:"), "overlaybd.commit")
+	if got := fileSHA(t, local); "sha256:"+got != dl.Digest {
+		t.Errorf("local copy %s hashes to %s", local, got)
+	}
+	table, _ := d.obd(t, "list")
+	if !strings.Contains(table, "1/1 100%") {
+		t.Errorf("obd list does not show the finished download:\n%s", table)
+	}
+	proxy.Close() // the registry is down
+	mnt := filepath.Join(dir, "mnt")
+	os.Mkdir(mnt, 0o755)
+	mountHello(t, img, mnt)
+}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"os"
@@ -295,4 +296,50 @@ func TestBackgroundDownloadDaemon(t *testing.T) {
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
 	mountHello(t, img, mnt)
+}
+
+// Through a token-protected registry that redirects blob reads to signed storage
+// URLs (registry/'s tests add faults and retries), the daemon's debug log and the
+// output of list and stats never carry the password, the Basic credentials, a
+// bearer token or a URL signature.
+func TestLogsCarryNoSecrets(t *testing.T) {
+	needRoot(t)
+	const user, pass = "alice", "s3cr3t-pa55w0rd"
+	reg := registrytest.New(t, registrytest.WithTokenAuth(user, pass, 0), registrytest.WithRedirect(time.Minute))
+	reg.PushLayout(t, golden+"/hello-world-oci", "hello-world")
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "cred.json")
+	os.WriteFile(creds, []byte(`{"auths": {"`+reg.Host+`": {"username": "`+user+`", "password": "`+pass+`"}}}`), 0o600)
+	global := filepath.Join(dir, "overlaybd.json")
+	os.WriteFile(global, []byte(`{"credentialConfig": {"mode": "file", "path": "`+creds+`"}}`), 0o644)
+	d := startDaemon(t, dir, "--cache-dir", filepath.Join(dir, "cache"), "--config", global)
+	out, err := d.obd(t, "attach", "--frontend", "fuse", reg.Host+"/hello-world:amd64-converted")
+	if err != nil {
+		d.stop(t)
+		t.Fatal(err, out, d.logText())
+	}
+	f, err := os.Open(firstLine(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, io.LimitReader(f, 4<<20))
+	f.Close()
+	list, _ := d.obd(t, "list", "--json")
+	stats, _ := d.obd(t, "stats", "--all")
+	d.stop(t)
+	logs := d.logText()
+	if reg.StorageGets() == 0 {
+		t.Fatal("no blob read went to signed storage: the test checks nothing")
+	}
+	basic := base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
+	for name, text := range map[string]string{"daemon log": logs, "list": list, "stats": stats} {
+		for _, secret := range []string{pass, basic, "sig=", "Bearer ", "token="} {
+			if strings.Contains(text, secret) {
+				t.Errorf("%s contains %q", name, secret)
+			}
+		}
+	}
+	if !strings.Contains(logs, "debug") {
+		t.Errorf("the daemon log has no debug lines: the test would not see URLs logged at debug")
+	}
 }

@@ -266,6 +266,16 @@ func fetch(ctx context.Context, j Job, o Options, force bool, have, fetched *ato
 		return "", fmt.Errorf("download %s: %w", j.Digest, err)
 	}
 	defer f.Close()
+	// Two devices of one layer directory (images attached by reference share
+	// them by digest) must not fill one file: the second waits, then finds the
+	// first one's overlaybd.commit.
+	if err := lockFile(ctx, f); err != nil {
+		return "", fmt.Errorf("download %s: %w", j.Digest, err)
+	}
+	if _, err := os.Stat(final); err == nil {
+		have.Store(j.Size)
+		return final, nil
+	}
 	if st, err := f.Stat(); err == nil && (force || st.Size() != j.Size) {
 		// A different size is another blob's leftover; after a digest mismatch
 		// nothing already present can be trusted.
@@ -310,6 +320,23 @@ func fetch(ctx context.Context, j Job, o Options, force bool, have, fetched *ato
 		d.Close()
 	}
 	return final, nil
+}
+
+// lockFile takes an exclusive flock on f (released when f is closed), polling so
+// that ctx can end the wait.
+func lockFile(ctx context.Context, f *os.File) error {
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("lock %s: %w", f.Name(), err)
+		}
+		if !sleep(ctx, 100*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
 }
 
 // present reports whether [off, end) of f holds data (no hole), which is how a

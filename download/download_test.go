@@ -233,3 +233,29 @@ func TestDownloadBadDigest(t *testing.T) {
 		t.Fatalf("unsupported digest: %v", err)
 	}
 }
+
+// Two downloads of one layer directory at once: one fills the file, the other
+// waits for it and finds its overlaybd.commit; both succeed and the copy is right.
+func TestDownloadSameDirConcurrently(t *testing.T) {
+	blobs, srcs, ds := served(t, 2<<20)
+	dir := t.TempDir()
+	src := &counting{r: srcs[0]}
+	errs := make(chan error, 2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			_, err := Fetch(context.Background(), Job{Dir: dir, Digest: ds[0], Size: int64(len(blobs[0])), Source: src}, Options{BlockSize: 64 << 10}, false)
+			errs <- err
+		}()
+	}
+	for i := 0; i < 2; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, config.CommitFileName)); !bytes.Equal(got, blobs[0]) {
+		t.Fatal("local copy differs")
+	}
+	if n := src.n.Load(); n != int64(len(blobs[0])) {
+		t.Errorf("read %d bytes; want the blob once (%d)", n, len(blobs[0]))
+	}
+}

@@ -233,8 +233,9 @@ func (s *blobState) closeFiles() {
 func (b *Blob) Size() int64 { return b.s.size }
 
 // Stats returns the blob's counters.
-func (b *Blob) Stats() Stats {
-	s := b.s
+func (b *Blob) Stats() Stats { return b.s.stats() }
+
+func (s *blobState) stats() Stats {
 	return Stats{
 		Hits: s.hits.Load(), Misses: s.misses.Load(),
 		BytesFetched: s.fetched.Load(), BytesServed: s.served.Load(),
@@ -256,6 +257,7 @@ func (b *Blob) Close() error {
 	last := s.refs == 0
 	if last {
 		delete(c.blobs, s.base)
+		c.closed.add(s.stats())
 	}
 	c.mu.Unlock()
 	if last {

@@ -142,8 +142,9 @@ type Cache struct {
 	sem  chan struct{} // bounds concurrent source reads
 	lock *os.File      // <dir>/.lock: flock'd by the eviction scan
 
-	mu    sync.Mutex
-	blobs map[string]*blobState // open blobs by file base name
+	mu     sync.Mutex
+	blobs  map[string]*blobState // open blobs by file base name
+	closed Stats                 // counters of blobs no longer open, guarded by mu
 
 	// usageMu serialises this process's users of the usage counter; the flock on
 	// lock serialises processes.
@@ -479,6 +480,27 @@ func numUnits(size int64, unitSize int) int {
 func unitLen(size int64, unitSize, unit int) int {
 	start := int64(unit) * int64(unitSize)
 	return int(min(size-start, int64(unitSize)))
+}
+
+func (t *Stats) add(s Stats) {
+	t.Hits += s.Hits
+	t.Misses += s.Misses
+	t.BytesFetched += s.BytesFetched
+	t.BytesServed += s.BytesServed
+	t.Evictions += s.Evictions
+	t.Refetches += s.Refetches
+	t.ChecksumFailures += s.ChecksumFailures
+}
+
+// Stats sums the counters of every blob this Cache has opened, for metrics.
+func (c *Cache) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.closed
+	for _, s := range c.blobs {
+		t.add(s.stats())
+	}
+	return t
 }
 
 // Complete reports whether every unit of the blob key of size bytes is cached, per

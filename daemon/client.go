@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"time"
@@ -62,8 +63,13 @@ func (c *Client) call(ctx context.Context, method, path string, body, out any) e
 
 // Attach asks the daemon to attach the config.
 func (c *Client) Attach(ctx context.Context, configPath string, fe Frontend) (Status, error) {
+	return c.AttachTrace(ctx, configPath, fe, TraceOptions{})
+}
+
+// AttachTrace is Attach with run-time trace recording or replay.
+func (c *Client) AttachTrace(ctx context.Context, configPath string, fe Frontend, tr TraceOptions) (Status, error) {
 	var st Status
-	err := c.call(ctx, http.MethodPost, "/v1/attach", AttachRequest{Config: configPath, Frontend: fe}, &st)
+	err := c.call(ctx, http.MethodPost, "/v1/attach", AttachRequest{Config: configPath, Frontend: fe, TraceOptions: tr}, &st)
 	return st, err
 }
 
@@ -84,4 +90,23 @@ func (c *Client) AttachImage(ctx context.Context, req ImageRequest) (Status, err
 	var st Status
 	err := c.call(ctx, http.MethodPost, "/v1/attach-image", req, &st)
 	return st, err
+}
+
+// Metrics returns the daemon's metrics in the Prometheus text format.
+func (c *Client) Metrics(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://obd/v1/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Accept", "text/plain")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("obd daemon at %s: %w (is `obd daemon` running?)", c.socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("obd daemon: metrics: %s", resp.Status)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	return string(b), err
 }

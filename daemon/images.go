@@ -27,6 +27,7 @@ type ImageRequest struct {
 	// first attach with the image's size); empty: read-only.
 	Upper    string   `json:"upper,omitempty"`
 	Frontend Frontend `json:"frontend,omitempty"`
+	TraceOptions
 }
 
 // generatedDir holds the configs written for image references; a state record points
@@ -37,6 +38,12 @@ func (m *Manager) generatedDir() string {
 		base = m.opts.RunDir
 	}
 	return filepath.Join(base, "images")
+}
+
+// layersDir holds the layer directories of images attached by reference: the
+// background download's .download and overlaybd.commit files, by digest.
+func (m *Manager) layersDir() string {
+	return filepath.Join(filepath.Dir(m.generatedDir()), "layers")
 }
 
 // AttachImage resolves req.Ref, writes its config.v1.json and attaches it.
@@ -61,6 +68,15 @@ func (m *Manager) AttachImage(ctx context.Context, req ImageRequest) (Status, er
 		}
 		cfg.Upper = up
 	}
+	if g := m.opts.Global; g.HasDownload && g.Download.Enable {
+		// Background download needs a layer directory; it outlives the device so
+		// later attaches open the downloaded copy (shared by digest).
+		for i := range cfg.Lowers {
+			if l := &cfg.Lowers[i]; l.Dir == "" && l.File == "" && strings.HasPrefix(l.Digest, "sha256:") {
+				l.Dir = filepath.Join(m.layersDir(), strings.TrimPrefix(l.Digest, "sha256:"))
+			}
+		}
+	}
 	cfg.ResultFile = filepath.Join(dir, "result")
 	b, err := cfg.Encode()
 	if err == nil {
@@ -70,7 +86,7 @@ func (m *Manager) AttachImage(ctx context.Context, req ImageRequest) (Status, er
 		os.RemoveAll(dir)
 		return Status{}, err
 	}
-	st, err := m.Attach(ctx, filepath.Join(dir, "config.v1.json"), req.Frontend)
+	st, err := m.AttachTrace(ctx, filepath.Join(dir, "config.v1.json"), req.Frontend, req.TraceOptions)
 	if err != nil {
 		os.RemoveAll(dir)
 	}

@@ -18,8 +18,10 @@ import (
 	"time"
 
 	"github.com/obd-project/obd/config"
+	"github.com/obd-project/obd/download"
 	"github.com/obd-project/obd/image"
 	"github.com/obd-project/obd/ublk"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -40,6 +42,10 @@ type Options struct {
 	// Collectors are other packages' metrics (P2P) served with the manager's.
 	Collectors []prometheus.Collector
 	Logger     *zap.Logger
+	// Collectors are more metrics for the endpoint (the registry and cache's).
+	Collectors []prometheus.Collector
+	// Download overrides the configs' download timing (tests); nil: the configs'.
+	Download *download.Options
 }
 
 // Manager owns a set of devices. It is safe for concurrent use: attaches run in
@@ -50,6 +56,8 @@ type Manager struct {
 	lg    *zap.Logger
 
 	metrics *metrics
+	// dl paces every background download of this daemon (maxMBps over all layers).
+	dl *download.Limiter
 
 	mu      sync.Mutex
 	devices map[int]*device
@@ -73,6 +81,8 @@ type Status struct {
 	WriteErrors  int64  `json:"writeErrors"`
 	Size         int64  `json:"size"`
 	ReadOnly     bool   `json:"readOnly"`
+	// Downloads is the background download of each remote layer (download.enable).
+	Downloads []download.Status `json:"downloads,omitempty"`
 }
 
 // NewManager prepares the state and run directories.
@@ -94,7 +104,7 @@ func NewManager(opts Options) (*Manager, error) {
 		}
 	}
 	return &Manager{opts: opts, state: stateDir(opts.StateDir), lg: opts.Logger, metrics: newMetrics(),
-		devices: map[int]*device{}, pending: map[int]bool{}}, nil
+		dl: download.NewLimiter(float64(opts.Global.Download.MaxMBps) * (1 << 20)), devices: map[int]*device{}, pending: map[int]bool{}}, nil
 }
 
 // reserveID picks the smallest id that no device of ours, no attach in progress, no
@@ -127,9 +137,27 @@ func (m *Manager) release(id int) {
 	m.mu.Unlock()
 }
 
+// TraceOptions are run-time trace files of one attach (`obd attach --record-trace
+// / --prefetch`), used in addition to the config's recordTracePath and
+// acceleration layer, with no image rebuild.
+type TraceOptions struct {
+	RecordTrace string `json:"recordTrace,omitempty"` // record the reads of this attach into this file
+	Prefetch    string `json:"prefetch,omitempty"`    // replay this trace while serving
+}
+
+func (m *Manager) imageOptions(t TraceOptions) image.Options {
+	return image.Options{Remote: m.opts.Remote, Logger: m.lg, PrefetchConcurrency: m.opts.Global.PrefetchConcurrency,
+		RecordTrace: t.RecordTrace, ReplayTrace: t.Prefetch, DownloadLimiter: m.dl, Download: m.opts.Download}
+}
+
 // Attach assembles the config at configPath and serves it. The config's resultFile
 // receives "success" or "failed:<reason>", as the reference daemon writes it.
 func (m *Manager) Attach(ctx context.Context, configPath string, fe Frontend) (st Status, err error) {
+	return m.AttachTrace(ctx, configPath, fe, TraceOptions{})
+}
+
+// AttachTrace is Attach with run-time trace recording or replay.
+func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Frontend, trace TraceOptions) (st Status, err error) {
 	var cfg *config.ImageConfig
 	start := time.Now()
 	defer func() {
@@ -159,7 +187,7 @@ func (m *Manager) Attach(ctx context.Context, configPath string, fe Frontend) (s
 		return st, err
 	}
 	defer m.release(id)
-	img, err := image.Open(ctx, cfg, image.Options{Remote: m.opts.Remote, Logger: m.lg, PrefetchConcurrency: m.opts.Global.PrefetchConcurrency})
+	img, err := image.Open(ctx, cfg, m.imageOptions(trace))
 	if err != nil {
 		return st, err
 	}
@@ -207,7 +235,7 @@ func (m *Manager) start(d *device) error {
 func (d *device) status() Status {
 	return Status{Record: d.rec, State: "live", Size: d.target.Size(), ReadOnly: d.target.ReadOnly(),
 		BytesRead: d.target.read.Load(), BytesWritten: d.target.written.Load(),
-		ReadErrors: d.target.readErrs.Load(), WriteErrors: d.target.writeErrs.Load()}
+		ReadErrors: d.target.readErrs.Load(), WriteErrors: d.target.writeErrs.Load(), Downloads: d.img.Downloads()}
 }
 
 // lookup finds a device by id ("3") or path ("/dev/ublkb3", the FUSE image file).
@@ -345,7 +373,7 @@ func (m *Manager) restore(ctx context.Context, r Record) error {
 	default:
 		return fmt.Errorf("unknown frontend %q", r.Frontend)
 	}
-	img, err := image.Open(ctx, cfg, image.Options{Remote: m.opts.Remote, Logger: m.lg, PrefetchConcurrency: m.opts.Global.PrefetchConcurrency})
+	img, err := image.Open(ctx, cfg, m.imageOptions(TraceOptions{}))
 	if err != nil {
 		return err
 	}

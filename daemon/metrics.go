@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/obd-project/obd/download"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
@@ -50,20 +51,31 @@ var (
 	descWritten = prometheus.NewDesc("obd_device_written_bytes_total", "Bytes written to a device.", []string{"id", "device"}, nil)
 	descErrors  = prometheus.NewDesc("obd_device_io_errors_total", "Failed device requests (answered EIO), by operation.", []string{"id", "device", "op"}, nil)
 	descSize    = prometheus.NewDesc("obd_device_size_bytes", "Device size.", []string{"id", "device"}, nil)
+	descDlBytes = prometheus.NewDesc("obd_download_fetched_bytes_total", "Bytes the background download read from the registry, by device.", []string{"id", "device"}, nil)
+	descDlLayer = prometheus.NewDesc("obd_download_layers", "Layers of attached devices by background download state.", []string{"state"}, nil)
 )
 
 // deviceCollector reports every device's counters at scrape time.
 type deviceCollector struct{ m *Manager }
 
 func (c deviceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDevices, descRead, descWritten, descErrors, descSize} {
+	for _, d := range []*prometheus.Desc{descDevices, descRead, descWritten, descErrors, descSize, descDlBytes, descDlLayer} {
 		ch <- d
 	}
 }
 
 func (c deviceCollector) Collect(ch chan<- prometheus.Metric) {
 	count := map[Frontend]int{FrontendUblk: 0, FrontendFUSE: 0}
+	states := map[download.State]int{download.StateWaiting: 0, download.StateDownloading: 0, download.StateDone: 0, download.StateFailed: 0}
 	for _, s := range c.m.List() {
+		if len(s.Downloads) > 0 {
+			var n int64
+			for _, d := range s.Downloads {
+				n += d.Fetched
+				states[d.State]++
+			}
+			ch <- prometheus.MustNewConstMetric(descDlBytes, prometheus.CounterValue, float64(n), strconv.Itoa(s.ID), s.Path)
+		}
 		count[s.Frontend]++
 		id := strconv.Itoa(s.ID)
 		ch <- prometheus.MustNewConstMetric(descRead, prometheus.CounterValue, float64(s.BytesRead), id, s.Path)
@@ -74,6 +86,9 @@ func (c deviceCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for fe, n := range count {
 		ch <- prometheus.MustNewConstMetric(descDevices, prometheus.GaugeValue, float64(n), string(fe))
+	}
+	for st, n := range states {
+		ch <- prometheus.MustNewConstMetric(descDlLayer, prometheus.GaugeValue, float64(n), string(st))
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 )
 
@@ -22,6 +23,7 @@ const DefaultSocket = "/run/obd/obd.sock"
 type AttachRequest struct {
 	Config   string   `json:"config"`
 	Frontend Frontend `json:"frontend,omitempty"`
+	TraceOptions
 }
 
 // DetachRequest is the body of POST /v1/detach: a device id or path.
@@ -65,7 +67,7 @@ func Serve(ctx context.Context, m *Manager, socket string) error {
 			reply(w, http.StatusBadRequest, errorBody{err.Error()})
 			return
 		}
-		st, err := m.Attach(r.Context(), req.Config, fe)
+		st, err := m.AttachTrace(r.Context(), req.Config, fe, req.TraceOptions)
 		if err != nil {
 			reply(w, http.StatusUnprocessableEntity, errorBody{err.Error()})
 			return
@@ -106,6 +108,8 @@ func Serve(ctx context.Context, m *Manager, socket string) error {
 	mux.HandleFunc("GET /v1/list", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, m.List())
 	})
+	// The metrics, also without --metrics-addr (obd stats reads them here).
+	mux.Handle("GET /v1/metrics", promhttp.HandlerFor(m.Registry(), promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/obd-project/obd/blockdev"
 	"github.com/obd-project/obd/config"
+	"github.com/obd-project/obd/download"
 	"github.com/obd-project/obd/layer"
 	"github.com/obd-project/obd/lsmt"
 	"github.com/obd-project/obd/trace"
@@ -44,6 +45,11 @@ type Options struct {
 	// RecordTrace and ReplayTrace are run-time trace files (`obd attach --record-trace /
 	// --prefetch`), in addition to the config's recordTracePath and acceleration layer.
 	RecordTrace, ReplayTrace string
+	// DownloadLimiter paces every background download of the process (maxMBps
+	// over all layers); nil: one per image, from its config.
+	DownloadLimiter *download.Limiter
+	// Download overrides the config's download timing (tests); Enable stays the config's.
+	Download *download.Options
 }
 
 // Image is an assembled device: the stacked layers as a blockdev.Target.
@@ -56,6 +62,8 @@ type Image struct {
 	// Trace recording or replay in the background, stopped by Close.
 	stopTrace func()
 	traceDone chan struct{}
+
+	download *download.Run // background download, nil if none
 }
 
 var (
@@ -113,6 +121,7 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 	layers := make([]*lsmt.Layer, len(lowers))
 	inners := make([]io.ReaderAt, len(lowers))
 	blobs := make([]io.Closer, len(lowers))
+	swaps := make([]*swapBlob, len(lowers))
 	errs := make([]error, len(lowers))
 	sem := make(chan struct{}, opts.Parallel)
 	var wg sync.WaitGroup
@@ -122,7 +131,7 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			layers[i], inners[i], blobs[i], errs[i] = openLower(ctx, cfg, i, lowers[i], opts.Remote, wrap, lg)
+			layers[i], inners[i], blobs[i], swaps[i], errs[i] = openLower(ctx, cfg, i, lowers[i], opts.Remote, wrap, lg)
 		}(i)
 	}
 	wg.Wait()
@@ -157,6 +166,9 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 		im.Close()
 		return nil, err
 	}
+	if recordPath == "" {
+		im.startDownload(cfg, lowers, swaps, opts, lg)
+	}
 	lg.Info("image assembled", zap.Int("lowers", len(layers)), zap.Bool("writable", im.upper != nil), zap.Int64("size", st.Size()))
 	return im, nil
 }
@@ -167,19 +179,20 @@ type blob struct {
 	size int64
 	c    io.Closer
 	name string
+	swap *swapBlob // remote blobs: reads can move to a downloaded copy
 }
 
 // openLower finds layer i's blob (local candidates first, then the registry),
 // unwraps it (tar, ZFile), lets wrap see the LSMT file (trace recording) and opens
 // the LSMT layer. It also returns the unwrapped reader, which trace replay reads.
 func openLower(ctx context.Context, cfg *config.ImageConfig, i int, l config.Layer, remote RemoteOpener,
-	wrap func(int, io.ReaderAt) io.ReaderAt, lg *zap.Logger) (*lsmt.Layer, io.ReaderAt, io.Closer, error) {
+	wrap func(int, io.ReaderAt) io.ReaderAt, lg *zap.Logger) (*lsmt.Layer, io.ReaderAt, io.Closer, *swapBlob, error) {
 	if l.TargetFile != "" || l.TargetDigest != "" {
-		return nil, nil, nil, fmt.Errorf("failed to open layer %d: TurboOCI layers (targetFile/targetDigest) are not supported yet", i)
+		return nil, nil, nil, nil, fmt.Errorf("failed to open layer %d: TurboOCI layers (targetFile/targetDigest) are not supported yet", i)
 	}
 	b, err := findBlob(ctx, cfg, i, l, remote)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	inner, isize, w, err := layer.Unwrap(b.r, b.size, b.name)
 	if err == nil && wrap != nil {
@@ -193,10 +206,10 @@ func openLower(ctx context.Context, cfg *config.ImageConfig, i int, l config.Lay
 		// A blob that exists but does not open is corrupt: never fall back
 		// silently to another copy.
 		b.c.Close()
-		return nil, nil, nil, fmt.Errorf("failed to open layer %d: %s: %w", i, b.name, err)
+		return nil, nil, nil, nil, fmt.Errorf("failed to open layer %d: %s: %w", i, b.name, err)
 	}
 	lg.Debug("opened layer", zap.Int("layer", i), zap.String("blob", b.name), zap.Strings("chain", w.Chain()))
-	return ll, inner, b.c, nil
+	return ll, inner, b.c, b.swap, nil
 }
 
 func findBlob(ctx context.Context, cfg *config.ImageConfig, i int, l config.Layer, remote RemoteOpener) (blob, error) {
@@ -233,7 +246,8 @@ func findBlob(ctx context.Context, cfg *config.ImageConfig, i int, l config.Laye
 	if err != nil {
 		return blob{}, fmt.Errorf("failed to open remote file %s: %w", url, err)
 	}
-	return blob{r: b, size: b.Size(), c: b, name: url}, nil
+	s := newSwapBlob(b)
+	return blob{r: s, size: s.Size(), c: s, name: url, swap: s}, nil
 }
 
 // OpenWritable opens a writable layer read-write: dataPath, and indexPath unless the
@@ -326,6 +340,9 @@ func (im *Image) TraceDone() <-chan struct{} { return im.traceDone }
 func (im *Image) Close() error {
 	var err error
 	im.once.Do(func() {
+		if im.download != nil {
+			im.download.Stop()
+		}
 		if im.stopTrace != nil {
 			im.stopTrace()
 			<-im.traceDone

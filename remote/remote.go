@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/obd-project/obd/image"
 	"github.com/obd-project/obd/p2p"
 	"github.com/obd-project/obd/registry"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -91,14 +93,16 @@ const (
 
 // Opener opens remote layer blobs through one shared registry client and cache.
 type Opener struct {
-	client *registry.Client
-	cache  *cache.Cache
-	lg     *zap.Logger
+	client  *registry.Client
+	cache   *cache.Cache
+	lg      *zap.Logger
+	metrics *metrics
+	dir     string // the cache directory (pulled image configs live under it)
 
-	metrics *p2p.Metrics
-	proxy   *p2p.Proxy  // proxy and dragonfly modes
-	peers   *p2p.Client // peer mode
-	server  *p2p.Server // peer mode
+	p2pMetrics *p2p.Metrics
+	proxy      *p2p.Proxy  // proxy and dragonfly modes
+	peers      *p2p.Client // peer mode
+	server     *p2p.Server // peer mode
 }
 
 var _ image.RemoteOpener = (*Opener)(nil)
@@ -113,6 +117,10 @@ func NewOpener(o Options) (*Opener, error) {
 	}
 	o.Registry.Logger = o.Logger
 	o.Cache.Logger = o.Logger
+	m := newMetrics()
+	if o.Registry.Observer == nil {
+		o.Registry.Observer = m
+	}
 	if o.Cache.ReadAhead == 0 {
 		o.Cache.ReadAhead = DefaultReadAhead
 	}
@@ -131,9 +139,9 @@ func NewOpener(o Options) (*Opener, error) {
 		}
 		o.Cache.MaxFetches = 1 << 10
 	}
-	op := &Opener{lg: o.Logger, metrics: o.P2PMetrics}
-	if op.metrics == nil {
-		op.metrics = p2p.NewMetrics()
+	op := &Opener{lg: o.Logger, p2pMetrics: o.P2PMetrics}
+	if op.p2pMetrics == nil {
+		op.p2pMetrics = p2p.NewMetrics()
 	}
 	if err := op.setupProxy(&o); err != nil {
 		return nil, err
@@ -147,9 +155,11 @@ func NewOpener(o Options) (*Opener, error) {
 		c.Close()
 		return nil, err
 	}
-	op.client, op.cache = c, ca
+	m.cache, m.usage = ca.Stats, ca.Usage
+	op.client, op.cache, op.metrics, op.dir = c, ca, m, o.CacheDir
 	if err := op.setupPeers(o); err != nil {
 		c.Close()
+		ca.Close()
 		return nil, err
 	}
 	return op, nil
@@ -162,7 +172,7 @@ func (op *Opener) setupProxy(o *Options) error {
 	if !pc.Enable || pc.Mode == config.P2PModePeers {
 		return nil
 	}
-	po := p2p.ProxyOptions{Metrics: op.metrics, Logger: o.Logger}
+	po := p2p.ProxyOptions{Metrics: op.p2pMetrics, Logger: o.Logger}
 	if pc.TLSCA != "" {
 		t, err := p2p.ClientTLS(pc.TLSCA)
 		if err != nil {
@@ -207,7 +217,7 @@ func (op *Opener) setupPeers(o Options) error {
 		return err
 	}
 	co := p2p.ClientOptions{Peers: set, Token: token, ChunkSize: o.Cache.RefillSize, FanOut: pc.FanOut,
-		Metrics: op.metrics, Logger: o.Logger}
+		Metrics: op.p2pMetrics, Logger: o.Logger}
 	if pc.TLSCA != "" {
 		if co.TLS, err = p2p.ClientTLS(pc.TLSCA); err != nil {
 			return err
@@ -216,7 +226,7 @@ func (op *Opener) setupPeers(o Options) error {
 	if op.peers, err = p2p.NewClient(co); err != nil {
 		return err
 	}
-	op.server, err = p2p.NewServer(p2p.ServerOptions{Cache: op.cache, Token: token, Metrics: op.metrics, Logger: o.Logger,
+	op.server, err = p2p.NewServer(p2p.ServerOptions{Cache: op.cache, Token: token, Metrics: op.p2pMetrics, Logger: o.Logger,
 		Open: func(digest, url string, size int64) (cache.Source, error) {
 			b, err := op.client.LazyBlob(url, size)
 			if err != nil {
@@ -227,11 +237,15 @@ func (op *Opener) setupPeers(o Options) error {
 	return err
 }
 
+// Collector reports registry requests, latency, retries, bytes fetched and the
+// cache's counters, for the daemon's metrics endpoint.
+func (o *Opener) Collector() prometheus.Collector { return o.metrics }
+
 // Client is the registry client, for resolving references.
 func (o *Opener) Client() *registry.Client { return o.client }
 
 // P2PMetrics are the P2P counters, for the daemon's metrics registry.
-func (o *Opener) P2PMetrics() *p2p.Metrics { return o.metrics }
+func (o *Opener) P2PMetrics() *p2p.Metrics { return o.p2pMetrics }
 
 // PeerServer is the handler serving this node's cache to peers (nil unless
 // p2pConfig.mode is "peers").
@@ -255,6 +269,12 @@ func (o *Opener) Close() {
 // key is the digest, so blobs are shared across repositories and registries, as
 // the reference's cache does.
 func (o *Opener) OpenBlob(ctx context.Context, url string, l config.Layer) (image.Blob, error) {
+	return o.openBlob(ctx, url, l, false)
+}
+
+// openBlob is OpenBlob; lazy skips the open probe when the size is known (Pull:
+// the first read reports the same errors, one round trip later).
+func (o *Opener) openBlob(ctx context.Context, url string, l config.Layer, lazy bool) (*cachedBlob, error) {
 	if l.Digest == "" {
 		return nil, errors.New("remote layer without a digest")
 	}
@@ -262,7 +282,7 @@ func (o *Opener) OpenBlob(ctx context.Context, url string, l config.Layer) (imag
 	// a page later fails its check, so a warm attach works with the registry down.
 	var src *registry.Blob
 	var err error
-	if size := int64(l.Size); size > 0 && o.cache.Complete(l.Digest, size) {
+	if size := int64(l.Size); size > 0 && (lazy || o.cache.Complete(l.Digest, size)) {
 		src, err = o.client.LazyBlob(url, size)
 	} else {
 		src, err = o.client.OpenBlob(ctx, url, size)
@@ -302,6 +322,9 @@ func (b *cachedBlob) Evict(off, n int64) error {
 	return err
 }
 
+// Source is the registry blob itself, which the background download reads.
+func (b *cachedBlob) Source() io.ReaderAt { return b.src }
+
 func (b *cachedBlob) Close() error {
 	err := b.Blob.Close()
 	b.src.Close()
@@ -319,8 +342,12 @@ func (o *Opener) ImageConfig(ctx context.Context, ref string) (*config.ImageConf
 	return cfg, im, nil
 }
 
-// Config resolves ref into a device config (see ImageConfig).
+// Config resolves ref into a device config (see ImageConfig). When the registry
+// is unreachable, an image fetched by Pull resolves to the config Pull recorded.
 func (o *Opener) Config(ctx context.Context, ref string) (*config.ImageConfig, error) {
 	cfg, _, err := o.ImageConfig(ctx, ref)
-	return cfg, err
+	if err != nil {
+		return o.resolveOffline(ref, err)
+	}
+	return cfg, nil
 }

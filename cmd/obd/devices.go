@@ -47,7 +47,8 @@ func daemonCommand() *cli.Command {
 			} else {
 				defer rem.Close()
 				opts.Remote, opts.Resolver = rem, rem
-				opts.Collectors = rem.P2PMetrics().Collectors()
+				opts.Collectors = append(opts.Collectors, rem.Collector())
+				opts.Collectors = append(opts.Collectors, rem.P2PMetrics().Collectors()...)
 			}
 			m, err := daemon.NewManager(opts)
 			if err != nil {
@@ -106,10 +107,22 @@ func attachCommand() *cli.Command {
 			&cli.BoolFlag{Name: "foreground", Aliases: []string{"f"}, Usage: "serve in this process, without a daemon, until SIGINT/SIGTERM"},
 			&cli.StringFlag{Name: "run-dir", Value: "/run/obd", Usage: "with --foreground: where FUSE mount points go"},
 			&cli.BoolFlag{Name: "json", Usage: "print the device status as JSON after the path"},
+			&cli.StringFlag{Name: "record-trace", Usage: "record the reads of this attach into FILE (a reference-format trace, written when FILE.lock is deleted or at detach)"},
+			&cli.StringFlag{Name: "prefetch", Usage: "replay the trace FILE (from --record-trace or an acceleration layer) while serving, to warm the cache"},
 			socketFlag,
 		},
 		Action: func(c *cli.Context) error {
 			cfgPath, ref := c.String("config"), ""
+			tr := daemon.TraceOptions{RecordTrace: c.String("record-trace"), Prefetch: c.String("prefetch")}
+			if tr.RecordTrace != "" && tr.Prefetch != "" {
+				return fmt.Errorf("attach: --record-trace and --prefetch exclude each other")
+			}
+			if tr.RecordTrace != "" {
+				tr.RecordTrace = absPath(tr.RecordTrace)
+			}
+			if tr.Prefetch != "" {
+				tr.Prefetch = absPath(tr.Prefetch)
+			}
 			if c.NArg() > 1 || (c.NArg() == 1 && cfgPath != "") || (c.NArg() == 0 && cfgPath == "") {
 				return fmt.Errorf("attach: usage: obd attach [--frontend auto|ublk|fuse] [--foreground] (--config CONFIG.json | IMAGE-REFERENCE)")
 			}
@@ -138,9 +151,9 @@ func attachCommand() *cli.Command {
 				cl := daemon.NewClient(c.String("socket"))
 				var st daemon.Status
 				if ref != "" {
-					st, err = cl.AttachImage(c.Context, daemon.ImageRequest{Ref: ref, Upper: upper, Frontend: fe})
+					st, err = cl.AttachImage(c.Context, daemon.ImageRequest{Ref: ref, Upper: upper, Frontend: fe, TraceOptions: tr})
 				} else {
-					st, err = cl.Attach(c.Context, absPath(cfgPath), fe)
+					st, err = cl.AttachTrace(c.Context, absPath(cfgPath), fe, tr)
 				}
 				if err != nil {
 					return err
@@ -168,9 +181,9 @@ func attachCommand() *cli.Command {
 			defer stop()
 			var st daemon.Status
 			if ref != "" {
-				st, err = m.AttachImage(ctx, daemon.ImageRequest{Ref: ref, Upper: upper, Frontend: fe})
+				st, err = m.AttachImage(ctx, daemon.ImageRequest{Ref: ref, Upper: upper, Frontend: fe, TraceOptions: tr})
 			} else {
-				st, err = m.Attach(ctx, cfgPath, fe)
+				st, err = m.AttachTrace(ctx, cfgPath, fe, tr)
 			}
 			if err != nil {
 				return err
@@ -233,14 +246,14 @@ func listCommand() *cli.Command {
 				return json.NewEncoder(os.Stdout).Encode(devs)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tDEVICE\tFRONTEND\tSTATE\tSIZE\tREAD\tWRITTEN\tCONFIG")
+			fmt.Fprintln(tw, "ID\tDEVICE\tFRONTEND\tSTATE\tSIZE\tREAD\tWRITTEN\tDOWNLOAD\tCONFIG")
 			for _, d := range devs {
 				state := d.State
 				if d.ReadOnly {
 					state += ",ro"
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Path, d.Frontend, state,
-					humanBytes(uint64(d.Size)), humanBytes(uint64(d.BytesRead)), humanBytes(uint64(d.BytesWritten)), d.Config)
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Path, d.Frontend, state,
+					humanBytes(uint64(d.Size)), humanBytes(uint64(d.BytesRead)), humanBytes(uint64(d.BytesWritten)), downloadSummary(d.Downloads), d.Config)
 			}
 			return tw.Flush()
 		},

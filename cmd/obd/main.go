@@ -55,6 +55,8 @@ func newApp() *cli.App {
 			attachCommand(),
 			detachCommand(),
 			listCommand(),
+			pullCommand(),
+			statsCommand(),
 		},
 		// Errors are printed once by main, with the file and field that failed.
 		ExitErrHandler: func(*cli.Context, error) {},

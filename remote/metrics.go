@@ -1,0 +1,87 @@
+package remote
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/obd-project/obd/cache"
+	"github.com/obd-project/obd/registry"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics turns the registry client's events (registry.Observer) into
+// Prometheus counters and reports the cache's counters at scrape time.
+type metrics struct {
+	requests *prometheus.CounterVec   // by host and status code ("0": transport error)
+	latency  *prometheus.HistogramVec // time to response headers, by host
+	fetched  *prometheus.CounterVec   // blob payload bytes, by source
+	retries  *prometheus.CounterVec   // by reason
+	cache    func() cache.Stats
+	usage    func() (int64, error)
+}
+
+var _ registry.Observer = (*metrics)(nil)
+
+func newMetrics() *metrics {
+	return &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "obd", Name: "registry_requests_total",
+			Help: "HTTP requests to registries and blob storage, by host and status code (0: transport error)."}, []string{"host", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "obd", Name: "registry_request_duration_seconds",
+			Help: "Time from request to response headers.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"host"}),
+		fetched: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "obd", Name: "fetched_bytes_total",
+			Help: "Blob bytes fetched, by source."}, []string{"source"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "obd", Name: "registry_retries_total",
+			Help: "Blob reads tried again, by reason."}, []string{"reason"}),
+	}
+}
+
+func (m *metrics) Request(host string, status int, latency time.Duration) {
+	m.requests.WithLabelValues(host, strconv.Itoa(status)).Inc()
+	m.latency.WithLabelValues(host).Observe(latency.Seconds())
+}
+
+func (m *metrics) Bytes(n int64) { m.fetched.WithLabelValues("registry").Add(float64(n)) }
+
+func (m *metrics) Retry(reason string, _ time.Duration) { m.retries.WithLabelValues(reason).Inc() }
+
+var (
+	descHits      = prometheus.NewDesc("obd_cache_hits_total", "Read pieces served from the extent cache.", nil, nil)
+	descMisses    = prometheus.NewDesc("obd_cache_misses_total", "Read pieces that waited for a fetch.", nil, nil)
+	descServed    = prometheus.NewDesc("obd_cache_served_bytes_total", "Bytes returned by cached blobs.", nil, nil)
+	descCFetched  = prometheus.NewDesc("obd_cache_fetched_bytes_total", "Bytes the extent cache fetched from its sources.", nil, nil)
+	descEvictions = prometheus.NewDesc("obd_cache_evictions_total", "Cache units dropped (CRC self-healing or capacity).", nil, nil)
+	descRefetches = prometheus.NewDesc("obd_cache_refetches_total", "Fetches of units dropped after a ZFile block CRC failure.", nil, nil)
+	descCRC       = prometheus.NewDesc("obd_cache_crc_failures_total", "Cached pages that failed their CRC and were fetched again.", nil, nil)
+	descUsage     = prometheus.NewDesc("obd_cache_usage_bytes", "Disk space the extent cache uses.", nil, nil)
+)
+
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	m.requests.Describe(ch)
+	m.latency.Describe(ch)
+	m.fetched.Describe(ch)
+	m.retries.Describe(ch)
+	for _, d := range []*prometheus.Desc{descHits, descMisses, descServed, descCFetched, descEvictions, descRefetches, descCRC, descUsage} {
+		ch <- d
+	}
+}
+
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	m.requests.Collect(ch)
+	m.latency.Collect(ch)
+	m.fetched.Collect(ch)
+	m.retries.Collect(ch)
+	if m.cache == nil {
+		return
+	}
+	s := m.cache()
+	for _, v := range []struct {
+		d *prometheus.Desc
+		n int64
+	}{{descHits, s.Hits}, {descMisses, s.Misses}, {descServed, s.BytesServed}, {descCFetched, s.BytesFetched},
+		{descEvictions, s.Evictions}, {descRefetches, s.Refetches}, {descCRC, s.ChecksumFailures}} {
+		ch <- prometheus.MustNewConstMetric(v.d, prometheus.CounterValue, float64(v.n))
+	}
+	if u, err := m.usage(); err == nil {
+		ch <- prometheus.MustNewConstMetric(descUsage, prometheus.GaugeValue, float64(u))
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
 	"os"
 	"path/filepath"
 	"sort"
@@ -39,10 +38,9 @@ type Options struct {
 	Resolver Resolver
 	// NoRecovery creates ublk devices without user recovery.
 	NoRecovery bool
-	// Collectors are other packages' metrics (P2P) served with the manager's.
-	Collectors []prometheus.Collector
 	Logger     *zap.Logger
-	// Collectors are more metrics for the endpoint (the registry and cache's).
+	// Collectors are other packages' metrics (registry, cache, P2P) served with
+	// the manager's.
 	Collectors []prometheus.Collector
 	// Download overrides the configs' download timing (tests); nil: the configs'.
 	Download *download.Options

@@ -112,8 +112,8 @@ func TestPullThenAttachRegistryDown(t *testing.T) {
 	needRoot(t)
 	reg := registrytest.New(t)
 	reg.PushLayout(t, golden+"/hello-world-oci", "hello-world")
-	proxy := newCountingProxy(t, reg.URL)
-	ref := strings.TrimPrefix(proxy.URL, "http://") + "/hello-world:amd64-converted"
+	proxy := registrytest.NewCountingProxy(t, reg.URL)
+	ref := proxy.Host() + "/hello-world:amd64-converted"
 	dir := t.TempDir()
 	cacheDir := filepath.Join(dir, "cache")
 	out := mustRun(t, bin("obd"), "--log-level", "warn", "pull", "--global-config", "/nonexistent", "--cache-dir", cacheDir, "--json", ref)
@@ -124,8 +124,8 @@ func TestPullThenAttachRegistryDown(t *testing.T) {
 	if err := json.Unmarshal([]byte(firstLine(out)), &res); err != nil {
 		t.Fatalf("pull output %q: %v", out, err)
 	}
-	if res.Layers < 1 || res.Fetched != res.Bytes || proxy.blobBytes.Load() < res.Bytes {
-		t.Fatalf("pull %+v, registry sent %d blob bytes", res, proxy.blobBytes.Load())
+	if res.Layers < 1 || res.Fetched != res.Bytes || proxy.BlobBytes() < res.Bytes {
+		t.Fatalf("pull %+v, registry sent %d blob bytes", res, proxy.BlobBytes())
 	}
 	proxy.Close() // the registry is down
 	mnt := filepath.Join(dir, "mnt")
@@ -142,8 +142,8 @@ func TestRuntimeTraceRecordReplay(t *testing.T) {
 	needRoot(t)
 	reg := registrytest.New(t)
 	reg.PushLayout(t, golden+"/hello-world-oci", "hello-world")
-	proxy := newCountingProxy(t, reg.URL)
-	ref := strings.TrimPrefix(proxy.URL, "http://") + "/hello-world:amd64-converted"
+	proxy := registrytest.NewCountingProxy(t, reg.URL)
+	ref := proxy.Host() + "/hello-world:amd64-converted"
 	dir := t.TempDir()
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
@@ -160,16 +160,16 @@ func TestRuntimeTraceRecordReplay(t *testing.T) {
 		t.Errorf("no .ok after recording: %v", err)
 	}
 
-	recorded := proxy.blobBytes.Load()
+	recorded := proxy.BlobBytes()
 	a = startFG(t, append(common, "--cache-dir", filepath.Join(dir, "cache2"), "--prefetch", tr, ref)...)
 	a.waitLog(t, "trace replayed")
-	before := proxy.blobBytes.Load()
+	before := proxy.BlobBytes()
 	t.Logf("recording attach fetched %d blob bytes, replay %d", recorded, before-recorded)
 	if before-recorded < 4096 {
 		t.Errorf("replay on a cold cache fetched %d bytes: nothing was prefetched", before-recorded)
 	}
 	mountHello(t, a.path, mnt)
-	if n := proxy.blobBytes.Load() - before; n != 0 {
+	if n := proxy.BlobBytes() - before; n != 0 {
 		t.Errorf("after replay, the recorded start-up fetched %d blob bytes; want 0", n)
 	}
 	a.stop(t)
@@ -182,8 +182,8 @@ func TestStatsAfterRemoteAttach(t *testing.T) {
 	needRoot(t)
 	reg := registrytest.New(t)
 	reg.PushLayout(t, golden+"/hello-world-oci", "hello-world")
-	proxy := newCountingProxy(t, reg.URL)
-	ref := strings.TrimPrefix(proxy.URL, "http://") + "/hello-world:amd64-converted"
+	proxy := registrytest.NewCountingProxy(t, reg.URL)
+	ref := proxy.Host() + "/hello-world:amd64-converted"
 	dir := t.TempDir()
 	d := startDaemon(t, dir, "--cache-dir", filepath.Join(dir, "cache"))
 	defer d.stop(t)
@@ -220,8 +220,8 @@ func TestStatsAfterRemoteAttach(t *testing.T) {
 		}
 		return 0, false
 	}
-	if v, ok := get("obd_fetched_bytes_total", "source", "registry"); !ok || int64(v) != proxy.blobBytes.Load() {
-		t.Errorf("stats: registry bytes %v (%v); the registry sent %d", v, ok, proxy.blobBytes.Load())
+	if v, ok := get("obd_fetched_bytes_total", "source", "registry"); !ok || int64(v) != proxy.BlobBytes() {
+		t.Errorf("stats: registry bytes %v (%v); the registry sent %d", v, ok, proxy.BlobBytes())
 	}
 	if v, ok := get("obd_device_read_bytes_total", "", ""); !ok || v < n {
 		t.Errorf("stats: device read bytes %v; read %d", v, n)
@@ -243,8 +243,8 @@ func TestBackgroundDownloadDaemon(t *testing.T) {
 	needRoot(t)
 	reg := registrytest.New(t)
 	reg.PushLayout(t, golden+"/hello-world-oci", "hello-world")
-	proxy := newCountingProxy(t, reg.URL)
-	ref := strings.TrimPrefix(proxy.URL, "http://") + "/hello-world:amd64-converted"
+	proxy := registrytest.NewCountingProxy(t, reg.URL)
+	ref := proxy.Host() + "/hello-world:amd64-converted"
 	dir := t.TempDir()
 	global := filepath.Join(dir, "overlaybd.json")
 	os.WriteFile(global, []byte(`{"download": {"enable": true, "delay": 0, "delayExtra": 1, "maxMBps": 10, "tryCnt": 2}}`), 0o644)

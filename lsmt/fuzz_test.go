@@ -26,7 +26,10 @@ func FuzzOpenLayer(f *testing.F) {
 				if i == 8 {
 					break
 				}
-				if _, err := wl.ReaderAt().ReadAt(p, int64(s.Offset)*SectorSize); err != nil {
+				// Tag-0 data lies in the file (checked at open); a target (here the
+				// same bytes) may be shorter than a tag-1 entry says: an error then.
+				q := p[:min(len(p), int(s.Length)*SectorSize)] // this segment only
+				if _, err := wl.ReaderAt().ReadAt(q, int64(s.Offset)*SectorSize); err != nil && (s.Tag == WarpTagFile || s.Zeroed) {
 					t.Fatalf("warp ReadAt %v: %v", s, err)
 				}
 			}

@@ -3,6 +3,7 @@ package lsmt
 import (
 	"fmt"
 	"io"
+	"math"
 )
 
 // Warp-layer file selectors (turboOCI "fastoci" layers).
@@ -38,6 +39,15 @@ func OpenWarpLayer(r io.ReaderAt, size int64, target io.ReaderAt) (*Layer, error
 		if s.Tag > WarpTagTarget {
 			return nil, corruptf("warp index at offset %d: entry %d %v has tag %d, want %d or %d", at, i, s, s.Tag, WarpTagFile, WarpTagTarget)
 		}
+		// The reference skips the moffset checks here; obd keeps the two that
+		// matter: tag-0 data lies in this file's data area (commit packs it
+		// there), and no moffset overflows a byte offset.
+		switch {
+		case s.MEnd() > maxSectorOffset:
+			return nil, corruptf("warp index at offset %d: entry %d %v: moffset beyond any file", at, i, s)
+		case s.Tag == WarpTagFile && !s.Zeroed && (s.MOffset < HeaderSectors || s.MEnd() > l.trailer.IndexOffset/SectorSize):
+			return nil, corruptf("warp index at offset %d: entry %d %v: data outside sectors [%d, %d)", at, i, s, HeaderSectors, l.trailer.IndexOffset/SectorSize)
+		}
 		view[i] = Segment{Offset: s.Offset, Length: s.Length, MOffset: s.Offset, Zeroed: s.Zeroed}
 	}
 	files := [2]io.ReaderAt{r, target}
@@ -45,6 +55,9 @@ func OpenWarpLayer(r io.ReaderAt, size int64, target io.ReaderAt) (*Layer, error
 	l.r = &warpReader{index: NewIndex(l.segs), files: files}
 	return l, nil
 }
+
+// maxSectorOffset is the largest sector whose byte offset fits an int64.
+const maxSectorOffset = math.MaxInt64 / SectorSize
 
 // warpReader reads a warp layer's virtual disk: each segment from the file its tag
 // selects; holes read as zeros.

@@ -95,7 +95,7 @@ func BenchmarkImageVsLoop(b *testing.B) {
 		compress bool
 	}{{"lsmt", false}, {"zfile-lz4", true}} {
 		im := sealedImage(b, raw, size, filepath.Join(dir, kind.name), kind.compress)
-		dev, err := New(im, Options{})
+		dev, err := New(im, benchServeMode(b))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -134,5 +134,21 @@ func BenchmarkImageVsLoop(b *testing.B) {
 		if err := dev.Close(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// benchServeMode reads OBD_UBLK_MODE (adaptive, the default; workers; inthread)
+// so the serve modes can be compared on the same benchmark.
+func benchServeMode(b *testing.B) Options {
+	switch m := os.Getenv("OBD_UBLK_MODE"); m {
+	case "", "adaptive":
+		return Options{}
+	case "workers":
+		return Options{AlwaysWorkers: true}
+	case "inthread":
+		return Options{InThread: true}
+	default:
+		b.Fatalf("OBD_UBLK_MODE=%q: want adaptive, workers or inthread", m)
+		return Options{}
 	}
 }

@@ -8,6 +8,8 @@
 # TCG numbers are noisy (±50 %): compare ratios within one run, not across runs.
 #
 # Usage: tests/vm/bench-ublk.sh [OPS]   (OPS = requests per measurement, default 2000)
+# BENCH=REGEX picks benchmarks; OBD_UBLK_MODE=adaptive|workers|inthread the serve
+# mode of BenchmarkImageVsLoop.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OPS=${1:-2000}
@@ -15,4 +17,4 @@ W=$(mktemp -d "${TMPDIR:-/tmp}/bench-ublk.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 CGO_ENABLED=0 go test -c -o "$W/ublk.test" ./ublk
 tests/vm/run-in-vm.sh -t 900 "$W/ublk.test" -- \
-  "./ublk.test -test.run '^\$' -test.bench ${BENCH:-.} -test.benchtime ${OPS}x -test.count 1"
+  "OBD_UBLK_MODE=${OBD_UBLK_MODE:-adaptive} ./ublk.test -test.run '^\$' -test.bench ${BENCH:-.} -test.benchtime ${OPS}x -test.count 1"

@@ -27,6 +27,8 @@ type servePolicy struct {
 	epoch     time.Time     // origin of lastBlocked
 	blockedAt atomic.Int64  // ns since epoch of the last blocking call; < 0: never
 	blocks    atomic.Uint64 // blocking calls seen, for benchmarks
+	calls     atomic.Uint64 // calls started, for sampling
+	burst     atomic.Int32  // calls still to sample after a long one
 }
 
 // Defaults for the adaptive serve mode. The threshold is 1 ms, not tens of µs:
@@ -39,6 +41,8 @@ type servePolicy struct {
 const (
 	DefaultBlockThreshold = time.Millisecond
 	blockHoldoff          = time.Second
+	sampleEvery           = 16
+	sampleBurst           = 8
 )
 
 func newServePolicy(threshold time.Duration) *servePolicy {
@@ -55,20 +59,41 @@ func (p *servePolicy) inline() bool {
 
 // callStart is taken before a Target call by a thread locked to its goroutine.
 type callStart struct {
-	wall  time.Duration // since epoch
-	usage threadUsage
+	wall    time.Duration // since epoch
+	usage   threadUsage
+	sampled bool // usage was read
 }
 
+// start times a call. Reading the thread's usage costs a syscall at each end of
+// the call, which under emulation costs a third of a 4 KiB request's time; so only
+// one call in sampleEvery reads it, and, after a call that took longer than
+// threshold, the next sampleBurst calls do: a Target that really blocks does so
+// again and is caught on its next call, while the odd long call of a fast Target
+// (preemption) costs a few sampled calls.
 func (p *servePolicy) start() callStart {
-	return callStart{time.Since(p.epoch), getThreadUsage()}
+	s := callStart{wall: time.Since(p.epoch)}
+	if p.burst.Load() > 0 || p.calls.Add(1)%sampleEvery == 0 {
+		s.sampled, s.usage = true, getThreadUsage()
+	}
+	return s
 }
 
 // done records a call begun at s on the same thread.
 func (p *servePolicy) done(s callStart) {
 	wall := time.Since(p.epoch)
+	took := wall - s.wall
+	if !s.sampled {
+		if took > p.threshold {
+			p.burst.Store(sampleBurst)
+		}
+		return
+	}
+	if p.burst.Load() > 0 {
+		p.burst.Add(-1)
+	}
 	u := getThreadUsage()
 	cpu := u.cpu - s.usage.cpu
-	p.observe(wall, wall-s.wall-cpu, cpu, u.sleeps != s.usage.sleeps)
+	p.observe(wall, took-cpu, cpu, u.sleeps != s.usage.sleeps)
 }
 
 // observe records a call ending at now (since epoch) that was off the CPU for

@@ -42,6 +42,7 @@ func TestServePolicy(t *testing.T) {
 func TestServePolicyMeasuresOffCPU(t *testing.T) {
 	p := newServePolicy(2 * time.Millisecond)
 	p.holdoff = time.Hour
+	p.burst.Store(1 << 30) // sample every call: this test is about the measurement
 	lockedCall := func(fn func()) {
 		done := make(chan struct{})
 		go func() {
@@ -72,5 +73,39 @@ func TestServePolicyMeasuresOffCPU(t *testing.T) {
 	lockedCall(func() { time.Sleep(20 * time.Millisecond) })
 	if p.inline() {
 		t.Fatal("a 20 ms sleep did not count as blocking")
+	}
+}
+
+// Only some calls read the thread's usage, but a Target that blocks is caught by
+// its second blocking call at the latest, and fast calls are rarely sampled.
+func TestServePolicySampling(t *testing.T) {
+	p := newServePolicy(time.Millisecond)
+	p.holdoff = time.Hour
+	sampled := 0
+	call := func(fn func()) {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			runtime.LockOSThread()
+			s := p.start()
+			if s.sampled {
+				sampled++
+			}
+			fn()
+			p.done(s)
+		}()
+		<-done
+	}
+	for i := 0; i < 160; i++ {
+		call(func() {})
+	}
+	if sampled > 160/sampleEvery+sampleBurst {
+		t.Errorf("%d of 160 fast calls sampled, want about %d", sampled, 160/sampleEvery)
+	}
+	for i := 0; i < 2 && p.inline(); i++ {
+		call(func() { time.Sleep(10 * time.Millisecond) })
+	}
+	if p.inline() {
+		t.Fatal("two 10 ms sleeps did not move the queue to the pool")
 	}
 }

@@ -623,3 +623,36 @@ func TestFileAtOffset(t *testing.T) {
 		t.Fatal("round trip differs")
 	}
 }
+
+// Large reads decode their whole blocks in parallel (decodeBatch): a bad block in
+// the middle fails the read with the bytes before it counted, and a block that
+// heals on re-read (Evicter) is fetched again while its neighbours decode.
+func TestParallelDecodeErrors(t *testing.T) {
+	src := testData(19, 1<<20, true)
+	zb := compressBytes(t, src, Options{})
+	z0 := openBytes(t, zb)
+	blk := int64(100)
+	off := z0.blockOffset(blk)
+	for _, healAfter := range []int{1, 1 << 30} {
+		fs := &flakySource{b: zb, bad: [2]int64{off + 2, off + 3}, healAfter: healAfter}
+		z, err := Open(fs, int64(len(zb)), WithBlockCache(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := make([]byte, len(src))
+		n, err := z.ReadAt(p, 0)
+		if healAfter == 1 {
+			if err != nil || n != len(src) || !bytes.Equal(p, src) {
+				t.Fatalf("healing block: n %d, %v", n, err)
+			}
+			continue
+		}
+		var berr *BlockError
+		if !errors.As(err, &berr) || berr.Block != blk || !errors.Is(err, ErrChecksum) {
+			t.Fatalf("bad block: %v", err)
+		}
+		if n != int(blk)*4096 || !bytes.Equal(p[:n], src[:n]) {
+			t.Fatalf("bad block: n = %d, want %d good bytes", n, blk*4096)
+		}
+	}
+}

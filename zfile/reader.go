@@ -7,7 +7,6 @@ import (
 	"io"
 	"runtime"
 	"sync"
-	"sync/atomic"
 
 	"github.com/obd-project/obd/crc32c"
 )
@@ -459,26 +458,28 @@ func (z *Reader) decodeBatch(jobs []decodeJob) (int, error) {
 		}
 		return 0, nil
 	}
-	errs := make([]error, len(jobs))
-	var next atomic.Int64
+	// Contiguous shares: interleaving blocks between workers made them fight
+	// over cache lines (the job counter, neighbouring results) and gained nothing.
+	first := make([]int, workers) // per worker: index of its first failed job, or -1
+	errs := make([]error, workers)
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				k := int(next.Add(1) - 1)
-				if k >= len(jobs) {
+			first[w] = -1
+			for k := w * len(jobs) / workers; k < (w+1)*len(jobs)/workers; k++ {
+				if err := z.decode(jobs[k].i, jobs[k].raw, jobs[k].off, jobs[k].dst); err != nil {
+					first[w], errs[w] = k, err
 					return
 				}
-				errs[k] = z.decode(jobs[k].i, jobs[k].raw, jobs[k].off, jobs[k].dst)
 			}
 		}()
 	}
 	wg.Wait()
-	for k, err := range errs {
-		if err != nil {
-			return k, err
+	for w := range first {
+		if first[w] >= 0 {
+			return first[w], errs[w]
 		}
 	}
 	return 0, nil

@@ -33,12 +33,12 @@ const (
 	flagInlineData = 0x10000000
 
 	// Limits that keep hostile images cheap.
-	maxExtents      = 1 << 20 // extents mapped for one file
-	maxTreeDepth    = 5       // ext4's own limit on extent-tree depth
-	maxMetaBlocks   = 1 << 14 // extent-tree / indirect blocks read for one file
-	maxDirSize      = 1 << 28 // bytes of one directory scanned
-	maxWalkDepth    = 256     // directory levels under a walked directory
-	maxWalkInodes   = 1 << 22 // inodes visited by one walk
+	maxExtents    = 1 << 20 // extents mapped for one file
+	maxTreeDepth  = 5       // ext4's own limit on extent-tree depth
+	maxMetaBlocks = 1 << 14 // extent-tree / indirect blocks read for one file
+	maxDirSize    = 1 << 28 // bytes of one directory scanned
+	maxWalkDepth  = 256     // directory levels under a walked directory
+	maxWalkInodes = 1 << 22 // inodes visited by one walk
 )
 
 // ErrCorrupt wraps every error about an inconsistent image.
@@ -62,8 +62,8 @@ type FS struct {
 	groups      uint64
 	incompat    uint32
 	firstMetaBG uint64
-	sparse      bool   // sparse_super: backups only in groups 0, 1 and powers of 3, 5, 7
-	sparse2     bool   // sparse_super2: backups in backupBGs only
+	sparse      bool // sparse_super: backups only in groups 0, 1 and powers of 3, 5, 7
+	sparse2     bool // sparse_super2: backups in backupBGs only
 	backupBGs   [2]uint32
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/obd-project/obd/blockdev"
 	"github.com/obd-project/obd/config"
@@ -99,10 +100,8 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 			return nil, fmt.Errorf("recordTracePath: %w", err)
 		case mode == trace.ModeRecord && recordPath == "":
 			recordPath = p
-		case mode == trace.ModeReplayTrace && replayPath == "":
+		case (mode == trace.ModeReplayTrace || mode == trace.ModeReplayFileList) && replayPath == "":
 			replayPath = p
-		case mode == trace.ModeReplayFileList:
-			lg.Warn("recordTracePath holds a file list: file-list prefetch is not supported yet", zap.String("path", p))
 		}
 	}
 	var rec *trace.Recorder
@@ -290,7 +289,8 @@ func IsSparse(f *os.File) bool {
 }
 
 // startTrace starts recording reads into recordPath (dumped when its .lock file is
-// deleted or the image closes) or replaying the trace at replayPath to warm caches.
+// deleted or the image closes) or replaying the trace or file list at replayPath to
+// warm caches.
 func (im *Image) startTrace(lg *zap.Logger, rec *trace.Recorder, recordPath, replayPath string, layers []io.ReaderAt, workers int) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -309,6 +309,37 @@ func (im *Image) startTrace(lg *zap.Logger, rec *trace.Recorder, recordPath, rep
 			lg.Info("trace recorded", zap.String("path", recordPath), zap.Int("records", rec.Len()))
 		}()
 	case replayPath != "":
+		// As the reference: a file starting with the trace magic is a binary trace,
+		// any other non-empty file a list of paths to prefetch.
+		mode, err := trace.DetectMode(replayPath)
+		if err == nil && mode == trace.ModeDisabled {
+			cancel()
+			return nil // an acceleration layer without a trace: nothing to do
+		}
+		if err == nil && mode == trace.ModeReplayFileList {
+			fl, err := trace.ReadFileListFile(replayPath)
+			if err != nil {
+				cancel()
+				return fmt.Errorf("prefetch file list: %w", err)
+			}
+			for _, s := range fl.Skipped {
+				lg.Debug("file-list prefetch: line skipped", zap.String("path", replayPath), zap.Int("line", s.Line), zap.String("reason", s.Reason))
+			}
+			go func() {
+				defer close(done)
+				start := time.Now()
+				st, err := replayFileList(ctx, lg, im.Image, fl, workers)
+				if errors.Is(err, errErofs) {
+					lg.Warn("file-list prefetch skipped: the image is erofs, not supported yet", zap.String("path", replayPath))
+					return
+				}
+				lg.Info("file list replayed", zap.String("path", replayPath), zap.Int("entries", len(fl.Entries)),
+					zap.Int("files", st.Files), zap.Int("missing", st.Missing), zap.Int64("bytes", st.Bytes),
+					zap.Int("reads", st.Reads), zap.Int("errors", st.Errors), zap.Duration("mapping", st.Mapped),
+					zap.Duration("took", time.Since(start)), zap.Error(err))
+			}()
+			break
+		}
 		recs, err := trace.ReadTraceFile(replayPath)
 		if errors.Is(err, os.ErrNotExist) {
 			cancel()

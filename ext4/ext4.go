@@ -26,6 +26,7 @@ const (
 	incompatExtents    = 0x40
 	incompat64Bit      = 0x80
 	incompatInlineData = 0x8000
+	compatHasJournal   = 0x4
 	compatSparseSuper2 = 0x200
 	roCompatSparse     = 0x1
 
@@ -65,6 +66,7 @@ type FS struct {
 	sparse      bool // sparse_super: backups only in groups 0, 1 and powers of 3, 5, 7
 	sparse2     bool // sparse_super2: backups in backupBGs only
 	backupBGs   [2]uint32
+	journal     uint32 // inode of the internal journal, 0 if none
 }
 
 // Open reads the superblock of the ext4 file system in r (size bytes; < 0 if unknown).
@@ -107,6 +109,9 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 	f.sparse = le.Uint32(sb[0x64:])&roCompatSparse != 0
 	f.sparse2 = le.Uint32(sb[0x5c:])&compatSparseSuper2 != 0
 	f.backupBGs = [2]uint32{le.Uint32(sb[0x24c:]), le.Uint32(sb[0x250:])}
+	if le.Uint32(sb[0x5c:])&compatHasJournal != 0 && le.Uint32(sb[0xe4:]) == 0 { // no external journal device
+		f.journal = le.Uint32(sb[0xe0:])
+	}
 
 	switch {
 	case f.inodeSize < 128 || f.inodeSize > f.blockSize || f.inodeSize&(f.inodeSize-1) != 0:
@@ -129,6 +134,10 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 	}
 	return f, nil
 }
+
+// JournalInode is the inode number of the internal journal, 0 if there is none.
+// Mounting reads the journal's superblock, its first block.
+func (f *FS) JournalInode() uint32 { return f.journal }
 
 // BlockSize is the file system's block size in bytes.
 func (f *FS) BlockSize() int64 { return f.blockSize }

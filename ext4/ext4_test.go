@@ -183,6 +183,23 @@ func TestMkfsImages(t *testing.T) {
 					t.Fatalf("%s: bytes read through the extents differ", p)
 				}
 			}
+			if j := f.JournalInode(); j != 0 {
+				jin, err := f.Inode(j)
+				if err != nil {
+					t.Fatal(err)
+				}
+				exts, err := f.Extents(jin)
+				if err != nil || len(exts) == 0 {
+					t.Fatalf("journal inode %d: %v, %v", j, exts, err)
+				}
+				magic := make([]byte, 4)
+				r.ReadAt(magic, exts[0].Physical)
+				if !bytes.Equal(magic, []byte{0xC0, 0x3B, 0x39, 0x98}) {
+					t.Errorf("journal's first block starts with % x, not the jbd2 magic", magic)
+				}
+			} else if c.name == "default" {
+				t.Error("no journal found in a default ext4")
+			}
 			sp, _ := f.Lookup("/sparse.bin")
 			exts, _ := f.Extents(sp)
 			var mapped int64
@@ -300,6 +317,9 @@ func TestGoldenHelloWorld(t *testing.T) {
 	fb, err := Open(only, only.Size())
 	if err != nil {
 		t.Fatal(err)
+	}
+	if fb.JournalInode() != 8 {
+		t.Errorf("the base layer's journal inode is %d, want 8", fb.JournalInode())
 	}
 	if _, err := fb.Lookup("/hello"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("/hello in the base layer: %v", err)

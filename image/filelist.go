@@ -99,6 +99,15 @@ func replayFileList(ctx context.Context, lg *zap.Logger, d disk, fl *trace.FileL
 			lg.Debug("file-list prefetch: walk failed", zap.String("path", e.Path), zap.Error(err))
 		}
 	}
+	// A mount reads the journal's superblock: fetch it too, so that mounting and
+	// reading the listed files needs nothing more.
+	if j := fsys.JournalInode(); j != 0 {
+		if in, err := fsys.Inode(j); err == nil {
+			if exts, err := fsys.Extents(in); err == nil && len(exts) > 0 {
+				recs = append(recs, trace.Record{Op: trace.OpRead, Count: uint64(fsys.BlockSize()), Offset: exts[0].Physical})
+			}
+		}
+	}
 	st.Mapped = time.Since(start)
 	st.Stats, err = trace.Replay(ctx, recs, []io.ReaderAt{d}, workers)
 	if err != nil {

@@ -8,6 +8,5 @@
 // index 0 is the bottom lower, exactly as in the reference prefetcher.
 //
 // File-list ("dynamic") prefetch is only parsed here (ParseFileList, FileExtentRecords):
-// turning paths into extents needs FIEMAP on the ext4/erofs file system inside the
-// merged image, which the daemon has to provide.
+// image/ maps the paths to extents of the merged image with the ext4 package.
 package trace

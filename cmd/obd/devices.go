@@ -108,7 +108,7 @@ func attachCommand() *cli.Command {
 			&cli.StringFlag{Name: "run-dir", Value: "/run/obd", Usage: "with --foreground: where FUSE mount points go"},
 			&cli.BoolFlag{Name: "json", Usage: "print the device status as JSON after the path"},
 			&cli.StringFlag{Name: "record-trace", Usage: "record the reads of this attach into FILE (a reference-format trace, written when FILE.lock is deleted or at detach)"},
-			&cli.StringFlag{Name: "prefetch", Usage: "replay the trace FILE (from --record-trace or an acceleration layer) while serving, to warm the cache"},
+			&cli.StringFlag{Name: "prefetch", Usage: "replay the trace FILE (from --record-trace or an acceleration layer) or prefetch the files of the file list FILE while serving, to warm the cache"},
 			socketFlag,
 		},
 		Action: func(c *cli.Context) error {

@@ -19,6 +19,7 @@ import (
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/download"
 	"github.com/obd-project/obd/image"
+	"github.com/obd-project/obd/trace"
 	"github.com/obd-project/obd/ublk"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -155,7 +156,7 @@ func (m *Manager) Attach(ctx context.Context, configPath string, fe Frontend) (s
 }
 
 // AttachTrace is Attach with run-time trace recording or replay.
-func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Frontend, trace TraceOptions) (st Status, err error) {
+func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Frontend, tr TraceOptions) (st Status, err error) {
 	var cfg *config.ImageConfig
 	start := time.Now()
 	defer func() {
@@ -185,12 +186,12 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 		return st, err
 	}
 	defer m.release(id)
-	img, err := image.Open(ctx, cfg, m.imageOptions(trace))
+	img, err := image.Open(ctx, cfg, m.imageOptions(tr))
 	if err != nil {
 		return st, err
 	}
 	d := &device{img: img, target: &countingTarget{t: img},
-		rec: Record{ID: id, Config: abs, Frontend: fe.resolve(), PID: os.Getpid(), Created: time.Now().UTC()}}
+		rec: Record{ID: id, Config: abs, Frontend: fe.resolve(), PID: os.Getpid(), Created: time.Now().UTC(), TraceOptions: tr}}
 	if err := m.start(d); err != nil {
 		img.Close()
 		return st, fmt.Errorf("failed to create overlaybd device: %w", err)
@@ -371,7 +372,15 @@ func (m *Manager) restore(ctx context.Context, r Record) error {
 	default:
 		return fmt.Errorf("unknown frontend %q", r.Frontend)
 	}
-	img, err := image.Open(ctx, cfg, m.imageOptions(TraceOptions{}))
+	// The record keeps what the attach asked for; tr is what this recovery runs.
+	tr := m.recoverTrace(&r)
+	img, err := image.Open(ctx, cfg, m.imageOptions(tr))
+	if err != nil && tr != (TraceOptions{}) {
+		// A trace is an optimisation: the device comes back without it.
+		m.lg.Error("recovered device: trace not restarted", zap.Int("id", r.ID), zap.Error(err))
+		r.TraceRecovery, r.TraceNote = TraceRecoveryFailed, "not restarted after a daemon restart: "+err.Error()
+		img, err = image.Open(ctx, cfg, m.imageOptions(TraceOptions{}))
+	}
 	if err != nil {
 		return err
 	}
@@ -403,6 +412,45 @@ func (m *Manager) restore(ctx context.Context, r Record) error {
 	m.metrics.recovered.Inc()
 	m.lg.Info("recovered device", zap.Int("id", r.ID), zap.String("path", d.rec.Path))
 	return nil
+}
+
+// recoverTrace decides what becomes of a device's run-time trace when the daemon
+// that served it died; it returns the options to run and sets the record's
+// TraceRecovery and TraceNote. A prefetch replays again. A recording kept its reads
+// in the dead process's memory, so they are lost: if <trace>.lock is still there
+// (nobody asked for the dump yet) the recording resumes, missing the reads before
+// the restart; if the trace was dumped (.ok) it is left alone; if the lock was
+// deleted while no daemon ran, nothing can be dumped and the trace stays unwritten.
+func (m *Manager) recoverTrace(r *Record) TraceOptions {
+	t := r.TraceOptions
+	r.TraceRecovery, r.TraceNote = "", ""
+	switch {
+	case t.Prefetch != "":
+		r.TraceRecovery = TraceRecoveryReplayed
+		return t
+	case t.RecordTrace == "":
+		return t
+	}
+	lg := m.lg.With(zap.Int("id", r.ID), zap.String("trace", t.RecordTrace))
+	_, lockErr := os.Lstat(trace.LockPath(t.RecordTrace))
+	_, okErr := os.Lstat(trace.OKPath(t.RecordTrace))
+	switch {
+	case lockErr == nil:
+		r.TraceRecovery = TraceRecoveryResumed
+		r.TraceNote = "recording resumed after a daemon restart at " + time.Now().UTC().Format(time.RFC3339) +
+			": the reads before it were lost with the old daemon and are not in the trace"
+		lg.Warn("trace " + r.TraceNote)
+		return t
+	case okErr == nil:
+		r.TraceRecovery = TraceRecoveryDone
+		r.TraceNote = "recorded before a daemon restart: not recording again"
+		lg.Info("trace " + r.TraceNote)
+	default:
+		r.TraceRecovery = TraceRecoveryLost
+		r.TraceNote = "recording lost in a daemon restart: its .lock was deleted while no daemon ran, the reads were lost with the old daemon, no trace written (attach again with --record-trace)"
+		lg.Error("trace " + r.TraceNote)
+	}
+	return TraceOptions{}
 }
 
 func processAlive(pid int) bool {

@@ -246,14 +246,14 @@ func listCommand() *cli.Command {
 				return json.NewEncoder(os.Stdout).Encode(devs)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tDEVICE\tFRONTEND\tSTATE\tSIZE\tREAD\tWRITTEN\tDOWNLOAD\tCONFIG")
+			fmt.Fprintln(tw, "ID\tDEVICE\tFRONTEND\tSTATE\tSIZE\tREAD\tWRITTEN\tDOWNLOAD\tTRACE\tCONFIG")
 			for _, d := range devs {
 				state := d.State
 				if d.ReadOnly {
 					state += ",ro"
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Path, d.Frontend, state,
-					humanBytes(uint64(d.Size)), humanBytes(uint64(d.BytesRead)), humanBytes(uint64(d.BytesWritten)), downloadSummary(d.Downloads), d.Config)
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Path, d.Frontend, state,
+					humanBytes(uint64(d.Size)), humanBytes(uint64(d.BytesRead)), humanBytes(uint64(d.BytesWritten)), downloadSummary(d.Downloads), traceSummary(d.Record), d.Config)
 			}
 			return tw.Flush()
 		},

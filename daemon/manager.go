@@ -45,6 +45,9 @@ type Options struct {
 	Collectors []prometheus.Collector
 	// Download overrides the configs' download timing (tests); nil: the configs'.
 	Download *download.Options
+	// LayerDirsBytes bounds the download layer directories of images attached by
+	// reference (0: Global.DownloadDirBytes()).
+	LayerDirsBytes int64
 }
 
 // Manager owns a set of devices. It is safe for concurrent use: attaches run in
@@ -60,7 +63,10 @@ type Manager struct {
 
 	mu      sync.Mutex
 	devices map[int]*device
-	pending map[int]bool // ids reserved by attaches in progress
+	pending map[int]bool   // ids reserved by attaches in progress
+	dirRefs map[string]int // layer directories in use by this daemon's devices
+
+	pruneMu sync.Mutex // one PruneLayerDirs at a time
 }
 
 type device struct {
@@ -68,6 +74,7 @@ type device struct {
 	img    *image.Image
 	target *countingTarget
 	srv    served
+	dirs   []string // its layer directories under layersDir
 }
 
 // Status is one device as `obd list` shows it.
@@ -103,7 +110,7 @@ func NewManager(opts Options) (*Manager, error) {
 		}
 	}
 	return &Manager{opts: opts, state: stateDir(opts.StateDir), lg: opts.Logger, metrics: newMetrics(),
-		dl: download.NewLimiter(float64(opts.Global.Download.MaxMBps) * (1 << 20)), devices: map[int]*device{}, pending: map[int]bool{}}, nil
+		dl: download.NewLimiter(float64(opts.Global.Download.MaxMBps) * (1 << 20)), devices: map[int]*device{}, pending: map[int]bool{}, dirRefs: map[string]int{}}, nil
 }
 
 // reserveID picks the smallest id that no device of ours, no attach in progress, no
@@ -186,11 +193,18 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 		return st, err
 	}
 	defer m.release(id)
+	dirs := m.layerDirsOf(cfg)
+	m.useLayerDirs(dirs)
+	defer func() {
+		if err != nil {
+			m.releaseLayerDirs(dirs)
+		}
+	}()
 	img, err := image.Open(ctx, cfg, m.imageOptions(tr))
 	if err != nil {
 		return st, err
 	}
-	d := &device{img: img, target: &countingTarget{t: img},
+	d := &device{img: img, target: &countingTarget{t: img}, dirs: dirs,
 		rec: Record{ID: id, Config: abs, Frontend: fe.resolve(), PID: os.Getpid(), Created: time.Now().UTC(), TraceOptions: tr}}
 	if err := m.start(d); err != nil {
 		img.Close()
@@ -205,6 +219,9 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 	m.devices[id] = d
 	m.mu.Unlock()
 	m.lg.Info("attached", zap.Int("id", id), zap.String("path", d.rec.Path), zap.String("config", abs), zap.String("frontend", string(d.rec.Frontend)))
+	if len(dirs) > 0 {
+		m.PruneLayerDirs()
+	}
 	return d.status(), nil
 }
 
@@ -288,7 +305,12 @@ func (m *Manager) Detach(ref string, force bool) error {
 	m.forgetGenerated(d.rec.Config)
 	m.metrics.detaches.Inc()
 	m.lg.Info("detached", zap.Int("id", d.rec.ID), zap.String("path", d.rec.Path))
-	return errors.Join(cerr, m.state.remove(d.rec.ID))
+	err = errors.Join(cerr, m.state.remove(d.rec.ID))
+	m.releaseLayerDirs(d.dirs)
+	if len(d.dirs) > 0 {
+		m.PruneLayerDirs()
+	}
+	return err
 }
 
 // List reports every device, by id.
@@ -350,10 +372,13 @@ func (m *Manager) Restore(ctx context.Context) error {
 			m.lg.Warn("orphan cleanup", zap.Error(err))
 		}
 	}
+	// After the recoveries, so their layer directories count as used.
+	m.PruneLayerDirs()
+	go m.pruneLayerDirsEvery(ctx, layerDirPruneInterval)
 	return nil
 }
 
-func (m *Manager) restore(ctx context.Context, r Record) error {
+func (m *Manager) restore(ctx context.Context, r Record) (err error) {
 	cfg, err := config.LoadImageConfig(r.Config)
 	if err != nil {
 		return err
@@ -372,6 +397,13 @@ func (m *Manager) restore(ctx context.Context, r Record) error {
 	default:
 		return fmt.Errorf("unknown frontend %q", r.Frontend)
 	}
+	dirs := m.layerDirsOf(cfg)
+	m.useLayerDirs(dirs)
+	defer func() {
+		if err != nil {
+			m.releaseLayerDirs(dirs)
+		}
+	}()
 	// The record keeps what the attach asked for; tr is what this recovery runs.
 	tr := m.recoverTrace(&r)
 	img, err := image.Open(ctx, cfg, m.imageOptions(tr))
@@ -385,7 +417,7 @@ func (m *Manager) restore(ctx context.Context, r Record) error {
 		return err
 	}
 	r.PID = os.Getpid()
-	d := &device{rec: r, img: img, target: &countingTarget{t: img}}
+	d := &device{rec: r, img: img, target: &countingTarget{t: img}, dirs: dirs}
 	switch r.Frontend {
 	case FrontendUblk:
 		opts := ublkOptions(r.ID, true)

@@ -144,7 +144,7 @@ type Cache struct {
 
 	mu     sync.Mutex
 	blobs  map[string]*blobState // open blobs by file base name
-	closed Stats                 // counters of blobs no longer open, guarded by mu
+	closed Stats                 // counters of blobs not open (closed, or evicted from while closed), guarded by mu
 
 	// usageMu serialises this process's users of the usage counter; the flock on
 	// lock serialises processes.
@@ -367,6 +367,9 @@ func (c *Cache) evictLocked(need int64) int64 {
 		evicted++
 		c.mu.Lock()
 		bs := c.blobs[f.base]
+		if bs == nil {
+			c.closed.Evictions++ // a blob not open here: no blob state counts it
+		}
 		c.mu.Unlock()
 		if bs != nil {
 			bs.forget(cd.unit)

@@ -41,6 +41,7 @@
 package cache
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -86,7 +87,10 @@ type Options struct {
 	// within RefetchWindow; beyond it reads of the unit fail (ErrRefetchLimit).
 	MaxRefetches  int
 	RefetchWindow time.Duration
-	Logger        *zap.Logger // nil: zap.L()
+	// AheadContext is the context of read-ahead fills: its values (e.g.
+	// p2p.WithPriority) reach a Source that is a ContextSource. nil: plain ReadAt.
+	AheadContext context.Context
+	Logger       *zap.Logger // nil: zap.L()
 }
 
 func (o Options) normalized() (Options, error) {
@@ -128,6 +132,13 @@ func (o Options) normalized() (Options, error) {
 type Source interface {
 	ReadAt(p []byte, off int64) (int, error)
 	Size() int64
+}
+
+// ContextSource is an optional capability of a Source: reads that carry a
+// context, through which fills started by Blob.ReadAtContext and read-ahead
+// (Options.AheadContext) pass values such as a P2P priority.
+type ContextSource interface {
+	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
 }
 
 // ErrRefetchLimit is returned for a unit dropped by Evict more than

@@ -181,7 +181,12 @@ func (op *Opener) setupProxy(o *Options) error {
 		if err != nil {
 			return err
 		}
-		po.TLS = t
+		// Dragonfly mode adds it to the registry client's TLS settings (p2p.ProxyOptions).
+		pem, err := os.ReadFile(pc.TLSCA)
+		if err != nil {
+			return fmt.Errorf("p2p CA file: %w", err)
+		}
+		po.TLS, po.CAPEM = t, pem
 	}
 	var err error
 	if pc.Mode == config.P2PModeDragonfly {

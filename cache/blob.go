@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -83,7 +84,8 @@ var stampInterval = 30 * time.Second
 // flight is one fill of units [first, first+n): single-flight for each unit.
 type flight struct {
 	first, n int
-	ahead    bool // read-ahead: a reader failing on it retries with its own fill
+	ahead    bool            // read-ahead: a reader failing on it retries with its own fill
+	ctx      context.Context // passed to a ContextSource; nil: plain ReadAt
 	done     chan struct{}
 	start    int64  // blob offset of buf
 	buf      []byte // the units' bytes, once done without err
@@ -270,7 +272,19 @@ func (b *Blob) Close() error {
 // ReadAt reads len(p) bytes at off, fetching missing units from the source. A
 // read reaching past Size returns the bytes up to Size and io.EOF. A failed fetch
 // fails only the reads that need its units.
-func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
+func (b *Blob) ReadAt(p []byte, off int64) (int, error) { return b.readAt(nil, p, off) }
+
+// ReadAtContext is ReadAt whose fills carry ctx's values to a ContextSource (e.g.
+// a prefetch priority for trace replay and pull). A fill is shared by every
+// reader of its units, so ctx's cancellation does not reach it.
+func (b *Blob) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	return b.readAt(context.WithoutCancel(ctx), p, off)
+}
+
+func (b *Blob) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 	s := b.s
 	if b.closed.Load() {
 		return 0, fmt.Errorf("cache: blob %s: %w", s.key, os.ErrClosed)
@@ -288,7 +302,7 @@ func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
 	if rem := s.size - off; int64(len(p)) > rem {
 		want = p[:rem]
 	}
-	n, err := s.read(b.src, want, off)
+	n, err := s.read(ctx, b.src, want, off)
 	s.served.Add(int64(n))
 	if err == nil && len(want) < len(p) {
 		err = io.EOF
@@ -296,14 +310,14 @@ func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-func (s *blobState) read(src Source, p []byte, off int64) (int, error) {
+func (s *blobState) read(ctx context.Context, src Source, p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	us := int64(s.us)
 	end := off + int64(len(p))
 	u0, u1 := int(off/us), int((end-1)/us)
-	flights := s.ensure(src, u0, u1, false)
+	flights := s.ensure(ctx, src, u0, u1, false)
 	s.readAhead(src, off, end)
 	n := 0
 	for u := u0; u <= u1; u++ {
@@ -320,13 +334,13 @@ func (s *blobState) read(src Source, p []byte, off int64) (int, error) {
 				if tries >= maxLocalTries {
 					return n, fmt.Errorf("cache: blob %s: unit %d (bytes [%d, %d)): local copy failed its checksum %d times", s.key, u, int64(u)*us, min(int64(u+1)*us, s.size), tries)
 				}
-				f = s.ensure(src, u, u, false)[0]
+				f = s.ensure(ctx, src, u, u, false)[0]
 				continue
 			}
 			<-f.done
 			if f.err != nil {
 				if f.ahead && tries < maxLocalTries {
-					f = s.ensure(src, u, u, false)[0]
+					f = s.ensure(ctx, src, u, u, false)[0]
 					continue
 				}
 				return n, f.err
@@ -343,7 +357,7 @@ func (s *blobState) read(src Source, p []byte, off int64) (int, error) {
 // ensure returns, for each unit in [u0, u1], nil if it is cached, else the fill
 // that brings it (joining a running one or starting new ones: adjacent missing
 // units share a fill of at most MaxFetchSize).
-func (s *blobState) ensure(src Source, u0, u1 int, ahead bool) []*flight {
+func (s *blobState) ensure(ctx context.Context, src Source, u0, u1 int, ahead bool) []*flight {
 	o := &s.c.opts
 	maxUnits := o.MaxFetchSize / s.us
 	out := make([]*flight, u1-u0+1)
@@ -382,7 +396,7 @@ func (s *blobState) ensure(src Source, u0, u1 int, ahead bool) []*flight {
 			s.refetches.Add(1)
 		}
 		if run == nil || run.n == maxUnits {
-			run = &flight{first: u, ahead: ahead, done: make(chan struct{}), start: int64(u) * int64(s.us)}
+			run = &flight{first: u, ahead: ahead, ctx: ctx, done: make(chan struct{}), start: int64(u) * int64(s.us)}
 			launch = append(launch, run)
 		}
 		run.n++
@@ -455,7 +469,7 @@ func (s *blobState) readAhead(src Source, off, end int64) {
 	}
 	s.mu.Unlock()
 	if missing > 0 && (firstMissing || 2*missing >= ub-ua+1) {
-		s.ensure(src, ua, ub, true)
+		s.ensure(s.c.opts.AheadContext, src, ua, ub, true)
 	}
 }
 
@@ -504,7 +518,13 @@ func (s *blobState) fill(src Source, f *flight) {
 
 	s.c.sem <- struct{}{}
 	buf := make([]byte, length)
-	n, err := src.ReadAt(buf, f.start)
+	var n int
+	var err error
+	if cs, ok := contextSource(src, f.ctx); ok {
+		n, err = cs.ReadAtContext(f.ctx, buf, f.start)
+	} else {
+		n, err = src.ReadAt(buf, f.start)
+	}
 	<-s.c.sem
 	if n < length {
 		if err == nil || errors.Is(err, io.EOF) {
@@ -542,6 +562,15 @@ func (s *blobState) fill(src Source, f *flight) {
 		fillHook("record")
 	}
 	f.metas = metas
+}
+
+// contextSource returns src's ContextSource when a fill has a context for it.
+func contextSource(src Source, ctx context.Context) (ContextSource, bool) {
+	if ctx == nil {
+		return nil, false
+	}
+	cs, ok := src.(ContextSource)
+	return cs, ok
 }
 
 // adopt takes f's units from disk when all their records are valid and the data

@@ -41,6 +41,7 @@
 package cache
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -86,7 +87,10 @@ type Options struct {
 	// within RefetchWindow; beyond it reads of the unit fail (ErrRefetchLimit).
 	MaxRefetches  int
 	RefetchWindow time.Duration
-	Logger        *zap.Logger // nil: zap.L()
+	// AheadContext is the context of read-ahead fills: its values (e.g.
+	// p2p.WithPriority) reach a Source that is a ContextSource. nil: plain ReadAt.
+	AheadContext context.Context
+	Logger       *zap.Logger // nil: zap.L()
 }
 
 func (o Options) normalized() (Options, error) {
@@ -130,6 +134,13 @@ type Source interface {
 	Size() int64
 }
 
+// ContextSource is an optional capability of a Source: reads that carry a
+// context, through which fills started by Blob.ReadAtContext and read-ahead
+// (Options.AheadContext) pass values such as a P2P priority.
+type ContextSource interface {
+	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
+}
+
 // ErrRefetchLimit is returned for a unit dropped by Evict more than
 // Options.MaxRefetches times within Options.RefetchWindow.
 var ErrRefetchLimit = errors.New("cache: unit evicted and refetched too often")
@@ -144,7 +155,7 @@ type Cache struct {
 
 	mu     sync.Mutex
 	blobs  map[string]*blobState // open blobs by file base name
-	closed Stats                 // counters of blobs no longer open, guarded by mu
+	closed Stats                 // counters of blobs not open (closed, or evicted from while closed), guarded by mu
 
 	// usageMu serialises this process's users of the usage counter; the flock on
 	// lock serialises processes.
@@ -367,6 +378,9 @@ func (c *Cache) evictLocked(need int64) int64 {
 		evicted++
 		c.mu.Lock()
 		bs := c.blobs[f.base]
+		if bs == nil {
+			c.closed.Evictions++ // a blob not open here: no blob state counts it
+		}
 		c.mu.Unlock()
 		if bs != nil {
 			bs.forget(cd.unit)

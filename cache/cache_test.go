@@ -667,3 +667,35 @@ func TestReadAheadWindowGrows(t *testing.T) {
 	}
 	t.Logf("2 MiB stream fetched %d bytes; 40 MiB stream %d", short, long)
 }
+
+// Capacity evictions of units of a blob that is not open count in Stats too
+// (obd_cache_evictions_total), as many as the units that must be fetched again.
+func TestEvictionsOfClosedBlobsCounted(t *testing.T) {
+	dir := t.TempDir()
+	o := testOptions()
+	o.ReadAhead, o.MaxFetchSize = -1, o.RefillSize
+	src := newSource(20, 16*o.RefillSize)
+	c := openCache(t, dir, o)
+	b := openBlob(t, c, testKey, src)
+	readAll(t, b, src.data, 4096)
+	b.Close()
+	c.Close()
+
+	o.Capacity = diskUsage(t, dir) // full: the next fill evicts
+	c2 := openCache(t, dir, o)
+	other := newSource(21, 4*o.RefillSize)
+	readAll(t, openBlob(t, c2, "sha256:other", other), other.data, 4096)
+	evicted := c2.Stats().Evictions
+	// Count what is missing through a cache with room (refills evict nothing).
+	o.Capacity = 0
+	c3 := openCache(t, dir, o)
+	src2 := &memSource{data: src.data}
+	readAll(t, openBlob(t, c3, testKey, src2), src.data, 4096)
+	refetched := src2.calls.Load()
+	if refetched == 0 {
+		t.Fatal("nothing of the closed blob was evicted: the test proves nothing")
+	}
+	if evicted != refetched {
+		t.Errorf("Stats().Evictions = %d after evicting %d units of a closed blob", evicted, refetched)
+	}
+}

@@ -442,3 +442,25 @@ func TestParseGlobalConfigP2P(t *testing.T) {
 		t.Fatalf("p2pConfig\n got %+v\nwant %+v", g.P2PConfig, want)
 	}
 }
+
+func TestDownloadDirBytes(t *testing.T) {
+	for _, tc := range []struct {
+		json string
+		want int64
+	}{
+		{`{}`, 4 << 30}, // the cache's default size
+		{`{"cacheConfig":{"cacheType":"file","cacheSizeGB":10}}`, 10 << 30},
+		{`{"cacheConfig":{"cacheType":"file","cacheSizeGB":10},"downloadDirSizeGB":50}`, 50 << 30},
+	} {
+		g, err := ParseGlobalConfig([]byte(tc.json))
+		if err != nil {
+			t.Fatal(tc.json, err)
+		}
+		if got := g.DownloadDirBytes(); got != tc.want {
+			t.Errorf("%s: DownloadDirBytes %d, want %d", tc.json, got, tc.want)
+		}
+	}
+	if _, err := ParseGlobalConfig([]byte(`{"downloadDirSizeGB":-1}`)); err == nil {
+		t.Error("negative downloadDirSizeGB accepted")
+	}
+}

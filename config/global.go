@@ -136,16 +136,20 @@ type GlobalConfig struct {
 	LegacyLogLevel uint32 // top-level logLevel (default 1)
 	LegacyLogPath  string // top-level logPath (default /var/log/overlaybd.log)
 	// CacheConfig is "cacheConfig"; the Legacy* fields are the old top-level members.
-	CacheConfig         CacheConfig
-	LegacyCacheType     string // top-level cacheType (default "file")
-	LegacyCacheDir      string // top-level registryCacheDir
-	LegacyCacheSizeGB   uint32 // top-level registryCacheSizeGB (default 4)
-	GzipCacheConfig     GzipCacheConfig
-	CredentialConfig    CredentialConfig
-	CredentialFilePath  string // legacy, used when CredentialConfig.Mode is empty
-	IOEngine            uint32 // local RO files: 0 psync, 1 libaio, 2 posixaio
-	Download            Download
-	HasDownload         bool // the file had a "download" object (see ImageConfig.InheritDownload)
+	CacheConfig        CacheConfig
+	LegacyCacheType    string // top-level cacheType (default "file")
+	LegacyCacheDir     string // top-level registryCacheDir
+	LegacyCacheSizeGB  uint32 // top-level registryCacheSizeGB (default 4)
+	GzipCacheConfig    GzipCacheConfig
+	CredentialConfig   CredentialConfig
+	CredentialFilePath string // legacy, used when CredentialConfig.Mode is empty
+	IOEngine           uint32 // local RO files: 0 psync, 1 libaio, 2 posixaio
+	Download           Download
+	HasDownload        bool // the file had a "download" object (see ImageConfig.InheritDownload)
+	// DownloadDirSizeGB (obd's, top-level downloadDirSizeGB) bounds the layer
+	// directories the daemon creates for background downloads of images attached
+	// by reference; 0: the cache's size (see DownloadDirBytes).
+	DownloadDirSizeGB   uint32
 	P2PConfig           P2PConfig
 	ExporterConfig      ExporterConfig
 	EnableAudit         bool   // default true
@@ -228,6 +232,7 @@ func ParseGlobalConfig(data []byte) (*GlobalConfig, error) {
 		root.str("auditPath", &g.AuditPath),
 		root.boolean("enableThread", &g.EnableThread),
 		root.str("userAgent", &g.UserAgent),
+		root.uint32("downloadDirSizeGB", &g.DownloadDirSizeGB),
 	); err != nil {
 		return nil, err
 	}
@@ -403,6 +408,16 @@ func (g *GlobalConfig) Cache() CacheConfig {
 		c.Type, c.Dir, c.SizeGB = g.LegacyCacheType, g.LegacyCacheDir, g.LegacyCacheSizeGB
 	}
 	return c
+}
+
+// DownloadDirBytes is the bound of the daemon's download layer directories:
+// downloadDirSizeGB, or the cache's size when it is 0.
+func (g *GlobalConfig) DownloadDirBytes() int64 {
+	gb := g.DownloadDirSizeGB
+	if gb == 0 {
+		gb = g.Cache().SizeGB
+	}
+	return int64(gb) << 30
 }
 
 // Credentials returns the effective credential source: credentialConfig.mode empty →

@@ -11,7 +11,8 @@ func TestStateDirRoundTrip(t *testing.T) {
 	d := stateDir(t.TempDir())
 	recs := []Record{
 		{ID: 0, Config: "/a/config.v1.json", Frontend: FrontendUblk, Path: "/dev/ublkb0", Recovery: true, PID: 42, Created: time.Unix(1, 0).UTC()},
-		{ID: 7, Config: "/b/config.v1.json", Frontend: FrontendFUSE, Path: "/run/obd/fuse/7/image", MountDir: "/run/obd/fuse/7"},
+		{ID: 7, Config: "/b/config.v1.json", Frontend: FrontendFUSE, Path: "/run/obd/fuse/7/image", MountDir: "/run/obd/fuse/7",
+			TraceOptions: TraceOptions{RecordTrace: "/t/app.trace"}, TraceRecovery: TraceRecoveryResumed, TraceNote: "n"},
 	}
 	for _, r := range recs {
 		if err := d.save(r); err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/download"
 	"github.com/obd-project/obd/image"
+	"github.com/obd-project/obd/trace"
 	"github.com/obd-project/obd/ublk"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -44,6 +45,9 @@ type Options struct {
 	Collectors []prometheus.Collector
 	// Download overrides the configs' download timing (tests); nil: the configs'.
 	Download *download.Options
+	// LayerDirsBytes bounds the download layer directories of images attached by
+	// reference (0: Global.DownloadDirBytes()).
+	LayerDirsBytes int64
 }
 
 // Manager owns a set of devices. It is safe for concurrent use: attaches run in
@@ -59,7 +63,10 @@ type Manager struct {
 
 	mu      sync.Mutex
 	devices map[int]*device
-	pending map[int]bool // ids reserved by attaches in progress
+	pending map[int]bool   // ids reserved by attaches in progress
+	dirRefs map[string]int // layer directories in use by this daemon's devices
+
+	pruneMu sync.Mutex // one PruneLayerDirs at a time
 }
 
 type device struct {
@@ -67,6 +74,7 @@ type device struct {
 	img    *image.Image
 	target *countingTarget
 	srv    served
+	dirs   []string // its layer directories under layersDir
 }
 
 // Status is one device as `obd list` shows it.
@@ -102,7 +110,7 @@ func NewManager(opts Options) (*Manager, error) {
 		}
 	}
 	return &Manager{opts: opts, state: stateDir(opts.StateDir), lg: opts.Logger, metrics: newMetrics(),
-		dl: download.NewLimiter(float64(opts.Global.Download.MaxMBps) * (1 << 20)), devices: map[int]*device{}, pending: map[int]bool{}}, nil
+		dl: download.NewLimiter(float64(opts.Global.Download.MaxMBps) * (1 << 20)), devices: map[int]*device{}, pending: map[int]bool{}, dirRefs: map[string]int{}}, nil
 }
 
 // reserveID picks the smallest id that no device of ours, no attach in progress, no
@@ -155,7 +163,7 @@ func (m *Manager) Attach(ctx context.Context, configPath string, fe Frontend) (s
 }
 
 // AttachTrace is Attach with run-time trace recording or replay.
-func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Frontend, trace TraceOptions) (st Status, err error) {
+func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Frontend, tr TraceOptions) (st Status, err error) {
 	var cfg *config.ImageConfig
 	start := time.Now()
 	defer func() {
@@ -185,12 +193,19 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 		return st, err
 	}
 	defer m.release(id)
-	img, err := image.Open(ctx, cfg, m.imageOptions(trace))
+	dirs := m.layerDirsOf(cfg)
+	m.useLayerDirs(dirs)
+	defer func() {
+		if err != nil {
+			m.releaseLayerDirs(dirs)
+		}
+	}()
+	img, err := image.Open(ctx, cfg, m.imageOptions(tr))
 	if err != nil {
 		return st, err
 	}
-	d := &device{img: img, target: &countingTarget{t: img},
-		rec: Record{ID: id, Config: abs, Frontend: fe.resolve(), PID: os.Getpid(), Created: time.Now().UTC()}}
+	d := &device{img: img, target: &countingTarget{t: img}, dirs: dirs,
+		rec: Record{ID: id, Config: abs, Frontend: fe.resolve(), PID: os.Getpid(), Created: time.Now().UTC(), TraceOptions: tr}}
 	if err := m.start(d); err != nil {
 		img.Close()
 		return st, fmt.Errorf("failed to create overlaybd device: %w", err)
@@ -204,6 +219,9 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 	m.devices[id] = d
 	m.mu.Unlock()
 	m.lg.Info("attached", zap.Int("id", id), zap.String("path", d.rec.Path), zap.String("config", abs), zap.String("frontend", string(d.rec.Frontend)))
+	if len(dirs) > 0 {
+		m.PruneLayerDirs()
+	}
 	return d.status(), nil
 }
 
@@ -287,7 +305,12 @@ func (m *Manager) Detach(ref string, force bool) error {
 	m.forgetGenerated(d.rec.Config)
 	m.metrics.detaches.Inc()
 	m.lg.Info("detached", zap.Int("id", d.rec.ID), zap.String("path", d.rec.Path))
-	return errors.Join(cerr, m.state.remove(d.rec.ID))
+	err = errors.Join(cerr, m.state.remove(d.rec.ID))
+	m.releaseLayerDirs(d.dirs)
+	if len(d.dirs) > 0 {
+		m.PruneLayerDirs()
+	}
+	return err
 }
 
 // List reports every device, by id.
@@ -349,10 +372,13 @@ func (m *Manager) Restore(ctx context.Context) error {
 			m.lg.Warn("orphan cleanup", zap.Error(err))
 		}
 	}
+	// After the recoveries, so their layer directories count as used.
+	m.PruneLayerDirs()
+	go m.pruneLayerDirsEvery(ctx, layerDirPruneInterval)
 	return nil
 }
 
-func (m *Manager) restore(ctx context.Context, r Record) error {
+func (m *Manager) restore(ctx context.Context, r Record) (err error) {
 	cfg, err := config.LoadImageConfig(r.Config)
 	if err != nil {
 		return err
@@ -371,12 +397,27 @@ func (m *Manager) restore(ctx context.Context, r Record) error {
 	default:
 		return fmt.Errorf("unknown frontend %q", r.Frontend)
 	}
-	img, err := image.Open(ctx, cfg, m.imageOptions(TraceOptions{}))
+	dirs := m.layerDirsOf(cfg)
+	m.useLayerDirs(dirs)
+	defer func() {
+		if err != nil {
+			m.releaseLayerDirs(dirs)
+		}
+	}()
+	// The record keeps what the attach asked for; tr is what this recovery runs.
+	tr := m.recoverTrace(&r)
+	img, err := image.Open(ctx, cfg, m.imageOptions(tr))
+	if err != nil && tr != (TraceOptions{}) {
+		// A trace is an optimisation: the device comes back without it.
+		m.lg.Error("recovered device: trace not restarted", zap.Int("id", r.ID), zap.Error(err))
+		r.TraceRecovery, r.TraceNote = TraceRecoveryFailed, "not restarted after a daemon restart: "+err.Error()
+		img, err = image.Open(ctx, cfg, m.imageOptions(TraceOptions{}))
+	}
 	if err != nil {
 		return err
 	}
 	r.PID = os.Getpid()
-	d := &device{rec: r, img: img, target: &countingTarget{t: img}}
+	d := &device{rec: r, img: img, target: &countingTarget{t: img}, dirs: dirs}
 	switch r.Frontend {
 	case FrontendUblk:
 		opts := ublkOptions(r.ID, true)
@@ -403,6 +444,45 @@ func (m *Manager) restore(ctx context.Context, r Record) error {
 	m.metrics.recovered.Inc()
 	m.lg.Info("recovered device", zap.Int("id", r.ID), zap.String("path", d.rec.Path))
 	return nil
+}
+
+// recoverTrace decides what becomes of a device's run-time trace when the daemon
+// that served it died; it returns the options to run and sets the record's
+// TraceRecovery and TraceNote. A prefetch replays again. A recording kept its reads
+// in the dead process's memory, so they are lost: if <trace>.lock is still there
+// (nobody asked for the dump yet) the recording resumes, missing the reads before
+// the restart; if the trace was dumped (.ok) it is left alone; if the lock was
+// deleted while no daemon ran, nothing can be dumped and the trace stays unwritten.
+func (m *Manager) recoverTrace(r *Record) TraceOptions {
+	t := r.TraceOptions
+	r.TraceRecovery, r.TraceNote = "", ""
+	switch {
+	case t.Prefetch != "":
+		r.TraceRecovery = TraceRecoveryReplayed
+		return t
+	case t.RecordTrace == "":
+		return t
+	}
+	lg := m.lg.With(zap.Int("id", r.ID), zap.String("trace", t.RecordTrace))
+	_, lockErr := os.Lstat(trace.LockPath(t.RecordTrace))
+	_, okErr := os.Lstat(trace.OKPath(t.RecordTrace))
+	switch {
+	case lockErr == nil:
+		r.TraceRecovery = TraceRecoveryResumed
+		r.TraceNote = "recording resumed after a daemon restart at " + time.Now().UTC().Format(time.RFC3339) +
+			": the reads before it were lost with the old daemon and are not in the trace"
+		lg.Warn("trace " + r.TraceNote)
+		return t
+	case okErr == nil:
+		r.TraceRecovery = TraceRecoveryDone
+		r.TraceNote = "recorded before a daemon restart: not recording again"
+		lg.Info("trace " + r.TraceNote)
+	default:
+		r.TraceRecovery = TraceRecoveryLost
+		r.TraceNote = "recording lost in a daemon restart: its .lock was deleted while no daemon ran, the reads were lost with the old daemon, no trace written (attach again with --record-trace)"
+		lg.Error("trace " + r.TraceNote)
+	}
+	return TraceOptions{}
 }
 
 func processAlive(pid int) bool {

@@ -21,6 +21,8 @@ type metrics struct {
 	detaches       prometheus.Counter
 	attachDuration prometheus.Histogram
 	recovered      prometheus.Counter
+	// layerDirsRemoved counts download layer directories removed by the bound.
+	layerDirsRemoved prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -32,6 +34,8 @@ func newMetrics() *metrics {
 			Help: "Time to assemble an image and start its device.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}),
 		recovered: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "obd", Name: "devices_recovered_total",
 			Help: "Devices taken back from a dead daemon at start-up."}),
+		layerDirsRemoved: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "obd", Name: "layer_dirs_removed_total",
+			Help: "Unused download layer directories removed to keep their total within downloadDirSizeGB."}),
 	}
 }
 
@@ -39,7 +43,7 @@ func newMetrics() *metrics {
 // runtime's; other packages (registry, cache) add theirs to it.
 func (m *Manager) Registry() *prometheus.Registry {
 	r := prometheus.NewRegistry()
-	r.MustRegister(m.metrics.attaches, m.metrics.detaches, m.metrics.attachDuration, m.metrics.recovered,
+	r.MustRegister(m.metrics.attaches, m.metrics.detaches, m.metrics.attachDuration, m.metrics.recovered, m.metrics.layerDirsRemoved,
 		deviceCollector{m}, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	r.MustRegister(m.opts.Collectors...)
 	return r

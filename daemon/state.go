@@ -22,7 +22,22 @@ type Record struct {
 	Recovery bool      `json:"recovery,omitempty"` // ublk device created with user recovery
 	PID      int       `json:"pid"`                // the serving process
 	Created  time.Time `json:"created"`
+	// The run-time trace options of the attach, restarted when the device is
+	// recovered; TraceRecovery (one of the TraceRecovery* words) and TraceNote say
+	// what the last recovery did with them.
+	TraceOptions
+	TraceRecovery string `json:"traceRecovery,omitempty"`
+	TraceNote     string `json:"traceNote,omitempty"`
 }
+
+// What a recovery did with a device's run-time trace.
+const (
+	TraceRecoveryReplayed = "replayed"      // a prefetch replays again
+	TraceRecoveryResumed  = "resumed"       // a recording goes on, without the reads before the restart
+	TraceRecoveryDone     = "done"          // the recording was dumped before the restart
+	TraceRecoveryLost     = "lost"          // the lock was deleted while no daemon ran: no trace written
+	TraceRecoveryFailed   = "not restarted" // the trace could not be started again (see the note)
+)
 
 type stateDir string
 

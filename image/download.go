@@ -22,6 +22,41 @@ type SourceBlob interface {
 	Source() io.ReaderAt
 }
 
+// PrefetchBlob is an optional capability of a remote Blob: a view of it whose reads
+// are marked as prefetch (in Dragonfly mode, sent below on-demand reads). Trace
+// replay reads through it.
+type PrefetchBlob interface {
+	PrefetchReader() io.ReaderAt
+}
+
+// prefetchView is a swapBlob read at prefetch priority while it is remote.
+type prefetchView struct {
+	s      *swapBlob
+	remote io.ReaderAt
+}
+
+// prefetchView returns nil unless s is remote with a prefetch view (s may be nil).
+func (s *swapBlob) prefetchView() io.ReaderAt {
+	if s == nil {
+		return nil
+	}
+	pb, ok := s.remote.(PrefetchBlob)
+	if !ok {
+		return nil
+	}
+	return prefetchView{s, pb.PrefetchReader()}
+}
+
+func (v prefetchView) ReadAt(p []byte, off int64) (int, error) {
+	if v.s.Local() {
+		return v.s.ReadAt(p, off)
+	}
+	return v.remote.ReadAt(p, off)
+}
+
+// Evict keeps the ZFile self-healing of the replay's reads.
+func (v prefetchView) Evict(off, n int64) error { return v.s.Evict(off, n) }
+
 // swapBlob is a remote layer blob whose reads move to a verified local copy once
 // the background download has it. The copy holds the same bytes, so the layers
 // unwrapped above it (tar, ZFile, LSMT) never notice the switch.

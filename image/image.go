@@ -130,7 +130,7 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			layers[i], inners[i], blobs[i], swaps[i], errs[i] = openLower(ctx, cfg, i, lowers[i], opts.Remote, wrap, lg)
+			layers[i], inners[i], blobs[i], swaps[i], errs[i] = openLower(ctx, cfg, i, lowers[i], opts.Remote, wrap, replayPath != "", lg)
 		}(i)
 	}
 	wg.Wait()
@@ -183,9 +183,12 @@ type blob struct {
 
 // openLower finds layer i's blob (local candidates first, then the registry),
 // unwraps it (tar, ZFile), lets wrap see the LSMT file (trace recording) and opens
-// the LSMT layer. It also returns the unwrapped reader, which trace replay reads.
+// the LSMT layer. It also returns the unwrapped reader which trace replay reads:
+// with replay, for a remote blob, a second unwrapping over the blob's prefetch
+// view, so that replay reads are sent at prefetch priority and device reads keep
+// theirs.
 func openLower(ctx context.Context, cfg *config.ImageConfig, i int, l config.Layer, remote RemoteOpener,
-	wrap func(int, io.ReaderAt) io.ReaderAt, lg *zap.Logger) (*lsmt.Layer, io.ReaderAt, io.Closer, *swapBlob, error) {
+	wrap func(int, io.ReaderAt) io.ReaderAt, replay bool, lg *zap.Logger) (*lsmt.Layer, io.ReaderAt, io.Closer, *swapBlob, error) {
 	if l.TargetFile != "" || l.TargetDigest != "" {
 		return nil, nil, nil, nil, fmt.Errorf("failed to open layer %d: TurboOCI layers (targetFile/targetDigest) are not supported yet", i)
 	}
@@ -208,6 +211,13 @@ func openLower(ctx context.Context, cfg *config.ImageConfig, i int, l config.Lay
 		return nil, nil, nil, nil, fmt.Errorf("failed to open layer %d: %s: %w", i, b.name, err)
 	}
 	lg.Debug("opened layer", zap.Int("layer", i), zap.String("blob", b.name), zap.Strings("chain", w.Chain()))
+	if v := b.swap.prefetchView(); replay && v != nil {
+		if r, _, _, err := layer.Unwrap(v, b.size, b.name); err == nil {
+			inner = r
+		} else {
+			lg.Warn("trace replay of this layer at on-demand priority", zap.Int("layer", i), zap.Error(err))
+		}
+	}
 	return ll, inner, b.c, b.swap, nil
 }
 

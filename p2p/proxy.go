@@ -3,6 +3,7 @@ package p2p
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -53,9 +54,14 @@ func priorityOf(ctx context.Context) Priority {
 
 // ProxyOptions configure a Proxy.
 type ProxyOptions struct {
-	// TLS is used for https targets through dfdaemon (which intercepts them with
-	// its own CA); nil: system roots.
-	TLS *tls.Config
+	// TLS is the TLS to the proxy (URL-prefix mode), and to https targets through
+	// dfdaemon when the direct transport is not an *http.Transport; nil: system
+	// roots. In Dragonfly mode, TLS to an https target through CONNECT otherwise
+	// uses the direct transport's settings (the registry client's CA file, client
+	// certificate and insecure hosts) and also trusts CAPEM (p2pConfig.tlsCA:
+	// dfdaemon may intercept with its own CA).
+	TLS   *tls.Config
+	CAPEM []byte
 	// PriorityOnDemand and PriorityPrefetch are the X-Dragonfly-Priority values
 	// (defaults DefaultPriorityOnDemand, DefaultPriorityPrefetch).
 	PriorityOnDemand, PriorityPrefetch int
@@ -91,6 +97,11 @@ type Proxy struct {
 	downTill time.Time
 	downFor  time.Duration
 	checking bool
+
+	// Dragonfly mode: a transport per TLS setting of the direct transports
+	// (the registry client has two: verified and insecure hosts).
+	tmu   sync.Mutex
+	byTLS map[*tls.Config]*http.Transport
 }
 
 // NewURLProxy makes a URL-prefix proxy for address ("host:port/path" or with an
@@ -187,7 +198,50 @@ func hostPort(u *url.URL) string {
 }
 
 // Close drops idle connections to the proxy.
-func (p *Proxy) Close() { p.tr.CloseIdleConnections() }
+func (p *Proxy) Close() {
+	p.tr.CloseIdleConnections()
+	p.tmu.Lock()
+	defer p.tmu.Unlock()
+	for _, t := range p.byTLS {
+		t.CloseIdleConnections()
+	}
+}
+
+// transport is the transport of a request whose direct transport is direct. In
+// Dragonfly mode an https target is reached through a CONNECT tunnel, where the
+// TLS handshake is with the registry (or with dfdaemon intercepting it): it must
+// trust, and present, what a direct request would, plus dfdaemon's CA.
+func (p *Proxy) transport(direct http.RoundTripper) *http.Transport {
+	dt, ok := direct.(*http.Transport)
+	if !p.dragonfly || !ok || dt.TLSClientConfig == nil {
+		return p.tr
+	}
+	p.tmu.Lock()
+	defer p.tmu.Unlock()
+	if t := p.byTLS[dt.TLSClientConfig]; t != nil {
+		return t
+	}
+	conf := dt.TLSClientConfig.Clone()
+	if len(p.o.CAPEM) > 0 && !conf.InsecureSkipVerify {
+		pool := conf.RootCAs
+		if pool == nil {
+			if pool, _ = x509.SystemCertPool(); pool == nil {
+				pool = x509.NewCertPool()
+			}
+		} else {
+			pool = pool.Clone()
+		}
+		pool.AppendCertsFromPEM(p.o.CAPEM)
+		conf.RootCAs = pool
+	}
+	t := p.tr.Clone()
+	t.TLSClientConfig = conf
+	if p.byTLS == nil {
+		p.byTLS = map[*tls.Config]*http.Transport{}
+	}
+	p.byTLS[dt.TLSClientConfig] = t
+	return t
+}
 
 // Check dials the proxy (the reference's health check: a TCP connect).
 func (p *Proxy) Check(ctx context.Context) error {
@@ -263,7 +317,7 @@ func (p *Proxy) RoundTrip(req *http.Request, direct http.RoundTripper) (*http.Re
 		p.down(err)
 		return p.direct(req, direct)
 	}
-	resp, err := p.tr.RoundTrip(preq)
+	resp, err := p.transport(direct).RoundTrip(preq)
 	if err == nil {
 		if err = p.check(req, resp); err != nil {
 			resp.Body.Close()

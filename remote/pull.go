@@ -106,6 +106,7 @@ func (o *Opener) Pull(ctx context.Context, ref string, po PullOptions) (PullResu
 	progress(0)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	pctx := prefetchContext(ctx) // chunks are fetched at prefetch priority
 	// Each layer is hashed in order while later chunks are still being fetched,
 	// read back from the cache as the fetched prefix grows, so verifying costs
 	// no time after the last byte arrives.
@@ -123,7 +124,7 @@ func (o *Opener) Pull(ctx context.Context, ref string, po PullOptions) (PullResu
 			defer wg.Done()
 			buf := make([]byte, po.ChunkSize)
 			for c := range work {
-				if _, err := blobs[c.layer].ReadAt(buf[:c.n], c.off); err != nil && !(errors.Is(err, io.EOF) && c.off+int64(c.n) == blobs[c.layer].Size()) {
+				if _, err := blobs[c.layer].ReadAtContext(pctx, buf[:c.n], c.off); err != nil && !(errors.Is(err, io.EOF) && c.off+int64(c.n) == blobs[c.layer].Size()) {
 					emu.Lock()
 					if firstErr == nil {
 						firstErr = fmt.Errorf("layer %d (%s) at %d: %w", c.layer, cfg.Lowers[c.layer].Digest, c.off, err)

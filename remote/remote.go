@@ -127,6 +127,9 @@ func NewOpener(o Options) (*Opener, error) {
 	if o.Cache.MaxFetchSize == 0 {
 		o.Cache.MaxFetchSize = DefaultMaxFetchSize
 	}
+	if o.Cache.AheadContext == nil {
+		o.Cache.AheadContext = prefetchCtx
+	}
 	if o.P2P.Enable && o.P2P.Mode == config.P2PModePeers {
 		// One chunk per fill: a fill then waits only on the chunk's owner, which
 		// ranks above this node, so nodes never wait on each other in a cycle.
@@ -178,7 +181,12 @@ func (op *Opener) setupProxy(o *Options) error {
 		if err != nil {
 			return err
 		}
-		po.TLS = t
+		// Dragonfly mode adds it to the registry client's TLS settings (p2p.ProxyOptions).
+		pem, err := os.ReadFile(pc.TLSCA)
+		if err != nil {
+			return fmt.Errorf("p2p CA file: %w", err)
+		}
+		po.TLS, po.CAPEM = t, pem
 	}
 	var err error
 	if pc.Mode == config.P2PModeDragonfly {
@@ -322,8 +330,31 @@ func (b *cachedBlob) Evict(off, n int64) error {
 	return err
 }
 
-// Source is the registry blob itself, which the background download reads.
-func (b *cachedBlob) Source() io.ReaderAt { return b.src }
+// Source is the registry blob itself, which the background download reads, at
+// prefetch priority.
+func (b *cachedBlob) Source() io.ReaderAt { return prefetchReader{b.src} }
+
+// PrefetchReader is the blob through the cache at prefetch priority (trace replay).
+func (b *cachedBlob) PrefetchReader() io.ReaderAt { return prefetchReader{b.Blob} }
+
+// prefetchContext marks reads as prefetch: in Dragonfly mode they are sent with
+// the prefetch X-Dragonfly-Priority, below on-demand reads.
+func prefetchContext(ctx context.Context) context.Context {
+	return p2p.WithPriority(ctx, p2p.Prefetch)
+}
+
+// prefetchReader reads r at prefetch priority.
+type prefetchReader struct {
+	r interface {
+		ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
+	}
+}
+
+var prefetchCtx = prefetchContext(context.Background())
+
+func (p prefetchReader) ReadAt(b []byte, off int64) (int, error) {
+	return p.r.ReadAtContext(prefetchCtx, b, off)
+}
 
 func (b *cachedBlob) Close() error {
 	err := b.Blob.Close()

@@ -32,6 +32,7 @@ func daemonCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-recovery", Usage: "create ublk devices without user recovery"},
 			&cli.BoolFlag{Name: "keep-devices", Usage: "on SIGTERM, exit without detaching: ublk devices wait (quiesced) for the next daemon"},
 			&cli.StringFlag{Name: "cache-dir", Usage: "registry extent cache directory (default: cacheConfig.cacheDir)"},
+			&cli.StringFlag{Name: "download-dir-size", Usage: "bound of the background download's layer directories under --state-dir/layers (e.g. 20GiB; default: downloadDirSizeGB, else cacheSizeGB)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at this address (default: exporterConfig.port when exporterConfig.enable)"},
 			socketFlag,
 		},
@@ -42,6 +43,13 @@ func daemonCommand() *cli.Command {
 			}
 			opts := daemon.Options{StateDir: c.String("state-dir"), RunDir: c.String("run-dir"),
 				Global: g, NoRecovery: c.Bool("no-recovery"), Logger: zap.L()}
+			if v := c.String("download-dir-size"); v != "" {
+				n, err := parseSize(v)
+				if err != nil || n <= 0 {
+					return fmt.Errorf("--download-dir-size %q: want a size > 0 such as 20GiB", v)
+				}
+				opts.LayerDirsBytes = n
+			}
 			if rem, err := newRemote(g, c.String("cache-dir")); err != nil {
 				zap.L().Warn("remote images disabled", zap.Error(err))
 			} else {
@@ -246,14 +254,14 @@ func listCommand() *cli.Command {
 				return json.NewEncoder(os.Stdout).Encode(devs)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tDEVICE\tFRONTEND\tSTATE\tSIZE\tREAD\tWRITTEN\tDOWNLOAD\tCONFIG")
+			fmt.Fprintln(tw, "ID\tDEVICE\tFRONTEND\tSTATE\tSIZE\tREAD\tWRITTEN\tDOWNLOAD\tTRACE\tCONFIG")
 			for _, d := range devs {
 				state := d.State
 				if d.ReadOnly {
 					state += ",ro"
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Path, d.Frontend, state,
-					humanBytes(uint64(d.Size)), humanBytes(uint64(d.BytesRead)), humanBytes(uint64(d.BytesWritten)), downloadSummary(d.Downloads), d.Config)
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Path, d.Frontend, state,
+					humanBytes(uint64(d.Size)), humanBytes(uint64(d.BytesRead)), humanBytes(uint64(d.BytesWritten)), downloadSummary(d.Downloads), traceSummary(d.Record), d.Config)
 			}
 			return tw.Flush()
 		},

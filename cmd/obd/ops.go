@@ -53,6 +53,22 @@ func downloadSummary(ds []download.Status) string {
 	return s
 }
 
+// traceSummary is the TRACE column of `obd list`: the run-time trace of the attach
+// and, after a daemon restart, what the recovery did with it (the note is in --json).
+func traceSummary(r daemon.Record) string {
+	s := "-"
+	switch {
+	case r.RecordTrace != "":
+		s = "record"
+	case r.Prefetch != "":
+		s = "prefetch"
+	}
+	if r.TraceRecovery != "" {
+		s += " (" + r.TraceRecovery + ")"
+	}
+	return s
+}
+
 func pullCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "pull",

@@ -1,0 +1,178 @@
+package p2p_test
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/obd-project/obd/cache"
+	"github.com/obd-project/obd/config"
+	"github.com/obd-project/obd/image"
+	"github.com/obd-project/obd/p2p"
+	"github.com/obd-project/obd/registry"
+	"github.com/obd-project/obd/registry/registrytest"
+	"github.com/obd-project/obd/remote"
+	"github.com/obd-project/obd/trace"
+	"go.uber.org/zap"
+)
+
+// TestDragonflyPriority: in Dragonfly mode, what a reader waits for goes to
+// dfdaemon at the on-demand priority, and prefetching at the prefetch priority:
+// the cache's read-ahead, trace replay's view (image.PrefetchBlob), the
+// background download's source (image.SourceBlob) and obd pull.
+func TestDragonflyPriority(t *testing.T) {
+	reg := registrytest.New(t)
+	g := registrytest.OverlaybdImage(t, 31, 6<<20)
+	reg.PushImage(t, "prio", "v1", g.Image)
+	ref := reg.Ref("prio:v1")
+	df := newFakeDragonfly(t)
+	onDemand, prefetch := strconv.Itoa(p2p.DefaultPriorityOnDemand), strconv.Itoa(p2p.DefaultPriorityPrefetch)
+	open := func(readAhead int64) *remote.Opener {
+		op, err := remote.NewOpener(remote.Options{
+			Registry: registry.Options{Retry: fastRetry, Logger: zap.NewNop()},
+			CacheDir: t.TempDir(), Cache: cache.Options{RefillSize: unit, ReadAhead: readAhead, Logger: zap.NewNop()},
+			P2P:    config.P2PConfig{Enable: true, Mode: config.P2PModeDragonfly, Address: strings.TrimPrefix(df.URL, "http://")},
+			Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(op.Close)
+		return op
+	}
+	// priorities returns the X-Dragonfly-Priority of the blob requests dfdaemon
+	// saw since request from (the count so far), and that count.
+	priorities := func(from int) (map[string]int, int) {
+		reqs := df.seen.all()
+		got := map[string]int{}
+		for _, r := range reqs[from:] {
+			if strings.Contains(r.URL.Path, "/blobs/") {
+				got[r.Header.Get(p2p.HeaderDragonflyPriority)]++
+			}
+		}
+		return got, len(reqs)
+	}
+	read := func(r io.ReaderAt, off, n int64) {
+		t.Helper()
+		buf := make([]byte, n)
+		if k, err := r.ReadAt(buf, off); k != int(n) || string(buf) != string(g.Blobs[0][off:off+n]) {
+			t.Fatalf("read [%d, +%d): %d bytes, %v, or wrong bytes", off, n, k, err)
+		}
+	}
+
+	// A pull prefetches everything (its first request finds out, directly, that
+	// the registry serves the blob itself; the next ones go through dfdaemon).
+	if _, err := open(-1).Pull(context.Background(), ref, remote.PullOptions{ChunkSize: 1 << 20, Parallel: 1}); err != nil {
+		t.Fatal(err)
+	}
+	got, n := priorities(0)
+	if got[prefetch] == 0 || len(got) != 1 {
+		t.Errorf("obd pull: priorities %v; want all %s", got, prefetch)
+	}
+
+	op := open(2 << 20)
+	cfg, _, err := op.ImageConfig(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := cfg.BlobURL(cfg.Lowers[0].Digest)
+	b, err := op.OpenBlob(context.Background(), u, cfg.Lowers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_, n = priorities(0) // OpenBlob's probe is not a data read
+
+	// A sequential reader: its own reads on demand, the read-ahead as prefetch.
+	for off := int64(0); off < 4*unit; off += unit {
+		read(b, off, unit)
+	}
+	got, n = priorities(n)
+	if got[onDemand] == 0 || got[prefetch] == 0 {
+		t.Errorf("sequential reads with read-ahead: priorities %v; want both %s and %s", got, onDemand, prefetch)
+	}
+
+	// Trace replay's view and the download's source: prefetch only.
+	pb, ok := b.(image.PrefetchBlob)
+	if !ok {
+		t.Fatal("a remote blob has no prefetch view")
+	}
+	read(pb.PrefetchReader(), 5<<20, unit)
+	sb, ok := b.(image.SourceBlob)
+	if !ok {
+		t.Fatal("a remote blob has no source")
+	}
+	read(sb.Source(), 4<<20, unit)
+	if got, n = priorities(n); got[prefetch] == 0 || len(got) != 1 {
+		t.Errorf("replay and download reads: priorities %v; want all %s", got, prefetch)
+	}
+
+	// A random read (no stream): on demand.
+	read(b, 5<<20+3*unit, 4096)
+	if got, _ = priorities(n); got[onDemand] != 1 || len(got) != 1 {
+		t.Errorf("a random read: priorities %v; want one %s", got, onDemand)
+	}
+}
+
+// TestDragonflyPriorityTraceReplay: a trace replayed by image.Open reads its
+// ranges through the layers' prefetch view: dfdaemon sees them at the prefetch
+// priority, while the image's own reads (opening the layer) stay on demand.
+func TestDragonflyPriorityTraceReplay(t *testing.T) {
+	reg := registrytest.New(t)
+	reg.PushLayout(t, "../testdata/golden/hello-world-oci", "hello-world")
+	ref := reg.Ref("hello-world:amd64-converted")
+	// Replay the first 4 MiB of the layer's LSMT file.
+	tr := filepath.Join(t.TempDir(), "trace")
+	f, err := os.Create(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := trace.WriteTrace(f, []trace.Record{{Op: trace.OpRead, Layer: 0, Offset: 0, Count: 4 << 20}}); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	// attach opens the image on a cold cache (replaying tr if set) and returns the
+	// priorities dfdaemon saw.
+	attach := func(tr string) map[string]int {
+		df := newFakeDragonfly(t)
+		op, err := remote.NewOpener(remote.Options{
+			Registry: registry.Options{Retry: fastRetry, Logger: zap.NewNop()},
+			CacheDir: t.TempDir(), Cache: cache.Options{RefillSize: 16 << 10, ReadAhead: -1, Logger: zap.NewNop()},
+			P2P:    config.P2PConfig{Enable: true, Mode: config.P2PModeDragonfly, Address: strings.TrimPrefix(df.URL, "http://")},
+			Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer op.Close()
+		cfg, err := op.Config(context.Background(), ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cfg.Lowers) != 1 {
+			t.Fatalf("%d layers: the trace names layer 0 of 1", len(cfg.Lowers))
+		}
+		img, err := image.Open(context.Background(), cfg, image.Options{Remote: op, ReplayTrace: tr, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if done := img.TraceDone(); done != nil {
+			<-done
+		}
+		img.Close()
+		got := map[string]int{}
+		for _, r := range df.seen.all() {
+			got[r.Header.Get(p2p.HeaderDragonflyPriority)]++
+		}
+		return got
+	}
+	onDemand, prefetch := strconv.Itoa(p2p.DefaultPriorityOnDemand), strconv.Itoa(p2p.DefaultPriorityPrefetch)
+	plain := attach("")
+	replayed := attach(tr)
+	if plain[onDemand] == 0 || replayed[onDemand] != plain[onDemand] || replayed[prefetch] == 0 || len(replayed) != 2 {
+		t.Errorf("priorities: opening the image %v, opening it and replaying a trace %v; want the replay's requests at %s, the rest at %s",
+			plain, replayed, prefetch, onDemand)
+	}
+}

@@ -170,11 +170,7 @@ func attachCommand() *cli.Command {
 			}
 			opts := daemon.Options{RunDir: c.String("run-dir"), Logger: zap.L()}
 			if ref != "" {
-				g, err := config.LoadGlobalConfig(c.String("global-config"))
-				if err != nil {
-					return err
-				}
-				rem, err := newRemote(g, c.String("cache-dir"))
+				g, rem, err := remoteFromFlags(c)
 				if err != nil {
 					return err
 				}
@@ -270,6 +266,20 @@ func listCommand() *cli.Command {
 
 // newRemote opens registry access and the extent cache per the global config;
 // cacheDir overrides cacheConfig.cacheDir.
+// remoteFromFlags loads --global-config and opens the registry client and cache
+// it describes (--cache-dir overriding cacheConfig.cacheDir).
+func remoteFromFlags(c *cli.Context) (*config.GlobalConfig, *remote.Opener, error) {
+	g, err := config.LoadGlobalConfig(c.String("global-config"))
+	if err != nil {
+		return nil, nil, err
+	}
+	rem, err := newRemote(g, c.String("cache-dir"))
+	if err != nil {
+		return nil, nil, err
+	}
+	return g, rem, nil
+}
+
 func newRemote(g *config.GlobalConfig, cacheDir string) (*remote.Opener, error) {
 	o, err := remote.OptionsFromGlobal(g)
 	if err != nil {

@@ -14,7 +14,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/daemon"
 	"github.com/obd-project/obd/download"
 	"github.com/obd-project/obd/remote"
@@ -85,11 +84,7 @@ func pullCommand() *cli.Command {
 			if err := needArgs(c, 1, 1); err != nil {
 				return err
 			}
-			g, err := config.LoadGlobalConfig(c.String("global-config"))
-			if err != nil {
-				return err
-			}
-			rem, err := newRemote(g, c.String("cache-dir"))
+			_, rem, err := remoteFromFlags(c)
 			if err != nil {
 				return err
 			}

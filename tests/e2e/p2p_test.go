@@ -68,9 +68,19 @@ func TestDaemonPeerServer(t *testing.T) {
 	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, blob[first:last+1]) {
 		t.Fatalf("HTTP %d, %d bytes (right: %v)\n%s", resp.StatusCode, len(body), bytes.Equal(body, blob[first:last+1]), d.logText())
 	}
-	text := scrape(t, "http://"+metricsAddr+"/metrics")
-	if v := metricValue(t, text, "obd_p2p_uploaded_bytes_total"); v != last-first+1 {
-		t.Errorf("uploaded bytes %v, want %d", v, last-first+1)
+	// The server counts what it sent after the write returns, which may be just
+	// after the client has the whole body: wait a little for the counter.
+	var text string
+	var up float64
+	for i := 0; i < 50; i++ {
+		text = scrape(t, "http://"+metricsAddr+"/metrics")
+		if up = metricValue(t, text, "obd_p2p_uploaded_bytes_total"); up == last-first+1 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if up != last-first+1 {
+		t.Errorf("uploaded bytes %v, want %d", up, last-first+1)
 	}
 	if v := metricValue(t, text, `obd_p2p_bytes_total{source="registry"}`); v < last-first+1 {
 		t.Errorf("registry bytes %v, want >= %d", v, last-first+1)

@@ -74,6 +74,11 @@ type unitMeta struct {
 	crcs    []uint32
 	atime   atomic.Int64
 	stamped atomic.Int64 // access time last written to the record
+	// ahead: brought by read-ahead and not read since. A stream reading such a
+	// unit (or missing) keeps its read-ahead going; a stream over units cached
+	// otherwise (earlier runs, trace replay, demand reads) fetches nothing more,
+	// as the kernel's read-ahead only moves on when it hits its own marker page.
+	ahead atomic.Bool
 }
 
 // stampInterval is how stale a unit's access time on disk may get while it is
@@ -274,6 +279,14 @@ func (b *Blob) Close() error {
 // fails only the reads that need its units.
 func (b *Blob) ReadAt(p []byte, off int64) (int, error) { return b.readAt(nil, p, off) }
 
+type noReadAheadKey struct{}
+
+// WithoutReadAhead marks reads through ReadAtContext as exact: they start no
+// read-ahead (trace replay and pull know what they want).
+func WithoutReadAhead(ctx context.Context) context.Context {
+	return context.WithValue(ctx, noReadAheadKey{}, true)
+}
+
 // ReadAtContext is ReadAt whose fills carry ctx's values to a ContextSource (e.g.
 // a prefetch priority for trace replay and pull). A fill is shared by every
 // reader of its units, so ctx's cancellation does not reach it.
@@ -318,7 +331,18 @@ func (s *blobState) read(ctx context.Context, src Source, p []byte, off int64) (
 	end := off + int64(len(p))
 	u0, u1 := int(off/us), int((end-1)/us)
 	flights := s.ensure(ctx, src, u0, u1, false)
-	s.readAhead(src, off, end)
+	if ctx == nil || ctx.Value(noReadAheadKey{}) == nil {
+		// Read ahead of a stream only while it misses or consumes read-ahead.
+		fetch := false
+		for u := u0; u <= u1; u++ {
+			if flights[u-u0] != nil {
+				fetch = true
+			} else if m := s.units[u].Load(); m != nil && m.ahead.Load() && m.ahead.Swap(false) {
+				fetch = true
+			}
+		}
+		s.readAhead(src, off, end, fetch)
+	}
 	n := 0
 	for u := u0; u <= u1; u++ {
 		segStart := max(off, int64(u)*us)
@@ -419,7 +443,7 @@ func (s *blobState) ensure(ctx context.Context, src Source, u0, u1 int, ahead bo
 // least minWindow, at most ReadAhead. A short stream (a file of a few MiB read
 // through a file system) so fetches little beyond it, and a long one soon keeps
 // a whole bandwidth-delay product in flight.
-func (s *blobState) readAhead(src Source, off, end int64) {
+func (s *blobState) readAhead(src Source, off, end int64, fetch bool) {
 	maxRA := s.c.opts.ReadAhead
 	if maxRA < 0 || end >= s.size {
 		return
@@ -449,7 +473,7 @@ func (s *blobState) readAhead(src Source, off, end int64) {
 	}
 	st.next, st.used = max(st.next, end), s.clock
 	st.run++
-	if st.run < 2 { // three reads in a row make a stream
+	if st.run < 2 || !fetch { // three reads in a row make a stream
 		s.mu.Unlock()
 		return
 	}
@@ -481,6 +505,9 @@ func (s *blobState) run(src Source, f *flight) {
 	for i := 0; i < f.n; i++ {
 		u := f.first + i
 		if f.metas != nil {
+			if f.ahead {
+				f.metas[i].ahead.Store(true)
+			}
 			s.units[u].Store(f.metas[i])
 		}
 		if s.inflight[u] == f {

@@ -523,38 +523,44 @@ func (c *Cache) Stats() Stats {
 // from its meta file. Callers use it to open a fully cached blob without asking
 // the source anything.
 func (c *Cache) Complete(key string, size int64) bool {
+	have, total := c.CachedUnits(key, size)
+	return total > 0 && have == total
+}
+
+// CachedUnits reports how many of the blob's units are cached, per its records,
+// and how many it has; (0, 0) when the cache has no entry for key at that size.
+func (c *Cache) CachedUnits(key string, size int64) (have, total int) {
 	base, err := fileBase(key)
 	if err != nil || size < 0 {
-		return false
+		return 0, 0
 	}
 	c.mu.Lock()
 	s := c.blobs[base]
 	c.mu.Unlock()
 	if s != nil {
 		if s.key != key || s.size != size {
-			return false
+			return 0, 0
 		}
 		for i := range s.units {
-			if s.units[i].Load() == nil {
-				return false
+			if s.units[i].Load() != nil {
+				have++
 			}
 		}
-		return true
+		return have, len(s.units)
 	}
 	meta, err := os.Open(filepath.Join(c.dir, base+metaSuffix))
 	if err != nil {
-		return false
+		return 0, 0
 	}
 	defer meta.Close()
 	want := metaHeader{UnitSize: uint32(c.opts.RefillSize), BlobSize: size, KeyCRC: crc32c.Checksum([]byte(key))}
 	hb := make([]byte, headerSize)
 	if _, err := meta.ReadAt(hb, 0); err != nil {
-		return false
+		return 0, 0
 	}
 	if h, err := decodeHeader(hb); err != nil || h != want {
-		return false
+		return 0, 0
 	}
-	n := 0
-	forEachRecord(meta, want, func(int, []uint32, int64) { n++ })
-	return n == numUnits(size, int(want.UnitSize))
+	forEachRecord(meta, want, func(int, []uint32, int64) { have++ })
+	return have, numUnits(size, int(want.UnitSize))
 }

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -697,5 +698,41 @@ func TestEvictionsOfClosedBlobsCounted(t *testing.T) {
 	}
 	if evicted != refetched {
 		t.Errorf("Stats().Evictions = %d after evicting %d units of a closed blob", evicted, refetched)
+	}
+}
+
+// A stream over units cached by other reads (a trace replay, an earlier run)
+// fetches nothing more; once it misses, read-ahead starts; WithoutReadAhead reads
+// never read ahead.
+func TestReadAheadOnlyWhileFetching(t *testing.T) {
+	src := newSource(9, 32<<20)
+	o := testOptions()
+	o.RefillSize, o.MaxFetchSize, o.ReadAhead = 64<<10, 4<<20, 16<<20
+	c := openCache(t, t.TempDir(), o)
+	b := openBlob(t, c, testKey, src)
+	buf := make([]byte, 128<<10)
+	read := func(ctx context.Context, from, n int64) {
+		for off := from; off < from+n; off += int64(len(buf)) {
+			if _, err := b.ReadAtContext(ctx, buf, off); err != nil {
+				t.Fatal(err)
+			}
+			if string(buf) != string(src.data[off:off+int64(len(buf))]) {
+				t.Fatalf("wrong bytes at %d", off)
+			}
+		}
+		b.s.wg.Wait()
+	}
+	exact := WithoutReadAhead(context.Background())
+	read(exact, 0, 4<<20) // a replay: exactly 4 MiB
+	if got := src.bytes.Load(); got != 4<<20 {
+		t.Fatalf("exact reads of 4 MiB fetched %d bytes", got)
+	}
+	read(context.Background(), 0, 4<<20) // a stream over them: all hits
+	if got := src.bytes.Load(); got != 4<<20 {
+		t.Fatalf("a stream over cached units fetched %d more bytes", got-4<<20)
+	}
+	read(context.Background(), 4<<20, 2<<20) // it goes on into uncached data
+	if got := src.bytes.Load(); got <= 6<<20 {
+		t.Fatalf("a stream missing fetched %d bytes: no read-ahead", got)
 	}
 }

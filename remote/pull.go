@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/obd-project/obd/cache"
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/registry"
 	"go.uber.org/zap"
@@ -106,7 +107,7 @@ func (o *Opener) Pull(ctx context.Context, ref string, po PullOptions) (PullResu
 	progress(0)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pctx := prefetchContext(ctx) // chunks are fetched at prefetch priority
+	pctx := cache.WithoutReadAhead(prefetchContext(ctx)) // chunks at prefetch priority, exactly (no read-ahead)
 	// Each layer is hashed in order while later chunks are still being fetched,
 	// read back from the cache as the fetched prefix grows, so verifying costs
 	// no time after the last byte arrives.

@@ -280,17 +280,25 @@ func (o *Opener) OpenBlob(ctx context.Context, url string, l config.Layer) (imag
 	return o.openBlob(ctx, url, l, false)
 }
 
+// cached reports whether the cache holds any unit of the blob.
+func (o *Opener) cached(digest string, size int64) bool {
+	have, _ := o.cache.CachedUnits(digest, size)
+	return have > 0
+}
+
 // openBlob is OpenBlob; lazy skips the open probe when the size is known (Pull:
 // the first read reports the same errors, one round trip later).
 func (o *Opener) openBlob(ctx context.Context, url string, l config.Layer, lazy bool) (*cachedBlob, error) {
 	if l.Digest == "" {
 		return nil, errors.New("remote layer without a digest")
 	}
-	// A blob the cache holds whole needs no probe: the registry is asked only if
-	// a page later fails its check, so a warm attach works with the registry down.
+	// A blob the cache already holds (part of) needs no probe: it exists, and
+	// the registry is asked only for what is missing or fails its check, so a
+	// warm attach makes no request and works with the registry down. (A cold
+	// open probes one byte so that auth or not-found errors fail the attach.)
 	var src *registry.Blob
 	var err error
-	if size := int64(l.Size); size > 0 && (lazy || o.cache.Complete(l.Digest, size)) {
+	if size := int64(l.Size); size > 0 && (lazy || o.cached(l.Digest, size)) {
 		src, err = o.client.LazyBlob(url, size)
 	} else {
 		src, err = o.client.OpenBlob(ctx, url, size)
@@ -352,8 +360,12 @@ type prefetchReader struct {
 
 var prefetchCtx = prefetchContext(context.Background())
 
+// replayCtx: trace replay reads exact ranges at prefetch priority, without
+// read-ahead (which would fetch beyond what the trace names).
+var replayCtx = cache.WithoutReadAhead(prefetchCtx)
+
 func (p prefetchReader) ReadAt(b []byte, off int64) (int, error) {
-	return p.r.ReadAtContext(prefetchCtx, b, off)
+	return p.r.ReadAtContext(replayCtx, b, off)
 }
 
 func (b *cachedBlob) Close() error {

@@ -414,3 +414,50 @@ func TestOptionsFromGlobalCredentials(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A blob the cache holds only part of opens without a request too: what is
+// cached reads back with the registry down, what is not fails (EIO upstream).
+func TestPartlyCachedBlobOpensOffline(t *testing.T) {
+	blobs := stackBlobs(t)
+	reg := registrytest.New(t)
+	front := newFront(t, reg.URL)
+	cfg := pushStack(t, reg, "stack", blobs)(front.URL)
+	dir := t.TempDir()
+	l := cfg.Lowers[0]
+	u, _ := cfg.BlobURL(l.Digest)
+	co := cache.Options{ReadAhead: -1}
+
+	op := newOpener(t, dir, co)
+	b, err := op.OpenBlob(context.Background(), u, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part := make([]byte, 4096)
+	if _, err := b.ReadAt(part, 0); err != nil || !bytes.Equal(part, blobs[0][:4096]) {
+		t.Fatalf("first read: %v", err)
+	}
+	b.Close()
+	op.Close()
+	if int64(l.Size) <= 2*cache.DefaultRefillSize {
+		t.Fatalf("layer 0 is %d bytes: too small for an uncached unit", l.Size)
+	}
+
+	before := front.blobGets.Load()
+	front.Close() // the registry is down
+	op = newOpener(t, dir, co)
+	defer op.Close()
+	b, err = op.OpenBlob(context.Background(), u, l)
+	if err != nil {
+		t.Fatalf("partly cached blob with the registry down: %v", err)
+	}
+	defer b.Close()
+	if _, err := b.ReadAt(part, 0); err != nil || !bytes.Equal(part, blobs[0][:4096]) {
+		t.Fatalf("cached range with the registry down: %v", err)
+	}
+	if _, err := b.ReadAt(part, int64(l.Size)-4096); err == nil {
+		t.Fatal("an uncached range read without the registry")
+	}
+	if n := front.blobGets.Load() - before; n != 0 {
+		t.Fatalf("%d blob requests reached the closed front", n)
+	}
+}

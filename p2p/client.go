@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/obd-project/obd/cache"
+	"github.com/obd-project/obd/registry"
 	"go.uber.org/zap"
 )
 
@@ -344,10 +345,11 @@ func (s *Source) fromPeer(peer string, p []byte, off int64) error {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
 		return perr("status", "peer %s: HTTP %d: %q", peer, resp.StatusCode, msg)
 	}
-	first, l, total, err := parseContentRange(resp.Header.Get("Content-Range"))
+	cr, err := registry.ParseContentRange(resp.Header.Get("Content-Range"))
 	if err != nil {
 		return perr("framing", "peer %s: %v", peer, err)
 	}
+	first, l, total := cr.First, cr.Last, cr.Total
 	if first != off || l != last || total != s.reg.Size() || (resp.ContentLength >= 0 && resp.ContentLength != int64(len(p))) {
 		return perr("framing", "peer %s: Content-Range %d-%d/%d, Content-Length %d for %d-%d/%d",
 			peer, first, l, total, resp.ContentLength, off, last, s.reg.Size())

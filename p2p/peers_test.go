@@ -111,18 +111,14 @@ func FuzzParsePeers(f *testing.F) {
 	})
 }
 
+// Content-Range answers are parsed by registry.ParseContentRange (its own fuzz target).
 func FuzzRangeHeaders(f *testing.F) {
-	f.Add("bytes=0-0", "bytes 0-0/1")
-	f.Add("bytes=5-10", "bytes 5-10/*")
-	f.Fuzz(func(t *testing.T, rng, cr string) {
+	f.Add("bytes=0-0")
+	f.Add("bytes=5-10")
+	f.Fuzz(func(t *testing.T, rng string) {
 		if a, b, ok := parseRange(rng); ok {
 			if a < 0 || b < a || !strings.HasPrefix(rng, "bytes=") {
 				t.Fatalf("parseRange(%q) = %d, %d", rng, a, b)
-			}
-		}
-		if a, b, total, err := parseContentRange(cr); err == nil {
-			if a < 0 || b < a || (total != -1 && total <= b) {
-				t.Fatalf("parseContentRange(%q) = %d, %d, %d", cr, a, b, total)
 			}
 		}
 	})

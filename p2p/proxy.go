@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/obd-project/obd/registry"
 	"go.uber.org/zap"
 )
 
@@ -386,12 +387,12 @@ func (p *Proxy) check(req *http.Request, resp *http.Response) error {
 	if !ok {
 		return nil // not a range we made; let the registry client judge
 	}
-	cf, cl, _, err := parseContentRange(resp.Header.Get("Content-Range"))
+	cr, err := registry.ParseContentRange(resp.Header.Get("Content-Range"))
 	if err != nil {
 		return fmt.Errorf("p2p proxy: %v", err)
 	}
-	if cf != first || cl != last {
-		return fmt.Errorf("p2p proxy: Content-Range %d-%d for %s", cf, cl, rng)
+	if cr.First != first || cr.Last != last {
+		return fmt.Errorf("p2p proxy: Content-Range %d-%d for %s", cr.First, cr.Last, rng)
 	}
 	if resp.ContentLength >= 0 && resp.ContentLength != last-first+1 {
 		return fmt.Errorf("p2p proxy: Content-Length %d for %s", resp.ContentLength, rng)

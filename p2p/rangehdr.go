@@ -2,7 +2,6 @@ package p2p
 
 import (
 	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 )
@@ -24,35 +23,6 @@ func parseRange(s string) (first, last int64, ok bool) {
 		return 0, 0, false
 	}
 	return first, last, true
-}
-
-// parseContentRange parses "bytes <first>-<last>/<total>"; total is -1 for "*".
-func parseContentRange(s string) (first, last, total int64, err error) {
-	r, found := strings.CutPrefix(s, "bytes ")
-	if !found {
-		return 0, 0, 0, fmt.Errorf("Content-Range %q: want bytes <first>-<last>/<total>", s)
-	}
-	span, tot, found := strings.Cut(r, "/")
-	if !found {
-		return 0, 0, 0, fmt.Errorf("Content-Range %q: no total", s)
-	}
-	a, b, found := strings.Cut(span, "-")
-	if !found {
-		return 0, 0, 0, fmt.Errorf("Content-Range %q: no range", s)
-	}
-	if first, err = parseUint(a); err == nil {
-		last, err = parseUint(b)
-	}
-	if err != nil || last < first {
-		return 0, 0, 0, fmt.Errorf("Content-Range %q: bad range", s)
-	}
-	total = -1
-	if tot != "*" {
-		if total, err = parseUint(tot); err != nil || total <= last {
-			return 0, 0, 0, fmt.Errorf("Content-Range %q: bad total", s)
-		}
-	}
-	return first, last, total, nil
 }
 
 var errNumber = errors.New("not a decimal number")

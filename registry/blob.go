@@ -546,7 +546,7 @@ func (b *Blob) body(resp *http.Response, p []byte, off int64, loc *location) (in
 		}
 		skip = off
 	} else {
-		cr, err := parseContentRange(resp.Header.Get("Content-Range"))
+		cr, err := ParseContentRange(resp.Header.Get("Content-Range"))
 		if err != nil {
 			return 0, failed(transient, "%w: %s: %v", ErrBadResponse, src, err)
 		}

@@ -35,7 +35,7 @@ func FuzzParseContentRange(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		cr, err := parseContentRange(s)
+		cr, err := ParseContentRange(s)
 		if err != nil {
 			return
 		}

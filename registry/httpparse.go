@@ -9,16 +9,17 @@ import (
 	"time"
 )
 
-// contentRange is a parsed "Content-Range: bytes first-last/total" header.
+// ContentRange is a parsed "Content-Range: bytes first-last/total" header.
 // Total is -1 when the server sent "*".
-type contentRange struct {
+type ContentRange struct {
 	First, Last, Total int64
 }
 
-// parseContentRange parses a byte-range Content-Range value. It accepts only the
+// ParseContentRange parses a byte-range Content-Range value. It accepts only the
 // satisfied form (RFC 9110 §14.4); "bytes */total" (sent with 416) is an error.
-func parseContentRange(s string) (contentRange, error) {
-	var cr contentRange
+// Registry answers and P2P peers' and proxies' answers are checked with it.
+func ParseContentRange(s string) (ContentRange, error) {
+	var cr ContentRange
 	rest, ok := strings.CutPrefix(strings.TrimSpace(s), "bytes ")
 	if !ok {
 		return cr, fmt.Errorf("Content-Range %q: want \"bytes first-last/total\"", s)

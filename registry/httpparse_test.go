@@ -7,21 +7,21 @@ import (
 )
 
 func TestParseContentRange(t *testing.T) {
-	for in, want := range map[string]contentRange{
+	for in, want := range map[string]ContentRange{
 		"bytes 0-0/1":        {0, 0, 1},
 		"bytes 10-19/642560": {10, 19, 642560},
 		" bytes 5-9/*":       {5, 9, -1},
 		"bytes 0-9/10":       {0, 9, 10},
 		"bytes 0-9223372036854775806/9223372036854775807": {0, 9223372036854775806, 9223372036854775807},
 	} {
-		got, err := parseContentRange(in)
+		got, err := ParseContentRange(in)
 		if err != nil || got != want {
 			t.Errorf("%q: %+v %v, want %+v", in, got, err, want)
 		}
 	}
 	for _, in := range []string{"", "bytes */10", "bytes 5-4/10", "bytes 0-10/10", "bytes -1-5/10", "bytes 1-2", "items 0-1/2",
 		"bytes 0-1/2/3", "bytes 0-99999999999999999999/1", "bytes +1-2/3", "bytes 0- 1/3", "bytes 0-1/-3"} {
-		if cr, err := parseContentRange(in); err == nil {
+		if cr, err := ParseContentRange(in); err == nil {
 			t.Errorf("%q accepted: %+v", in, cr)
 		}
 	}

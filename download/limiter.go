@@ -41,12 +41,8 @@ func (l *Limiter) Wait(ctx context.Context, n int) error {
 	l.next = l.next.Add(time.Duration(float64(n) / l.rate * float64(time.Second)))
 	until := l.next
 	l.mu.Unlock()
-	t := time.NewTimer(time.Until(until))
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
+	if !sleep(ctx, time.Until(until)) {
 		return ctx.Err()
 	}
+	return nil
 }

@@ -15,6 +15,11 @@ func ClientTLS(caFile string) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("p2p CA file: %w", err)
 	}
+	return ClientTLSPEM(caFile, pem)
+}
+
+// ClientTLSPEM is ClientTLS for the PEM bytes already read from caFile.
+func ClientTLSPEM(caFile string, pem []byte) (*tls.Config, error) {
 	pool, err := x509.SystemCertPool()
 	if err != nil || pool == nil {
 		pool = x509.NewCertPool()

@@ -177,14 +177,14 @@ func (op *Opener) setupProxy(o *Options) error {
 	}
 	po := p2p.ProxyOptions{Metrics: op.p2pMetrics, Logger: o.Logger}
 	if pc.TLSCA != "" {
-		t, err := p2p.ClientTLS(pc.TLSCA)
-		if err != nil {
-			return err
-		}
-		// Dragonfly mode adds it to the registry client's TLS settings (p2p.ProxyOptions).
+		// Dragonfly mode also adds the PEM to the registry client's TLS settings (p2p.ProxyOptions).
 		pem, err := os.ReadFile(pc.TLSCA)
 		if err != nil {
 			return fmt.Errorf("p2p CA file: %w", err)
+		}
+		t, err := p2p.ClientTLSPEM(pc.TLSCA, pem)
+		if err != nil {
+			return err
 		}
 		po.TLS, po.CAPEM = t, pem
 	}

@@ -3,7 +3,9 @@ package p2p_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	b64 "encoding/base64"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -18,10 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/obd-project/obd/cache"
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/image"
@@ -82,14 +80,8 @@ func (b *countBody) Read(p []byte) (int, error) {
 // pushBlob pushes data as the single layer of repo:latest and returns the layer.
 func pushBlob(t testing.TB, reg *registrytest.Registry, repo string, data []byte) config.Layer {
 	t.Helper()
-	l := static.NewLayer(data, types.OCIUncompressedLayer)
-	img, err := mutate.AppendLayers(mutate.MediaType(empty.Image, types.OCIManifestSchema1), l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg.PushImage(t, repo, "latest", img)
-	d, _ := l.Digest()
-	return config.Layer{Digest: d.String(), Size: uint64(len(data))}
+	reg.PushImage(t, repo, "latest", registrytest.LayersImage(t, data))
+	return config.Layer{Digest: fmt.Sprintf("sha256:%x", sha256.Sum256(data)), Size: uint64(len(data))}
 }
 
 // randomData is incompressible test content.

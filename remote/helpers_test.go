@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -16,10 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/obd-project/obd/cache"
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/image"
@@ -80,18 +77,11 @@ func stackBlobs(t testing.TB) [][]byte {
 // them from server (the registry or a proxy in front of it).
 func pushStack(t testing.TB, reg *registrytest.Registry, repo string, blobs [][]byte) func(server string) *config.ImageConfig {
 	t.Helper()
-	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	var lowers []config.Layer
 	for _, b := range blobs {
-		l := static.NewLayer(b, types.OCIUncompressedLayer)
-		var err error
-		if img, err = mutate.AppendLayers(img, l); err != nil {
-			t.Fatal(err)
-		}
-		d, _ := l.Digest()
-		lowers = append(lowers, config.Layer{Digest: d.String(), Size: uint64(len(b))})
+		lowers = append(lowers, config.Layer{Digest: fmt.Sprintf("sha256:%x", sha256.Sum256(b)), Size: uint64(len(b))})
 	}
-	reg.PushImage(t, repo, "latest", img)
+	reg.PushImage(t, repo, "latest", registrytest.LayersImage(t, blobs...))
 	return func(server string) *config.ImageConfig {
 		return &config.ImageConfig{RepoBlobURL: server + "/v2/" + repo + "/blobs", Lowers: lowers}
 	}

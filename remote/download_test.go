@@ -69,7 +69,7 @@ func TestBackgroundDownloadThenRegistryDown(t *testing.T) {
 	blobs := stackBlobs(t)
 	rs := regions(t, truth(t, blobs))
 	reg := registrytest.New(t)
-	front := newFront(t, reg.URL)
+	front := registrytest.NewCountingProxy(t, reg.URL)
 	cfg := downloadConfig(t, pushStack(t, reg, "stack", blobs)(front.URL))
 	op := newOpener(t, t.TempDir(), cache.Options{})
 	defer op.Close()

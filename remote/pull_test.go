@@ -17,8 +17,8 @@ func TestPullThenRegistryDown(t *testing.T) {
 	reg := registrytest.New(t)
 	g := registrytest.OverlaybdImage(t, 11, 5<<20+17, 3<<20, 100<<10)
 	reg.PushImage(t, "p", "v1", g.Image)
-	front := newFront(t, reg.URL)
-	ref := strings.TrimPrefix(front.URL, "http://") + "/p:v1"
+	front := registrytest.NewCountingProxy(t, reg.URL)
+	ref := front.Host() + "/p:v1"
 	dir := t.TempDir()
 	op := newOpener(t, dir, cache.Options{})
 	var last, total int64
@@ -69,8 +69,8 @@ func TestPullBlobsOnly(t *testing.T) {
 	reg := registrytest.New(t)
 	g := registrytest.OverlaybdImage(t, 12, 1<<20)
 	reg.PushImage(t, "p", "v1", g.Image)
-	front := newFront(t, reg.URL)
-	ref := strings.TrimPrefix(front.URL, "http://") + "/p:v1"
+	front := registrytest.NewCountingProxy(t, reg.URL)
+	ref := front.Host() + "/p:v1"
 	dir := t.TempDir()
 	op := newOpener(t, dir, cache.Options{})
 	defer op.Close()

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -201,30 +199,6 @@ func TestGeneratedImageFaults(t *testing.T) {
 	}
 }
 
-// countingFront is a closable reverse proxy counting blob GETs: closing it is
-// "the registry is down".
-type countingFront struct {
-	*httptest.Server
-	blobGets atomic.Int64
-}
-
-func newFront(t *testing.T, target string) *countingFront {
-	u, err := url.Parse(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rp := httputil.NewSingleHostReverseProxy(u)
-	f := &countingFront{}
-	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
-			f.blobGets.Add(1)
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(f.Close)
-	return f
-}
-
 // warm fills the cache with every byte of every blob of cfg.
 func warm(t *testing.T, op *Opener, cfg *config.ImageConfig) {
 	t.Helper()
@@ -250,14 +224,14 @@ func TestWarmAttachRegistryDown(t *testing.T) {
 	blobs := stackBlobs(t)
 	rs := regions(t, truth(t, blobs))
 	reg := registrytest.New(t)
-	front := newFront(t, reg.URL)
+	front := registrytest.NewCountingProxy(t, reg.URL)
 	cfg := pushStack(t, reg, "stack", blobs)(front.URL)
 	dir := t.TempDir()
 
 	op := newOpener(t, dir, cache.Options{})
 	warm(t, op, cfg)
 	op.Close()
-	before := front.blobGets.Load()
+	before := front.BlobGets()
 	if before == 0 {
 		t.Fatal("warming made no blob request")
 	}
@@ -267,7 +241,7 @@ func TestWarmAttachRegistryDown(t *testing.T) {
 		t.Fatalf("warm attach: %d reads failed: %v", failed, err)
 	}
 	op.Close()
-	if n := front.blobGets.Load() - before; n != 0 {
+	if n := front.BlobGets() - before; n != 0 {
 		t.Fatalf("warm attach made %d blob requests; want 0", n)
 	}
 
@@ -305,7 +279,7 @@ func TestCorruptCacheBetweenAttaches(t *testing.T) {
 	blobs := stackBlobs(t)
 	rs := regions(t, truth(t, blobs))
 	reg := registrytest.New(t)
-	front := newFront(t, reg.URL)
+	front := registrytest.NewCountingProxy(t, reg.URL)
 	cfg := pushStack(t, reg, "stack", blobs)(front.URL)
 	dir := t.TempDir()
 	op := newOpener(t, dir, cache.Options{})
@@ -328,17 +302,17 @@ func TestCorruptCacheBetweenAttaches(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	before := front.blobGets.Load()
+	before := front.BlobGets()
 	rec := &recorder{Opener: newOpener(t, dir, cache.Options{})}
 	defer rec.Close()
 	if failed, err := attach(t, rec, cfg, rs, 4); failed > 0 {
 		t.Fatalf("attach over a damaged cache: %d reads failed: %v", failed, err)
 	}
 	st := rec.stats()
-	if st.ChecksumFailures == 0 || front.blobGets.Load() == before {
-		t.Fatalf("damaged cache served without refetching: stats %+v, %d requests", st, front.blobGets.Load()-before)
+	if st.ChecksumFailures == 0 || front.BlobGets() == before {
+		t.Fatalf("damaged cache served without refetching: stats %+v, %d requests", st, front.BlobGets()-before)
 	}
-	t.Logf("stats %+v, %d blob requests", st, front.blobGets.Load()-before)
+	t.Logf("stats %+v, %d blob requests", st, front.BlobGets()-before)
 }
 
 func TestOptionsFromGlobalCredentials(t *testing.T) {
@@ -420,7 +394,7 @@ func TestOptionsFromGlobalCredentials(t *testing.T) {
 func TestPartlyCachedBlobOpensOffline(t *testing.T) {
 	blobs := stackBlobs(t)
 	reg := registrytest.New(t)
-	front := newFront(t, reg.URL)
+	front := registrytest.NewCountingProxy(t, reg.URL)
 	cfg := pushStack(t, reg, "stack", blobs)(front.URL)
 	dir := t.TempDir()
 	l := cfg.Lowers[0]
@@ -442,7 +416,7 @@ func TestPartlyCachedBlobOpensOffline(t *testing.T) {
 		t.Fatalf("layer 0 is %d bytes: too small for an uncached unit", l.Size)
 	}
 
-	before := front.blobGets.Load()
+	before := front.BlobGets()
 	front.Close() // the registry is down
 	op = newOpener(t, dir, co)
 	defer op.Close()
@@ -457,7 +431,7 @@ func TestPartlyCachedBlobOpensOffline(t *testing.T) {
 	if _, err := b.ReadAt(part, int64(l.Size)-4096); err == nil {
 		t.Fatal("an uncached range read without the registry")
 	}
-	if n := front.blobGets.Load() - before; n != 0 {
+	if n := front.BlobGets() - before; n != 0 {
 		t.Fatalf("%d blob requests reached the closed front", n)
 	}
 }

@@ -11,11 +11,12 @@ import (
 	"testing"
 )
 
-// CountingProxy forwards every request to a registry and counts the blob bytes
-// it sends back: what a client really took from the registry.
+// CountingProxy forwards every request to a registry and counts the blob GETs
+// and the blob bytes it sends back: what a client really took from the
+// registry. Closing it is "the registry is down".
 type CountingProxy struct {
 	*httptest.Server
-	blobBytes atomic.Int64
+	blobGets, blobBytes atomic.Int64
 }
 
 // NewCountingProxy starts a CountingProxy for the registry at target (a URL).
@@ -27,15 +28,23 @@ func NewCountingProxy(t testing.TB, target string) *CountingProxy {
 	p := &CountingProxy{}
 	rp := httputil.NewSingleHostReverseProxy(u)
 	rp.ModifyResponse = func(resp *http.Response) error {
-		if strings.Contains(resp.Request.URL.Path, "/blobs/") && resp.Request.Method == http.MethodGet {
+		if isBlobGet(resp.Request) {
 			resp.Body = &countingBody{resp.Body, &p.blobBytes}
 		}
 		return nil
 	}
-	p.Server = httptest.NewServer(rp)
+	p.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isBlobGet(r) {
+			p.blobGets.Add(1)
+		}
+		rp.ServeHTTP(w, r)
+	}))
 	t.Cleanup(p.Close)
 	return p
 }
+
+// BlobGets is the number of blob GET requests received so far.
+func (p *CountingProxy) BlobGets() int64 { return p.blobGets.Load() }
 
 // BlobBytes is the number of blob body bytes sent so far.
 func (p *CountingProxy) BlobBytes() int64 { return p.blobBytes.Load() }

@@ -59,7 +59,7 @@ func TestFleet(t *testing.T) {
 
 func testFleet(t *testing.T, fanOut int) {
 	reg := registrytest.New(t)
-	front := newCounter(t, reg.URL)
+	front := registrytest.NewCountingProxy(t, reg.URL)
 	data := randomData(1, 48<<20)
 	l := pushBlob(t, reg, "fleet/app", data)
 	blobURL := front.URL + "/v2/fleet/app/blobs/" + l.Digest
@@ -80,14 +80,14 @@ func testFleet(t *testing.T, fanOut int) {
 		}()
 	}
 	wg.Wait()
-	egress := front.blobBytes.Load()
+	egress := front.BlobBytes()
 	var fromPeers, fromReg float64
 	for _, nd := range nodes {
 		fromPeers += counterValue(t, nd.m, "bytes", "peer")
 		fromReg += counterValue(t, nd.m, "bytes", "registry")
 	}
 	t.Logf("working set %d bytes; registry egress %d bytes (%.2fx, %d GETs); from peers %.0f, from registry %.0f",
-		ws, egress, float64(egress)/float64(ws), front.blobGets.Load(), fromPeers, fromReg)
+		ws, egress, float64(egress)/float64(ws), front.BlobGets(), fromPeers, fromReg)
 	if float64(egress) > 1.2*float64(ws) {
 		t.Errorf("registry egress %d bytes is %.2fx the %d-byte working set; want <= 1.2x", egress, float64(egress)/float64(ws), ws)
 	}
@@ -97,7 +97,7 @@ func testFleet(t *testing.T, fanOut int) {
 
 	// Phase 2: a new working set; two nodes die a third of the way through.
 	spans2, ws2 := scattered(8, int64(len(data)), 96)
-	before := front.blobBytes.Load()
+	before := front.BlobBytes()
 	var done atomic.Int64
 	survivors, victims := nodes[:3], nodes[3:]
 	for _, nd := range survivors {
@@ -121,7 +121,7 @@ func testFleet(t *testing.T, fanOut int) {
 		fallbacks += sumVec(t, nd.m, "fallbacks")
 		perr += sumVec(t, nd.m, "peerErrors")
 	}
-	egress2 := front.blobBytes.Load() - before
+	egress2 := front.BlobBytes() - before
 	t.Logf("phase 2: working set %d bytes, registry egress %d (%.2fx), fallbacks %.0f, peer errors %.0f",
 		ws2, egress2, float64(egress2)/float64(ws2), fallbacks, perr)
 	if fallbacks == 0 || perr == 0 {

@@ -9,12 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -36,46 +31,6 @@ const unit = 256 << 10 // cache refill unit = P2P chunk
 
 var fastRetry = registry.RetryPolicy{MaxAttempts: 5, Deadline: 20 * time.Second, AttemptTimeout: 5 * time.Second,
 	BaseDelay: time.Millisecond, MaxDelay: 10 * time.Millisecond, MaxRetryAfter: 10 * time.Millisecond}
-
-// counter is a reverse proxy in front of a test registry that counts the blob
-// bytes it sends: the registry's egress.
-type counter struct {
-	URL       string
-	blobBytes atomic.Int64
-	blobGets  atomic.Int64
-}
-
-func newCounter(t testing.TB, target string) *counter {
-	t.Helper()
-	u, err := url.Parse(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &counter{}
-	rp := httputil.NewSingleHostReverseProxy(u)
-	rp.ModifyResponse = func(resp *http.Response) error {
-		if resp.Request.Method == http.MethodGet && strings.Contains(resp.Request.URL.Path, "/blobs/") {
-			c.blobGets.Add(1)
-			resp.Body = &countBody{resp.Body, &c.blobBytes}
-		}
-		return nil
-	}
-	srv := httptest.NewServer(rp)
-	t.Cleanup(srv.Close)
-	c.URL = srv.URL
-	return c
-}
-
-type countBody struct {
-	io.ReadCloser
-	n *atomic.Int64
-}
-
-func (b *countBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.n.Add(int64(n))
-	return n, err
-}
 
 // pushBlob pushes data as the single layer of repo:latest and returns the layer.
 func pushBlob(t testing.TB, reg *registrytest.Registry, repo string, data []byte) config.Layer {

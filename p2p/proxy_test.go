@@ -165,7 +165,7 @@ func newFakeDragonfly(t testing.TB) *fakeDragonfly {
 // byte still right; a dead dfdaemon likewise.
 func TestDragonfly(t *testing.T) {
 	reg := registrytest.New(t)
-	front := newCounter(t, reg.URL)
+	front := registrytest.NewCountingProxy(t, reg.URL)
 	data := randomData(4, 8<<20)
 	l := pushBlob(t, reg, "df/app", data)
 	blobURL := front.URL + "/v2/df/app/blobs/" + l.Digest
@@ -197,7 +197,7 @@ func TestDragonfly(t *testing.T) {
 
 	// dfdaemon reports its own failure: reads go direct, counted, and right.
 	df.failing.Store(true)
-	direct := front.blobGets.Load()
+	direct := front.BlobGets()
 	spans2 := make([]span, 0, 16)
 	for _, s := range spans {
 		spans2 = append(spans2, span{s.off + int64(len(data))/2, s.n}) // second half: not cached
@@ -208,7 +208,7 @@ func TestDragonfly(t *testing.T) {
 	if fb := value(m.Fallbacks.WithLabelValues("proxy", "registry")); fb == 0 {
 		t.Error("no fallback counted")
 	}
-	if front.blobGets.Load() == direct {
+	if front.BlobGets() == direct {
 		t.Error("the registry saw no direct request")
 	}
 	if value(m.Bytes.WithLabelValues("registry")) == 0 {

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -214,4 +215,94 @@ func firstLine(s string) string {
 		return strings.TrimSpace(sc.Text())
 	}
 	return ""
+}
+
+// fgAttach is `obd attach --foreground` with its stderr in a file, so a test can
+// wait for a log line.
+type fgAttach struct {
+	cmd    *exec.Cmd
+	path   string
+	stderr string
+}
+
+// startFG runs `obd attach --foreground ARGS...` and waits for the path it prints first.
+func startFG(t *testing.T, args ...string) *fgAttach {
+	t.Helper()
+	errPath := filepath.Join(t.TempDir(), "stderr")
+	ef, err := os.Create(errPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ef.Close()
+	cmd := exec.Command(bin("obd"), append([]string{"attach", "--foreground"}, args...)...)
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = ef
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a := &fgAttach{cmd: cmd, stderr: errPath}
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		if sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case l, ok := <-lines:
+		if !ok {
+			cmd.Wait()
+			t.Fatalf("attach printed nothing:\n%s", a.log())
+		}
+		a.path = l
+	case <-time.After(2 * time.Minute):
+		cmd.Process.Kill()
+		t.Fatalf("no device path within 2 min:\n%s", a.log())
+	}
+	return a
+}
+
+func (a *fgAttach) log() string {
+	b, _ := os.ReadFile(a.stderr)
+	return string(b)
+}
+
+func (a *fgAttach) waitLog(t *testing.T, s string) {
+	t.Helper()
+	for i := 0; i < 600; i++ {
+		if strings.Contains(a.log(), s) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("no %q in the attach's log within 60 s:\n%s", s, a.log())
+}
+
+func (a *fgAttach) stop(t *testing.T) {
+	t.Helper()
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- a.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("attach exited with %v\n%s", err, a.log())
+		}
+	case <-time.After(30 * time.Second):
+		a.cmd.Process.Kill()
+		t.Errorf("attach did not exit within 30 s of SIGTERM")
+	}
+}
+
+// mountHello mounts the device read-only, checks /hello and unmounts.
+func mountHello(t *testing.T, img, mnt string) {
+	t.Helper()
+	mustRun(t, "mount", "-t", "ext4", "-o", "loop,ro", img, mnt)
+	if got := fileSHA(t, filepath.Join(mnt, "hello")); got != helloSHA {
+		t.Errorf("/hello sha256 %s", got)
+	}
+	mustRun(t, "umount", mnt)
+	time.Sleep(300 * time.Millisecond)
 }

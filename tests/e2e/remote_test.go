@@ -1,17 +1,12 @@
 package e2e
 
 import (
-	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,54 +14,6 @@ import (
 )
 
 const helloBlobSize = 642560
-
-// attachForeground runs `obd attach --foreground ARGS...` and returns the first line
-// it prints and a function that stops it (SIGTERM) and waits.
-func attachForeground(t *testing.T, args ...string) (string, func()) {
-	t.Helper()
-	cmd := exec.Command(bin("obd"), append([]string{"attach", "--foreground"}, args...)...)
-	stdout, _ := cmd.StdoutPipe()
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		if sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		io.Copy(io.Discard, stdout)
-	}()
-	stop := func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("attach exited with %v\n%s", err, stderr.String())
-			}
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			t.Errorf("attach did not exit within 30 s of SIGTERM")
-		}
-	}
-	select {
-	case l, ok := <-lines:
-		if !ok {
-			cmd.Wait()
-			t.Fatalf("attach printed nothing:\n%s", stderr.String())
-		}
-		return l, stop
-	case <-time.After(2 * time.Minute):
-		cmd.Process.Kill()
-		t.Fatalf("no device path within 2 min:\n%s", stderr.String())
-	}
-	return "", nil
-}
 
 // TestAttachImageReference attaches the converted hello-world image straight from a
 // registry on 127.0.0.1, reads /hello, and checks that the registry sent each blob
@@ -83,20 +30,15 @@ func TestAttachImageReference(t *testing.T) {
 	os.Mkdir(mnt, 0o755)
 	for round := 0; round < 2; round++ {
 		before := proxy.BlobBytes()
-		img, stop := attachForeground(t, "--frontend", "fuse", "--global-config", "/nonexistent", "--cache-dir", cacheDir,
+		a := startFG(t, "--frontend", "fuse", "--global-config", "/nonexistent", "--cache-dir", cacheDir,
 			"--run-dir", filepath.Join(dir, "run"), ref)
-		mustRun(t, "mount", "-t", "ext4", "-o", "loop,ro", img, mnt)
-		if got := fileSHA(t, filepath.Join(mnt, "hello")); got != helloSHA {
-			t.Errorf("round %d: /hello sha256 %s", round, got)
-		}
-		mustRun(t, "umount", mnt)
-		time.Sleep(300 * time.Millisecond)
-		stop()
+		mountHello(t, a.path, mnt)
+		a.stop(t)
 		fetched := proxy.BlobBytes() - before
 		t.Logf("round %d: %d blob bytes from the registry", round, fetched)
 		// A cold open reads the blob's first byte to surface auth and not-found
 		// errors at attach time (as the reference does): 1 byte beyond the data. A
-		// blob the cache holds whole is opened without asking the registry.
+		// blob the cache holds (part of) is opened without asking the registry.
 		switch {
 		case round == 0 && (fetched <= 1 || fetched > helloBlobSize+1):
 			t.Errorf("first attach fetched %d blob bytes; want 2..%d (each byte at most once)", fetched, helloBlobSize+1)
@@ -148,10 +90,10 @@ func TestLargeImageLazy(t *testing.T) {
 
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
-	img, stop := attachForeground(t, "--frontend", "fuse", "--global-config", "/nonexistent",
+	a := startFG(t, "--frontend", "fuse", "--global-config", "/nonexistent",
 		"--cache-dir", filepath.Join(dir, "cache"), "--run-dir", filepath.Join(dir, "run"), ref)
-	defer stop()
-	mustRun(t, "mount", "-t", "ext4", "-o", "loop,ro", img, mnt)
+	defer a.stop(t)
+	mustRun(t, "mount", "-t", "ext4", "-o", "loop,ro", a.path, mnt)
 	defer run(t, time.Minute, "umount", mnt)
 	var read int64
 	for _, name := range []string{"f007", "f050", "f093"} {

@@ -70,10 +70,11 @@ func TestParseImageConfigDefaults(t *testing.T) {
 		{"empty object", `{}`, &ImageConfig{Download: DefaultDownload()}},
 		{"nulls are absent", `{"lowers":null,"upper":null,"download":null,"repoBlobUrl":null}`,
 			&ImageConfig{Download: DefaultDownload()}},
-		{"unknown members ignored (ACI upper.vsize)",
+		{"unknown members ignored with a warning (ACI upper.vsize)",
 			`{"lowers":[{"dir":"d","extra":[1,2]}],"upper":{"index":"i","data":"d","vsize":64},"zzz":{}}`,
 			&ImageConfig{Lowers: []Layer{{Dir: "/cfg/d"}}, Upper: Upper{Index: "/cfg/i", Data: "/cfg/d"},
-				Download: DefaultDownload()}},
+				Download: DefaultDownload(), Warnings: []string{`unknown key "lowers[0].extra": ignored`,
+					`unknown key "upper.vsize": ignored`, `unknown key "zzz": ignored`}}},
 		{"partial download keeps other defaults", `{"download":{"enable":true,"maxMBps":7}}`,
 			&ImageConfig{HasDownload: true, Download: Download{Enable: true, Delay: 300, DelayExtra: 30,
 				MaxMBps: 7, TryCnt: 5, BlockSize: 262144}}},
@@ -462,5 +463,94 @@ func TestDownloadDirBytes(t *testing.T) {
 	}
 	if _, err := ParseGlobalConfig([]byte(`{"downloadDirSizeGB":-1}`)); err == nil {
 		t.Error("negative downloadDirSizeGB accepted")
+	}
+}
+
+func TestUnknownKeysSuggestNearest(t *testing.T) {
+	c, err := ParseImageConfig([]byte(`{"repoBlobURL":"x","lowers":[{"digest":"`+digestA+`","sise":3}],
+		"upper":{"index":"i","data":"d"},"downlaod":{"enable":true},"download":{"delai":1},"resultfile":"r"}`), "/cfg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`unknown key "repoBlobURL" (did you mean "repoBlobUrl"?): ignored`,
+		`unknown key "lowers[0].sise" (did you mean "lowers[0].size"?): ignored`,
+		`unknown key "downlaod" (did you mean "download"?): ignored`,
+		`unknown key "download.delai" (did you mean "download.delay"?): ignored`,
+		`unknown key "resultfile" (did you mean "resultFile"?): ignored`,
+	}
+	if !reflect.DeepEqual(c.Warnings, want) {
+		t.Fatalf("warnings\n got %q\nwant %q", c.Warnings, want)
+	}
+	g, err := ParseGlobalConfig([]byte(`{"cacheConfig":{"cacheDir":"/c","cacheSizeGb":2},"p2pconfig":{},
+		"insecureRegistries":["10.0.0.1:5000"],"mirrorRegistry":[{"host":"docker.io","mirrors":["m:5000"],"insecur":true}],
+		"certConfig":{"caFile":"/ca.pem"},"zzzzzzzzzz":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []string{
+		`unknown key "cacheConfig.cacheSizeGb" (did you mean "cacheConfig.cacheSizeGB"?): ignored`,
+		`unknown key "p2pconfig" (did you mean "p2pConfig"?): ignored`,
+		`unknown key "mirrorRegistry[0].insecur" (did you mean "mirrorRegistry[0].insecure"?): ignored`,
+		`unknown key "zzzzzzzzzz": ignored`,
+	}
+	if !reflect.DeepEqual(g.Warnings, want) {
+		t.Fatalf("warnings\n got %q\nwant %q", g.Warnings, want)
+	}
+	// The reference's own example and every key obd documents draw no warning.
+	g, err = ParseGlobalConfig([]byte(`{"logConfig":{"logLevel":1,"logPath":"/l","logSizeMB":1,"logRotateNum":1},
+		"cacheConfig":{"cacheType":"file","cacheDir":"/c","cacheSizeGB":4,"refillSize":262144,"blockSize":65536},
+		"gzipCacheConfig":{"enable":true,"cacheDir":"/g","cacheSizeGB":4,"refillSize":1048576},
+		"credentialConfig":{"mode":"file","path":"/p","timeout":1},"ioEngine":0,
+		"download":{"enable":true,"delay":600,"delayExtra":30,"maxMBps":100,"tryCnt":5,"blockSize":262144},
+		"p2pConfig":{"enable":false,"address":"localhost:19145/dadip2p"},
+		"exporterConfig":{"enable":false,"uriPrefix":"/metrics","port":9863,"updateInterval":60000000},
+		"enableAudit":true,"auditPath":"/a","registryFsVersion":"v2","userAgent":"u","prefetchConfig":{"concurrency":4},
+		"certConfig":{"certFile":"","keyFile":""},"serviceConfig":{"enable":false,"address":"http://127.0.0.1:9862"}}`))
+	if err != nil || g.Warnings != nil {
+		t.Fatalf("reference example: err %v, warnings %q", err, g.Warnings)
+	}
+	if got := g.Insecure(); got != nil {
+		t.Fatalf("Insecure() = %q", got)
+	}
+}
+
+func TestRegistriesConfig(t *testing.T) {
+	g, err := ParseGlobalConfig([]byte(`{"insecureRegistries":["10.0.0.1:5000"],
+		"mirrorRegistry":[{"host":"docker.io","mirrors":["m1:5000","m2"]},{"host":"reg.lan","insecure":true}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := g.Insecure(), []string{"10.0.0.1:5000", "reg.lan"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Insecure() = %q, want %q", got, want)
+	}
+	if got, want := g.Mirrors(), map[string][]string{"docker.io": {"m1:5000", "m2"}}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Mirrors() = %q, want %q", got, want)
+	}
+	for _, bad := range []struct{ json, want string }{
+		{`{"insecureRegistries":"h"}`, "insecureRegistries: want an array"},
+		{`{"insecureRegistries":[1]}`, "insecureRegistries[0]: want a string"},
+		{`{"mirrorRegistry":[{"insecure":true}]}`, "mirrorRegistry[0].host: missing"},
+		{`{"insecureRegistries":["http://h:5000"]}`, `insecureRegistries[0] "http://h:5000": want HOST or HOST:PORT`},
+		{`{"mirrorRegistry":[{"host":"h","mirrors":["https://m/v2"]}]}`, `mirrorRegistry[0].mirrors[0] "https://m/v2"`},
+		{`{"mirrorRegistry":[{"host":"h","mirrors":[true]}]}`, "mirrorRegistry[0].mirrors[0]: want a string"},
+	} {
+		if _, err := ParseGlobalConfig([]byte(bad.json)); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: err %v, want %q", bad.json, err, bad.want)
+		}
+	}
+}
+
+// An upper that is only half there must not make the device silently read-only.
+func TestIncompleteUpperIsAnError(t *testing.T) {
+	_, err := ParseImageConfig([]byte(`{"lowers":[{"dir":"/l"}],"upper":{"index":"/i"}}`), "")
+	if err == nil || !strings.Contains(err.Error(), "upper.index: set without upper.data") {
+		t.Fatalf("index without data: err %v", err)
+	}
+	// Data alone is a writable upper (a sparse one; image.OpenWritable refuses
+	// a non-sparse data file without its index).
+	c, err := ParseImageConfig([]byte(`{"lowers":[{"dir":"/l"}],"upper":{"data":"/d"}}`), "")
+	if err != nil || c.ReadOnly() {
+		t.Fatalf("data only: err %v, read-only %v", err, c != nil && c.ReadOnly())
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strings"
 )
 
 // DefaultGlobalConfigPath is where overlaybd-tcmu looks without an argument.
@@ -93,6 +94,10 @@ type P2PConfig struct {
 	// TLSCert and TLSKey serve the peer server over TLS; TLSCA verifies https:// peers
 	// (and, in dragonfly mode, dfdaemon's interception certificate).
 	TLSCert, TLSKey, TLSCA string
+	// AllowInsecureProxy (obd's "allowInsecureProxy") accepts an http:// proxy
+	// address that is not loopback in proxy mode: the registry's Authorization
+	// header then crosses the network in clear text.
+	AllowInsecureProxy bool
 }
 
 // P2P modes.
@@ -122,9 +127,24 @@ type ServiceConfig struct {
 	Address string
 }
 
-// CertConfig is "certConfig": client TLS certificate for the registry.
+// CertConfig is "certConfig": client TLS certificate for the registry, and (obd's
+// caFile) a PEM bundle of CAs trusted in addition to the system roots.
 type CertConfig struct {
 	CertFile, KeyFile string
+	CAFile            string
+}
+
+// MirrorRegistry is one entry of obd's "mirrorRegistry" (the snapshotter's
+// convention, {host, insecure}, plus mirrors).
+type MirrorRegistry struct {
+	// Host is the registry, "host" or "host:port", as image references name it.
+	Host string
+	// Insecure allows plain HTTP and unverified TLS for Host, like an
+	// insecureRegistries entry.
+	Insecure bool
+	// Mirrors are hosts ("host[:port]") tried in order before Host for
+	// manifests and blobs; the origin is the fallback.
+	Mirrors []string
 }
 
 // GlobalConfig is a parsed overlaybd.json.
@@ -159,6 +179,14 @@ type GlobalConfig struct {
 	CertConfig          CertConfig
 	UserAgent           string // HTTP User-Agent (default DefaultUserAgent)
 	ServiceConfig       ServiceConfig
+	// InsecureRegistries (obd's "insecureRegistries") lists registries,
+	// "host[:port]", reached over plain HTTP or with unverified TLS.
+	InsecureRegistries []string
+	// MirrorRegistry is obd's "mirrorRegistry": per-registry insecure and mirrors.
+	MirrorRegistry []MirrorRegistry
+	// Warnings are the file's unknown keys (with the nearest known one), to log;
+	// the reference silently ignores them.
+	Warnings []string
 }
 
 // DefaultGlobalConfig returns the reference's defaults (an empty overlaybd.json).
@@ -283,7 +311,8 @@ func ParseGlobalConfig(data []byte) (*GlobalConfig, error) {
 			return firstErr(o.boolean("enable", &c.Enable), o.str("address", &c.Address), o.str("mode", &c.Mode),
 				o.str("peersFile", &c.PeersFile), o.str("token", &c.Token), o.str("tokenFile", &c.TokenFile),
 				o.str("listen", &c.Listen), o.str("advertise", &c.Advertise), o.int32("fanOut", &c.FanOut),
-				o.str("tlsCert", &c.TLSCert), o.str("tlsKey", &c.TLSKey), o.str("tlsCA", &c.TLSCA))
+				o.str("tlsCert", &c.TLSCert), o.str("tlsKey", &c.TLSKey), o.str("tlsCA", &c.TLSCA),
+				o.boolean("allowInsecureProxy", &c.AllowInsecureProxy))
 		}},
 		{"exporterConfig", func(o *object) error {
 			c := &g.ExporterConfig
@@ -292,11 +321,15 @@ func ParseGlobalConfig(data []byte) (*GlobalConfig, error) {
 		}},
 		{"prefetchConfig", func(o *object) error { return o.int32("concurrency", &g.PrefetchConcurrency) }},
 		{"certConfig", func(o *object) error {
-			return firstErr(o.str("certFile", &g.CertConfig.CertFile), o.str("keyFile", &g.CertConfig.KeyFile))
+			return firstErr(o.str("certFile", &g.CertConfig.CertFile), o.str("keyFile", &g.CertConfig.KeyFile),
+				o.str("caFile", &g.CertConfig.CAFile))
 		}},
 		{"serviceConfig", func(o *object) error {
 			return firstErr(o.boolean("enable", &g.ServiceConfig.Enable), o.str("address", &g.ServiceConfig.Address))
 		}},
+	}
+	if err := parseRegistries(root, g); err != nil {
+		return nil, err
 	}
 	for _, s := range sections {
 		o, err := root.child(s.name)
@@ -312,7 +345,83 @@ func ParseGlobalConfig(data []byte) (*GlobalConfig, error) {
 	if err := g.validate(); err != nil {
 		return nil, err
 	}
+	g.Warnings = unknownKeys(data, globalKeys)
 	return g, nil
+}
+
+// parseRegistries reads insecureRegistries and mirrorRegistry.
+func parseRegistries(root *object, g *GlobalConfig) error {
+	var err error
+	if g.InsecureRegistries, err = root.strings("insecureRegistries"); err != nil {
+		return err
+	}
+	for i, h := range g.InsecureRegistries {
+		if err := CheckRegistryHost(fmt.Sprintf("insecureRegistries[%d]", i), h); err != nil {
+			return err
+		}
+	}
+	entries, err := root.array("mirrorRegistry")
+	if err != nil {
+		return err
+	}
+	for i, raw := range entries {
+		o, err := parseObject(raw, fmt.Sprintf("mirrorRegistry[%d]", i))
+		if err != nil {
+			return err
+		}
+		var m MirrorRegistry
+		if err := firstErr(o.str("host", &m.Host), o.boolean("insecure", &m.Insecure)); err != nil {
+			return err
+		}
+		if m.Mirrors, err = o.strings("mirrors"); err != nil {
+			return err
+		}
+		if m.Host == "" {
+			return fmt.Errorf("mirrorRegistry[%d].host: missing", i)
+		}
+		if err := CheckRegistryHost(fmt.Sprintf("mirrorRegistry[%d].host", i), m.Host); err != nil {
+			return err
+		}
+		for j, h := range m.Mirrors {
+			if err := CheckRegistryHost(fmt.Sprintf("mirrorRegistry[%d].mirrors[%d]", i, j), h); err != nil {
+				return err
+			}
+		}
+		g.MirrorRegistry = append(g.MirrorRegistry, m)
+	}
+	return nil
+}
+
+// CheckRegistryHost accepts "host" or "host:port" (as image references name a
+// registry), not a URL.
+func CheckRegistryHost(field, h string) error {
+	if h == "" || strings.Contains(h, "/") || strings.ContainsAny(h, " \t@?#") {
+		return fmt.Errorf("%s %q: want HOST or HOST:PORT (no scheme or path)", field, h)
+	}
+	return nil
+}
+
+// Insecure lists every registry allowed plain HTTP and unverified TLS:
+// insecureRegistries and the insecure mirrorRegistry entries.
+func (g *GlobalConfig) Insecure() []string {
+	out := append([]string(nil), g.InsecureRegistries...)
+	for _, m := range g.MirrorRegistry {
+		if m.Insecure {
+			out = append(out, m.Host)
+		}
+	}
+	return out
+}
+
+// Mirrors maps each registry host to its mirrors (mirrorRegistry[].mirrors).
+func (g *GlobalConfig) Mirrors() map[string][]string {
+	out := map[string][]string{}
+	for _, m := range g.MirrorRegistry {
+		if len(m.Mirrors) > 0 {
+			out[m.Host] = append(out[m.Host], m.Mirrors...)
+		}
+	}
+	return out
 }
 
 func (g *GlobalConfig) validate() error {

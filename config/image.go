@@ -128,12 +128,18 @@ type ImageConfig struct {
 	AccelerationLayer bool
 	// RecordTracePath is a trace file: empty file = record, non-empty = replay.
 	RecordTracePath string
+	// Warnings are the file's unknown keys (with the nearest known one), to log and
+	// show; the reference silently ignores them.
+	Warnings []string
 }
 
-// ReadOnly reports whether the device has no writable layer (the daemon's rule: either
-// upper path empty).
+// ReadOnly reports whether the device has no writable layer: no upper.data. The
+// reference also comes up read-only when only one of upper.index/upper.data is set;
+// obd refuses an index without data (validate) and opens data without an index
+// only if it is a sparse upper (image.OpenWritable), so a half-configured upper is
+// an error instead of a silently read-only device.
 func (c *ImageConfig) ReadOnly() bool {
-	return c.Upper.Index == "" || c.Upper.Data == ""
+	return c.Upper.Data == ""
 }
 
 // StackLowers returns the lowers that form the stack and, with accelerationLayer
@@ -242,6 +248,7 @@ func ParseImageConfig(data []byte, baseDir string) (*ImageConfig, error) {
 		return nil, err
 	}
 	c.resolve(baseDir)
+	c.Warnings = unknownKeys(data, imageKeys)
 	return c, nil
 }
 
@@ -297,7 +304,10 @@ func (c *ImageConfig) validate() error {
 			return fmt.Errorf("lowers[%d].gzipIndex: set without targetFile or targetDigest", i)
 		}
 	}
-	if c.Upper.Target != "" && c.ReadOnly() {
+	if c.Upper.Index != "" && c.Upper.Data == "" {
+		return errors.New("upper.index: set without upper.data (the device would come up read-only); set both, or neither for a read-only device")
+	}
+	if c.Upper.Target != "" && (c.Upper.Index == "" || c.Upper.Data == "") {
 		return errors.New("upper.target: set without upper.index and upper.data")
 	}
 	return validateDownload("download", c.Download)

@@ -13,6 +13,7 @@ import (
 type object struct {
 	path    string // field path of this object for error messages ("" = root)
 	members map[string]json.RawMessage
+	order   []string // member names in document order, first occurrences only
 }
 
 // parseObject decodes raw (which must be valid JSON) as an object. path names the
@@ -40,6 +41,7 @@ func parseObject(raw json.RawMessage, path string) (*object, error) {
 		}
 		if _, dup := o.members[name]; !dup {
 			o.members[name] = v
+			o.order = append(o.order, name)
 		}
 	}
 	return o, nil
@@ -184,6 +186,26 @@ func (o *object) array(name string) ([]json.RawMessage, error) {
 		return nil, fmt.Errorf("%s: want an array, found %s", o.field(name), kind(v))
 	}
 	return elems, nil
+}
+
+// strings returns the member as an array of strings, or nil when absent.
+func (o *object) strings(name string) ([]string, error) {
+	elems, err := o.array(name)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(elems))
+	for i, v := range elems {
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil {
+			return nil, fmt.Errorf("%s[%d]: want a string, found %s", o.field(name), i, kind(v))
+		}
+		out = append(out, s)
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
 }
 
 // firstErr returns the first non-nil error, so field reads can be listed in order.

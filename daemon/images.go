@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"go.uber.org/zap"
 	"os"
 	"path/filepath"
 	"strings"
@@ -53,6 +54,7 @@ func (m *Manager) AttachImage(ctx context.Context, req ImageRequest) (Status, er
 	}
 	cfg, err := m.opts.Resolver.Config(ctx, req.Ref)
 	if err != nil {
+		m.lg.Warn("attach failed", zap.String("image", req.Ref), zap.Error(err))
 		return Status{}, err
 	}
 	sum := sha256.Sum256([]byte(req.Ref + "\x00" + req.Upper + "\x00" + time.Now().String()))

@@ -89,6 +89,8 @@ type Status struct {
 	ReadOnly     bool   `json:"readOnly"`
 	// Downloads is the background download of each remote layer (download.enable).
 	Downloads []download.Status `json:"downloads,omitempty"`
+	// Warnings are the config's unknown keys (at attach only).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // NewManager prepares the state and run directories.
@@ -170,6 +172,7 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 		result := "ok"
 		if err != nil {
 			result = "error"
+			m.lg.Warn("attach failed", zap.String("config", configPath), zap.Error(err))
 		}
 		m.metrics.attaches.WithLabelValues(string(fe.resolve()), result).Inc()
 		m.metrics.attachDuration.Observe(time.Since(start).Seconds())
@@ -186,6 +189,9 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 	cfg, err = config.LoadImageConfig(abs)
 	if err != nil {
 		return st, err
+	}
+	for _, w := range cfg.Warnings {
+		m.lg.Warn("config file: "+w, zap.String("config", abs))
 	}
 	cfg.InheritDownload(m.opts.Global)
 	id, err := m.reserveID()
@@ -222,7 +228,9 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 	if len(dirs) > 0 {
 		m.PruneLayerDirs()
 	}
-	return d.status(), nil
+	st = d.status()
+	st.Warnings = cfg.Warnings
+	return st, nil
 }
 
 // start serves d.target through d.rec.Frontend and fills in the record's path.

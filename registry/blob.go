@@ -67,6 +67,14 @@ func OpenBlob(ctx context.Context, blobURL string, size int64, opts Options) (*B
 // registry. Plain HTTP is used only for loopback hosts and Options.PlainHTTP: an
 // http:// URL naming another host is fetched over https.
 func (c *Client) OpenBlob(ctx context.Context, blobURL string, size int64) (*Blob, error) {
+	if b := c.openMirrorBlob(ctx, blobURL, size); b != nil {
+		return b, nil
+	}
+	return c.openBlobAt(ctx, blobURL, size)
+}
+
+// openBlobAt is OpenBlob without mirrors.
+func (c *Client) openBlobAt(ctx context.Context, blobURL string, size int64) (*Blob, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("blob %s: negative size %d", redactURL(blobURL), size)
 	}
@@ -77,7 +85,7 @@ func (c *Client) OpenBlob(ctx context.Context, blobURL string, size int64) (*Blo
 	var one [1]byte
 	if err := b.fetch(ctx, one[:], 0); err != nil {
 		b.cancel()
-		return nil, fmt.Errorf("open blob %s: %w", b.red, err)
+		return nil, fmt.Errorf("open blob %s: %w", b.red, withTLSHint(b.repo.RegistryStr(), err))
 	}
 	if size != 0 && b.size != size {
 		b.cancel()

@@ -37,6 +37,10 @@ type Options struct {
 	CAFile string
 	// CertFile and KeyFile are a client certificate (the reference's certConfig).
 	CertFile, KeyFile string
+	// Mirrors maps a registry ("host[:port]"; "docker.io" stands for Docker Hub)
+	// to mirrors tried in order before it, for manifests and blobs (OpenBlob);
+	// the registry itself is the fallback.
+	Mirrors map[string][]string
 
 	// UserAgent defaults to "obd/" + Version.
 	UserAgent string

@@ -110,6 +110,9 @@ func (c *Client) ResolveManifest(ctx context.Context, ref string) (*Image, error
 			return nil, fmt.Errorf("image reference %q: %w", ref, err)
 		}
 	}
+	if im := c.resolveMirrors(ctx, r); im != nil {
+		return im, nil
+	}
 	var im *Image
 	err = c.retry(ctx, func(ctx context.Context) error {
 		var err error
@@ -117,7 +120,7 @@ func (c *Client) ResolveManifest(ctx context.Context, ref string) (*Image, error
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("resolve %s: %w", r.Name(), err)
+		return nil, fmt.Errorf("resolve %s: %w", r.Name(), withTLSHint(host, err))
 	}
 	return im, nil
 }

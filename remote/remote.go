@@ -70,6 +70,12 @@ func OptionsFromGlobal(g *config.GlobalConfig) (Options, error) {
 		return o, fmt.Errorf("credentialConfig.mode %q: want file, http, https or uds", cred.Mode)
 	}
 	o.Registry.CertFile, o.Registry.KeyFile = g.CertConfig.CertFile, g.CertConfig.KeyFile
+	o.Registry.CAFile = g.CertConfig.CAFile
+	// An insecure registry may answer on plain HTTP or on TLS that is not
+	// verified (as Docker's insecure-registries): the client tries HTTPS first.
+	o.Registry.PlainHTTP = g.Insecure()
+	o.Registry.InsecureSkipVerify = g.Insecure()
+	o.Registry.Mirrors = g.Mirrors()
 	o.P2P = g.P2PConfig
 	return o, nil
 }

@@ -8,9 +8,11 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/daemon"
 	"github.com/obd-project/obd/p2p"
@@ -34,10 +36,11 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "cache-dir", Usage: "registry extent cache directory (default: cacheConfig.cacheDir)"},
 			&cli.StringFlag{Name: "download-dir-size", Usage: "bound of the background download's layer directories under --state-dir/layers (e.g. 20GiB; default: downloadDirSizeGB, else cacheSizeGB)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at this address (default: exporterConfig.port when exporterConfig.enable)"},
+			insecureRegistryFlag,
 			socketFlag,
 		},
 		Action: func(c *cli.Context) error {
-			g, err := config.LoadGlobalConfig(c.String("config"))
+			g, err := loadGlobalConfig(c, "config")
 			if err != nil {
 				return err
 			}
@@ -117,6 +120,7 @@ func attachCommand() *cli.Command {
 			&cli.BoolFlag{Name: "json", Usage: "print the device status as JSON after the path"},
 			&cli.StringFlag{Name: "record-trace", Usage: "record the reads of this attach into FILE (a reference-format trace, written when FILE.lock is deleted or at detach)"},
 			&cli.StringFlag{Name: "prefetch", Usage: "replay the trace FILE (from --record-trace or an acceleration layer) or prefetch the files of the file list FILE while serving, to warm the cache"},
+			insecureRegistryFlag,
 			socketFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -135,11 +139,18 @@ func attachCommand() *cli.Command {
 				return fmt.Errorf("attach: usage: obd attach [--frontend auto|ublk|fuse] [--foreground] (--config CONFIG.json | IMAGE-REFERENCE)")
 			}
 			if c.NArg() == 1 {
-				if st, err := os.Stat(c.Args().First()); err == nil && st.Mode().IsRegular() {
-					cfgPath = c.Args().First()
-				} else {
-					ref = c.Args().First()
+				var err error
+				if cfgPath, ref, err = classifyAttachArg(c.Args().First()); err != nil {
+					return err
 				}
+			}
+			if ref != "" {
+				zap.L().Info("attaching image reference " + ref)
+			} else {
+				zap.L().Info("attaching config file " + cfgPath)
+			}
+			if len(c.StringSlice("insecure-registry")) > 0 && !c.Bool("foreground") {
+				return fmt.Errorf("attach: --insecure-registry applies to --foreground; the daemon takes it as `obd daemon --insecure-registry`")
 			}
 			if ref == "" && c.String("upper") != "" {
 				return fmt.Errorf("attach: --upper goes with an image reference; a config file names its upper layer itself")
@@ -165,6 +176,9 @@ func attachCommand() *cli.Command {
 				}
 				if err != nil {
 					return err
+				}
+				for _, w := range st.Warnings {
+					zap.L().Warn("config file: "+w, zap.String("config", st.Config))
 				}
 				return printAttached(st, c.Bool("json"))
 			}
@@ -201,6 +215,54 @@ func attachCommand() *cli.Command {
 			return m.DetachAll()
 		},
 	}
+}
+
+var insecureRegistryFlag = &cli.StringSliceFlag{Name: "insecure-registry", Usage: "reach registry HOST[:PORT] over plain HTTP or unverified TLS (repeatable; also overlaybd.json insecureRegistries)"}
+
+// loadGlobalConfig reads the overlaybd.json named by flag, logs its unknown keys
+// and adds the --insecure-registry hosts (if the command has the flag).
+func loadGlobalConfig(c *cli.Context, flag string) (*config.GlobalConfig, error) {
+	path := c.String(flag)
+	g, err := config.LoadGlobalConfig(path)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range g.Warnings {
+		zap.L().Warn("global config: "+w, zap.String("config", path))
+	}
+	for _, h := range c.StringSlice("insecure-registry") {
+		if err := config.CheckRegistryHost("--insecure-registry", h); err != nil {
+			return nil, err
+		}
+		g.InsecureRegistries = append(g.InsecureRegistries, h)
+	}
+	return g, nil
+}
+
+// classifyAttachArg decides what `obd attach ARG` names: an existing file is a
+// config file and is never resolved as an image reference; a missing one is an
+// image reference only if it does not look like a path, so a mistyped config path
+// is not sent to a registry.
+func classifyAttachArg(arg string) (cfgPath, ref string, err error) {
+	st, err := os.Stat(arg)
+	switch {
+	case err == nil && st.Mode().IsRegular():
+		return arg, "", nil
+	case err == nil && st.IsDir():
+		return "", "", fmt.Errorf("attach: %s is a directory, not a config file; for an image reference of that name, write it with its registry (e.g. docker.io/library/%s)", arg, arg)
+	case err == nil:
+		return "", "", fmt.Errorf("attach: %s is not a regular file, so not a config file", arg)
+	case !errors.Is(err, os.ErrNotExist):
+		return "", "", fmt.Errorf("attach: config file %s: %w", arg, err)
+	}
+	if strings.HasSuffix(arg, ".json") || strings.HasPrefix(arg, "/") || strings.HasPrefix(arg, "./") ||
+		strings.HasPrefix(arg, "../") || strings.HasPrefix(arg, "~") {
+		return "", "", fmt.Errorf("attach: config file %s: no such file (it looks like a path, so it is not tried as an image reference)", arg)
+	}
+	if _, perr := name.ParseReference(arg); perr != nil {
+		return "", "", fmt.Errorf("attach: %s: no such config file, and not an image reference: %w", arg, perr)
+	}
+	return "", arg, nil
 }
 
 func absPath(p string) string {
@@ -269,7 +331,7 @@ func listCommand() *cli.Command {
 // remoteFromFlags loads --global-config and opens the registry client and cache
 // it describes (--cache-dir overriding cacheConfig.cacheDir).
 func remoteFromFlags(c *cli.Context) (*config.GlobalConfig, *remote.Opener, error) {
-	g, err := config.LoadGlobalConfig(c.String("global-config"))
+	g, err := loadGlobalConfig(c, "global-config")
 	if err != nil {
 		return nil, nil, err
 	}

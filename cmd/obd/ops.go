@@ -75,6 +75,7 @@ func pullCommand() *cli.Command {
 		ArgsUsage: "REGISTRY/REPO:TAG | REGISTRY/REPO@sha256:...",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "global-config", Value: "/etc/overlaybd/overlaybd.json", Usage: "global config (registry credentials, cache)"},
+			insecureRegistryFlag,
 			&cli.StringFlag{Name: "cache-dir", Usage: "registry cache directory (default: cacheConfig.cacheDir); use the daemon's"},
 			&cli.IntFlag{Name: "parallel", Value: 16, Usage: "chunks fetched at once"},
 			&cli.BoolFlag{Name: "blobs-only", Usage: "fetch the blobs only, keep no image record: attaching the reference still resolves it at the registry"},

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -299,4 +300,20 @@ func (r *Registry) serveStorage(w http.ResponseWriter, req *http.Request) {
 	in.RequestURI = ""
 	in.Header.Del("Authorization")
 	r.inner.ServeHTTP(w, in)
+}
+
+// ServeOn serves the registry on l as well (e.g. a non-loopback address in a
+// network namespace), over TLS with the same certificate if the registry uses
+// TLS. It returns l's "host:port"; t.Cleanup stops it.
+func (r *Registry) ServeOn(t testing.TB, l net.Listener) string {
+	t.Helper()
+	srv := &http.Server{Handler: http.HandlerFunc(r.serve), ErrorLog: log.New(io.Discard, "", 0)}
+	if r.cfg.tls {
+		srv.TLSConfig = r.server.TLS.Clone()
+		go srv.ServeTLS(l, "", "")
+	} else {
+		go srv.Serve(l)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
 }

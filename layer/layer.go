@@ -4,6 +4,8 @@
 package layer
 
 import (
+	"archive/tar"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +35,20 @@ func (w Wrapping) Chain() []string {
 		c = append(c, "zfile")
 	}
 	return c
+}
+
+// IsDamagedTar reports whether head (a file's first 512 bytes) is a tar header, by
+// its ustar magic, that fails its checksum. The reference would read such a blob
+// as raw data; it is a damaged wrapper, not a raw file.
+func IsDamagedTar(head []byte) bool {
+	if len(head) < tarwrap.BlockSize || tarwrap.IsWrapped(head) {
+		return false
+	}
+	if magic := string(head[257:263]); magic != "ustar\x00" && magic != "ustar " {
+		return false
+	}
+	_, err := tar.NewReader(bytes.NewReader(head[:tarwrap.BlockSize])).Next()
+	return errors.Is(err, tar.ErrHeader)
 }
 
 // Unwrap removes the tar and ZFile wrappers of the blob in r (size bytes) and returns

@@ -101,6 +101,14 @@ func inspectFile(path string, verify bool) (*inspection, error) {
 		return nil, err
 	}
 	in := &inspection{File: path, FileSize: st.Size()}
+	head := make([]byte, 512)
+	n, _ := f.ReadAt(head, 0)
+	if layer.IsDamagedTar(head[:n]) {
+		// The reference would read such a blob as raw data; it is a broken wrapper.
+		in.Chain = []string{"damaged tar"}
+		in.Problems = append(in.Problems, "damaged tar: the ustar header at offset 0 fails its checksum")
+		return in, nil
+	}
 	inner, isize, w, err := layer.Unwrap(f, st.Size(), path)
 	if err != nil {
 		return nil, err
@@ -146,6 +154,11 @@ func inspectFile(path string, verify bool) (*inspection, error) {
 		in.Chain = append(in.Chain, "lsmt:"+in.LSMT.Kind)
 	default:
 		in.Chain = append(in.Chain, "raw")
+		if w.ZFile == nil {
+			// A ZFile of any data is a ZFile; anything else without an LSMT
+			// inside is not a layer.
+			in.Problems = append(in.Problems, "not an OverlayBD layer: no ZFile or LSMT header found")
+		}
 	}
 	return in, nil
 }

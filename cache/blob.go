@@ -716,6 +716,9 @@ func (b *Blob) Evict(off, n int64) error {
 	end := min(off+n, s.size)
 	us := int64(s.us)
 	u0, u1 := int(off/us), int((end-1)/us)
+	// A corrupt block was detected in these bytes (counted in Stats.Evictions).
+	s.log.Warn("cache: corrupt data dropped for a refetch", zap.String("blob", s.key), zap.Int64("offset", off),
+		zap.Int64("length", end-off), zap.Int("firstUnit", u0), zap.Int("lastUnit", u1))
 	// A fill running now may carry the bad bytes: let it land, then drop it.
 	for u := u0; u <= u1; u++ {
 		s.mu.Lock()

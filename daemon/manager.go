@@ -56,6 +56,7 @@ type Manager struct {
 	opts  Options
 	state stateDir
 	lg    *zap.Logger
+	ioLog *zap.Logger // rate-limited, for I/O errors returned to devices
 
 	metrics *metrics
 	// dl paces every background download of this daemon (maxMBps over all layers).
@@ -111,7 +112,7 @@ func NewManager(opts Options) (*Manager, error) {
 			}
 		}
 	}
-	return &Manager{opts: opts, state: stateDir(opts.StateDir), lg: opts.Logger, metrics: newMetrics(),
+	return &Manager{opts: opts, state: stateDir(opts.StateDir), lg: opts.Logger, ioLog: ioErrorLogger(opts.Logger), metrics: newMetrics(),
 		dl: download.NewLimiter(float64(opts.Global.Download.MaxMBps) * (1 << 20)), devices: map[int]*device{}, pending: map[int]bool{}, dirRefs: map[string]int{}}, nil
 }
 
@@ -210,7 +211,7 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 	if err != nil {
 		return st, err
 	}
-	d := &device{img: img, target: &countingTarget{t: img}, dirs: dirs,
+	d := &device{img: img, target: &countingTarget{t: img, id: id, lg: m.ioLog}, dirs: dirs,
 		rec: Record{ID: id, Config: abs, Frontend: fe.resolve(), PID: os.Getpid(), Created: time.Now().UTC(), TraceOptions: tr}}
 	if err := m.start(d); err != nil {
 		img.Close()
@@ -425,7 +426,7 @@ func (m *Manager) restore(ctx context.Context, r Record) (err error) {
 		return err
 	}
 	r.PID = os.Getpid()
-	d := &device{rec: r, img: img, target: &countingTarget{t: img}, dirs: dirs}
+	d := &device{rec: r, img: img, target: &countingTarget{t: img, id: r.ID, lg: m.ioLog}, dirs: dirs}
 	switch r.Frontend {
 	case FrontendUblk:
 		opts := ublkOptions(r.ID, true)

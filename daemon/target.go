@@ -3,14 +3,20 @@ package daemon
 import (
 	"errors"
 	"sync/atomic"
+	"time"
 
 	"github.com/obd-project/obd/blockdev"
+	"github.com/obd-project/obd/image"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // countingTarget counts a device's I/O for `obd list`, forwarding every capability of
 // the target it wraps.
 type countingTarget struct {
 	t                     blockdev.Target
+	id                    int         // device id, for the log
+	lg                    *zap.Logger // rate-limited; nil: errors are only counted
 	read, written         atomic.Int64
 	readErrs, writeErrs   atomic.Int64
 	flushes, discardBytes atomic.Int64
@@ -23,6 +29,7 @@ func (c *countingTarget) ReadAt(p []byte, off int64) (int, error) {
 	c.read.Add(int64(n))
 	if err != nil {
 		c.readErrs.Add(1)
+		c.logIOError("read", off, len(p), err)
 	}
 	return n, err
 }
@@ -32,6 +39,7 @@ func (c *countingTarget) WriteAt(p []byte, off int64) (int, error) {
 	c.written.Add(int64(n))
 	if err != nil {
 		c.writeErrs.Add(1)
+		c.logIOError("write", off, len(p), err)
 	}
 	return n, err
 }
@@ -67,4 +75,32 @@ func (c *countingTarget) WriteZeroes(off, n int64) error {
 		off, n = off+k, n-k
 	}
 	return nil
+}
+
+// ioErrorLogger is lg sampled per message: in each second the first 10 I/O error
+// lines are logged, then every 100th, so a failing device cannot flood the log
+// (every error is still counted in the device's read/write error counters).
+func ioErrorLogger(lg *zap.Logger) *zap.Logger {
+	if lg == nil {
+		lg = zap.L()
+	}
+	return lg.WithOptions(zap.WrapCore(func(core zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(core, time.Second, 10, 100)
+	}))
+}
+
+// logIOError logs an error the frontend answers with EIO: the device, the
+// request's device offset and length, and, when a lower layer failed, its index,
+// digest (or file) and the offset within it.
+func (c *countingTarget) logIOError(op string, off int64, n int, err error) {
+	if c.lg == nil {
+		return
+	}
+	fields := []zap.Field{zap.Int("device", c.id), zap.String("op", op), zap.Int64("offset", off), zap.Int("length", n)}
+	var le *image.LayerError
+	if errors.As(err, &le) {
+		fields = append(fields, zap.Int("layer", le.Layer), zap.String("digest", le.Digest),
+			zap.String("blob", le.Name), zap.Int64("layerOffset", le.Off))
+	}
+	c.lg.Warn("I/O error returned to the device (EIO)", append(fields, zap.NamedError("reason", err))...)
 }

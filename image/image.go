@@ -200,6 +200,9 @@ func openLower(ctx context.Context, cfg *config.ImageConfig, i int, l config.Lay
 	if err == nil && wrap != nil {
 		inner = wrap(i, inner)
 	}
+	if err == nil {
+		inner = &labelledReader{r: inner, layer: i, digest: l.Digest, name: b.name}
+	}
 	var ll *lsmt.Layer
 	if err == nil {
 		ll, err = lsmt.OpenLayer(inner, isize)

@@ -9,7 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/obd-project/obd/cache"
@@ -198,6 +201,17 @@ func (op *Opener) setupProxy(o *Options) error {
 	if pc.Mode == config.P2PModeDragonfly {
 		op.proxy, err = p2p.NewDragonfly(pc.Address, po)
 	} else {
+		if host, clear := clearTextProxy(pc.Address); clear {
+			if !pc.AllowInsecureProxy {
+				o.Logger.Error("p2p proxy disabled: URL-prefix mode sends the registry's Authorization header to the proxy, "+
+					"and this one is plain http:// on a non-loopback host; use https://, a proxy on loopback, "+
+					"or set p2pConfig.allowInsecureProxy to accept it. Blob data is read from the registry directly.",
+					zap.String("proxy", host))
+				return nil
+			}
+			o.Logger.Warn("INSECURE p2p proxy: registry credentials (Authorization) cross the network in clear text "+
+				"to this plain http:// proxy (p2pConfig.allowInsecureProxy)", zap.String("proxy", host))
+		}
 		op.proxy, err = p2p.NewURLProxy(pc.Address, po)
 	}
 	if err != nil {
@@ -209,6 +223,25 @@ func (op *Opener) setupProxy(o *Options) error {
 	}
 	o.Registry.DataProxy = op.proxy
 	return nil
+}
+
+// clearTextProxy reports whether a URL-prefix proxy address (as p2pConfig.address:
+// [scheme://]host:port[/path], http when no scheme) is plain HTTP to a host that is
+// not loopback, and returns the host.
+func clearTextProxy(address string) (string, bool) {
+	a := strings.TrimSpace(address)
+	if !strings.Contains(a, "://") {
+		a = "http://" + a
+	}
+	u, err := url.Parse(a)
+	if err != nil || u.Scheme != "http" {
+		return "", false // https, or an address NewURLProxy rejects itself
+	}
+	h := u.Hostname()
+	if ip := net.ParseIP(h); h == "localhost" || (ip != nil && ip.IsLoopback()) {
+		return u.Host, false
+	}
+	return u.Host, true
 }
 
 // setupPeers makes the peer client and server of peer mode.

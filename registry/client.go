@@ -151,7 +151,7 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	case "http":
 		if !c.plainAllowed(host) {
 			closeBody(req)
-			return nil, fmt.Errorf("%w to %s: not a loopback host and not in Options.PlainHTTP", errPlainHTTP, req.URL.Host)
+			return nil, fmt.Errorf("%w to %s: not a loopback host and not an insecure registry", errPlainHTTP, req.URL.Host)
 		}
 	default:
 		closeBody(req)

@@ -128,7 +128,9 @@ func withTLSHint(host string, err error) error {
 	}
 	msg := err.Error()
 	switch {
-	case errors.Is(err, errPlainHTTP) || strings.Contains(msg, "server gave HTTP response to HTTPS client"):
+	case errors.Is(err, errPlainHTTP):
+		return fmt.Errorf("%w (allow plain HTTP to registry %s with --insecure-registry %s or overlaybd.json insecureRegistries)", err, host, host)
+	case strings.Contains(msg, "server gave HTTP response to HTTPS client"):
 		return fmt.Errorf("%w (registry %s speaks plain HTTP; if that is intended, allow it with --insecure-registry %s or overlaybd.json insecureRegistries)", err, host, host)
 	case isCertErr(err) || strings.Contains(msg, "x509: ") || strings.Contains(msg, "tls: failed to verify"):
 		return fmt.Errorf("%w (the TLS certificate of registry %s is not trusted: add its CA with overlaybd.json certConfig.caFile, or skip verification with --insecure-registry %s)", err, host, host)

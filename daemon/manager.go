@@ -192,7 +192,7 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 		return st, err
 	}
 	for _, w := range cfg.Warnings {
-		m.lg.Warn("config file: "+w, zap.String("config", abs))
+		m.lg.Warn("config file " + abs + ": " + w)
 	}
 	cfg.InheritDownload(m.opts.Global)
 	id, err := m.reserveID()

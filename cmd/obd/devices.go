@@ -144,10 +144,27 @@ func attachCommand() *cli.Command {
 					return err
 				}
 			}
+			// Say which the argument was understood as: after the device path (the
+			// first line of the output, which scripts read) or in the error.
+			what := "config file " + cfgPath
 			if ref != "" {
-				zap.L().Info("attaching image reference " + ref)
-			} else {
-				zap.L().Info("attaching config file " + cfgPath)
+				what = "image reference " + ref
+			}
+			understood := func(st daemon.Status, err error) error {
+				if err != nil {
+					return fmt.Errorf("attach %s: %w", what, err)
+				}
+				if err := printAttached(st, c.Bool("json")); err != nil {
+					return err
+				}
+				zap.L().Info("attached " + what)
+				for _, w := range st.Warnings {
+					if c.Bool("foreground") {
+						break // this process's manager logged them
+					}
+					zap.L().Warn("config file " + st.Config + ": " + w)
+				}
+				return nil
 			}
 			if len(c.StringSlice("insecure-registry")) > 0 && !c.Bool("foreground") {
 				return fmt.Errorf("attach: --insecure-registry applies to --foreground; the daemon takes it as `obd daemon --insecure-registry`")
@@ -174,13 +191,7 @@ func attachCommand() *cli.Command {
 				} else {
 					st, err = cl.AttachTrace(c.Context, absPath(cfgPath), fe, tr)
 				}
-				if err != nil {
-					return err
-				}
-				for _, w := range st.Warnings {
-					zap.L().Warn("config file: "+w, zap.String("config", st.Config))
-				}
-				return printAttached(st, c.Bool("json"))
+				return understood(st, err)
 			}
 			opts := daemon.Options{RunDir: c.String("run-dir"), Logger: zap.L()}
 			if ref != "" {
@@ -203,10 +214,7 @@ func attachCommand() *cli.Command {
 			} else {
 				st, err = m.AttachTrace(ctx, cfgPath, fe, tr)
 			}
-			if err != nil {
-				return err
-			}
-			if err := printAttached(st, c.Bool("json")); err != nil {
+			if err := understood(st, err); err != nil {
 				m.DetachAll()
 				return err
 			}

@@ -139,20 +139,31 @@ func TestInsecureRegistryNotLoopback(t *testing.T) {
 		"--insecure-registry", plainHost, "--cache-dir", filepath.Join(dir, "attach-cache"), "--run-dir", run,
 		plainHost+"/hello-world:amd64-converted")
 	stdout, _ := cmd.StdoutPipe()
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	errPath := filepath.Join(dir, "attach.stderr")
+	ef, err := os.Create(errPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ef.Close()
+	cmd.Stderr = ef
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		cmd.Process.Signal(unix.SIGTERM)
-		cmd.Wait()
-	}()
+	stderr := func() string { b, _ := os.ReadFile(errPath); return string(b) }
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cmd.Process.Signal(unix.SIGTERM)
+			cmd.Wait()
+		}
+	}
+	defer stop()
 	line := make([]byte, 4096)
 	n, err := stdout.Read(line)
 	if err != nil {
 		cmd.Wait()
-		t.Fatalf("attach printed no path: %v\n%s", err, stderr.String())
+		t.Fatalf("attach printed no path: %v\n%s", err, stderr())
 	}
 	path := strings.TrimSpace(strings.SplitN(string(line[:n]), "\n", 2)[0])
 	f, err := os.Open(path)
@@ -163,8 +174,10 @@ func TestInsecureRegistryNotLoopback(t *testing.T) {
 	if m, err := io.ReadFull(f, make([]byte, 1<<20)); err != nil {
 		t.Fatalf("read %s: %d bytes, %v", path, m, err)
 	}
-	if !strings.Contains(stderr.String(), "image reference "+plainHost) {
-		t.Errorf("attach did not say it read an image reference:\n%s", stderr.String())
+	f.Close()
+	stop()
+	if !strings.Contains(stderr(), "attached image reference "+plainHost) {
+		t.Errorf("attach did not say it read an image reference:\n%s", stderr())
 	}
 }
 

@@ -675,6 +675,9 @@ func (s *blobState) readLocal(u int, dst []byte, off int64) bool {
 		p = p[k:]
 	}
 	if !ok {
+		// Counted in Stats (obd_cache_crc_failures_total); the unit is fetched again.
+		s.log.Warn("cache: cached data short or failing its page CRC, refetching the unit", zap.String("blob", s.key),
+			zap.Int("unit", u), zap.Int64("offset", aStart), zap.Int("length", len(buf)))
 		s.units[u].CompareAndSwap(m, nil)
 		s.corrupt.Add(1)
 		return false

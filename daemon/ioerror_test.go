@@ -1,10 +1,14 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/image"
 	"github.com/obd-project/obd/zfile"
 	"go.uber.org/zap"
@@ -53,5 +57,55 @@ func TestIOErrorLogged(t *testing.T) {
 	// 10 a second, then every 100th: well under 5001 even across a second boundary.
 	if n := logs.Len(); n > 200 {
 		t.Errorf("%d log lines for 5001 errors: not rate-limited", n)
+	}
+}
+
+// The same through a real image: a lower layer (a local ZFile) with corrupt
+// blocks. The log names the layer's digest from the config.
+func TestIOErrorOfCorruptLayerLogged(t *testing.T) {
+	const bstack = "../testdata/golden/reference/b_stack"
+	const digest = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+	dir := t.TempDir()
+	b, err := os.ReadFile(bstack + "/merged.lz4.zfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := len(b) / 4; i < len(b)/2; i += 4096 {
+		b[i] ^= 0xff
+	}
+	bad := filepath.Join(dir, "layer.zfile")
+	if err := os.WriteFile(bad, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.ParseImageConfig([]byte(`{"lowers":[{"file":"`+bad+`","digest":"`+digest+`"}]}`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := image.Open(context.Background(), cfg, image.Options{Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	core, logs := observer.New(zapcore.WarnLevel)
+	ct := &countingTarget{t: img, id: 4, lg: ioErrorLogger(zap.New(core))}
+	var failed int64 = -1
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < ct.Size(); off += int64(len(buf)) {
+		if _, err := ct.ReadAt(buf, off); err != nil {
+			failed = off
+			break
+		}
+	}
+	if failed < 0 {
+		t.Fatal("no read failed")
+	}
+	e := logs.All()
+	if len(e) != 1 {
+		t.Fatalf("%d log entries, want 1: %v", len(e), e)
+	}
+	f := e[0].ContextMap()
+	if f["device"] != int64(4) || f["offset"] != failed || f["digest"] != digest || f["layer"] != int64(0) || f["blob"] != bad ||
+		!strings.Contains(fmt.Sprint(f["reason"]), "checksum") {
+		t.Fatalf("fields %v: want device 4, offset %d, layer 0 %s (%s), a checksum reason", f, failed, digest, bad)
 	}
 }

@@ -25,7 +25,10 @@ const netnsAddr = "10.250.0.1"
 func newNetns(t *testing.T) string {
 	t.Helper()
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Fatal("needs ip (iproute2): apt-get install iproute2")
+		// As make test installs what it needs: iproute2 for the namespace.
+		if out, err := run(t, 5*time.Minute, "apt-get", "install", "-y", "--no-install-recommends", "iproute2"); err != nil {
+			t.Fatalf("needs ip (iproute2), and apt-get install iproute2 failed: %v\n%s", err, out)
+		}
 	}
 	ns := fmt.Sprintf("obdtest-%d", os.Getpid())
 	mustRun(t, "ip", "netns", "add", ns)

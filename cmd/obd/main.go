@@ -4,6 +4,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
@@ -14,11 +15,33 @@ import (
 var version = "0.1.0-dev"
 
 func main() {
+	// Installed under a reference tool's name (bin/overlaybd-commit -> obd), obd
+	// takes that tool's command line.
+	if tool := filepath.Base(os.Args[0]); referenceTools[tool] != nil {
+		lg, err := newLogger(envOr("OBD_LOG_LEVEL", "info"))
+		if err == nil {
+			zap.ReplaceGlobals(lg)
+			err = referenceTools[tool](os.Args[1:])
+			_ = lg.Sync()
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", tool, err)
+			os.Exit(1)
+		}
+		return
+	}
 	app := newApp()
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintf(os.Stderr, "obd: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
 }
 
 func newApp() *cli.App {
@@ -61,6 +84,7 @@ func newApp() *cli.App {
 	for _, cmd := range app.Commands {
 		withGlobalFlags(cmd)
 	}
+	app.Commands = append(app.Commands, referenceToolCommands()...)
 	return app
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
@@ -25,7 +26,11 @@ func main() {
 			_ = lg.Sync()
 		}
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "%s: %v\n", tool, err)
+			msg := err.Error()
+			if !strings.HasPrefix(msg, tool+":") && !strings.HasPrefix(msg, tool+" ") {
+				msg = tool + ": " + msg
+			}
+			fmt.Fprintln(os.Stderr, msg)
 			os.Exit(1)
 		}
 		return

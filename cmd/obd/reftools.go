@@ -48,7 +48,9 @@ type refArgs struct {
 	pos   []string
 }
 
-func (a refArgs) has(name string) bool { return a.flags[name] != "" && a.flags[name] != "false" && a.flags[name] != "0" }
+func (a refArgs) has(name string) bool {
+	return a.flags[name] != "" && a.flags[name] != "false" && a.flags[name] != "0"
+}
 
 // parseRefArgs parses args against bools (flags) and values (options taking an
 // argument); aliases maps other spellings to the canonical name.

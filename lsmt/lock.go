@@ -36,7 +36,7 @@ func (e *InUseError) Error() string {
 	fmt.Fprintf(&b, "lsmt: %s is in use by ", e.Path)
 	switch {
 	case e.PID == os.Getpid():
-		fmt.Fprintf(&b, "this process (pid %d)", e.PID)
+		fmt.Fprintf(&b, "pid %d (this process)", e.PID)
 	case e.PID > 0:
 		fmt.Fprintf(&b, "pid %d", e.PID)
 	default:

@@ -27,19 +27,24 @@ var temps struct {
 func createTemp(dst string) (*os.File, error) {
 	temps.Lock()
 	defer temps.Unlock()
+	// The handler is in place before the file exists: a signal cannot kill the
+	// process between the two and leave the file behind.
+	if temps.sigc == nil {
+		temps.sigc = make(chan os.Signal, 1)
+		signal.Notify(temps.sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+		go cleanupOnSignal(temps.sigc)
+	}
 	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
 	if err != nil {
+		if len(temps.files) == 0 {
+			untrackLocked("")
+		}
 		return nil, err
 	}
 	if temps.files == nil {
 		temps.files = map[string]struct{}{}
 	}
 	temps.files[f.Name()] = struct{}{}
-	if temps.sigc == nil {
-		temps.sigc = make(chan os.Signal, 1)
-		signal.Notify(temps.sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-		go cleanupOnSignal(temps.sigc)
-	}
 	return f, nil
 }
 

@@ -122,6 +122,10 @@ func createCommand() *cli.Command {
 			if size == 0 {
 				return fmt.Errorf("SIZE 0: a new disk needs a size, e.g. 64GiB")
 			}
+			// overlaybd-create's bare number is GiB: "64" here would be a 64-byte disk.
+			if arg := c.Args().Get(2); size < 1<<20 && strings.Trim(arg, "0123456789") == "" {
+				return fmt.Errorf("SIZE %s is %d bytes, too small for a disk: give a unit (%sGiB?); a bare number is GiB only for overlaybd-create", arg, size, arg)
+			}
 			spec := createSpec{data: c.Args().Get(0), index: c.Args().Get(1), force: c.Bool("force"), mkfs: c.Bool("mkfs"),
 				opts: lsmt.CreateOptions{VirtualSize: uint64(size), Sparse: c.Bool("sparse")}}
 			if s := c.String("parent-uuid"); s != "" {

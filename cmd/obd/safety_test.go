@@ -311,6 +311,10 @@ func TestSmallCLIFixes(t *testing.T) {
 	if msg, err := obd(t, "create", filepath.Join(dir, "d"), filepath.Join(dir, "i"), "0"); err == nil || !strings.Contains(msg, "SIZE 0") {
 		t.Fatalf("create of size 0: %v %s", err, msg)
 	}
+	// A bare number is bytes for obd create (GiB for overlaybd-create): "64" is refused.
+	if msg, err := obd(t, "create", filepath.Join(dir, "d"), filepath.Join(dir, "i"), "64"); err == nil || !strings.Contains(msg, "64GiB?") {
+		t.Fatalf("create of 64 bytes: %v %s", err, msg)
+	}
 	// import of a raw file that is not a multiple of 512 bytes: padded, with a warning.
 	raw := filepath.Join(dir, "odd.raw")
 	want := bytes.Repeat([]byte("odd"), 1000) // 3000 bytes

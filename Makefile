@@ -9,8 +9,12 @@ PKGS      := ./...
 
 all: build
 
+# The reference tools' names run obd with their command lines (see docs/usage.md).
+REFTOOLS  := overlaybd-create overlaybd-commit overlaybd-zfile overlaybd-merge
+
 build:
 	$(GOFLAGS_STATIC) $(GO) build -trimpath -o $(BIN)/ ./cmd/...
+	for t in $(REFTOOLS); do ln -sf obd $(BIN)/$$t; done
 
 vet:
 	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -207,7 +207,9 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 			m.releaseLayerDirs(dirs)
 		}
 	}()
-	img, err := image.Open(ctx, cfg, m.imageOptions(tr))
+	iopts := m.imageOptions(tr)
+	iopts.Holder = fmt.Sprintf("obd device %d", id)
+	img, err := image.Open(ctx, cfg, iopts)
 	if err != nil {
 		return st, err
 	}

@@ -51,6 +51,9 @@ type Options struct {
 	DownloadLimiter *download.Limiter
 	// Download overrides the config's download timing (tests); Enable stays the config's.
 	Download *download.Options
+	// Holder is noted on the writable upper (e.g. "device 3") and shown to whoever
+	// finds the upper locked by this image.
+	Holder string
 }
 
 // Image is an assembled device: the stacked layers as a blockdev.Target.
@@ -148,6 +151,9 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 		if err != nil {
 			im.closeBlobs()
 			return nil, err
+		}
+		if opts.Holder != "" {
+			w.SetHolderNote(opts.Holder)
 		}
 		im.upper = w
 	}

@@ -42,6 +42,9 @@ var errClosed = errors.New("lsmt: writable layer is closed")
 // Create initialises a new writable layer in data (and index, unless opts.Sparse; pass
 // nil then). The files should be empty; they are written from offset 0.
 func Create(data, index *os.File, opts CreateOptions) (*Writable, error) {
+	if err := lockLayer(data, index); err != nil {
+		return nil, err
+	}
 	if opts.VirtualSize%SectorSize != 0 {
 		return nil, fmt.Errorf("lsmt: virtual size %d is not a multiple of %d", opts.VirtualSize, SectorSize)
 	}
@@ -86,7 +89,11 @@ func Create(data, index *os.File, opts CreateOptions) (*Writable, error) {
 // skipped and a torn last record (the file size not a whole number of entries) is
 // ignored and overwritten by the next write. An entry whose data lies outside the
 // data file is an error, as in the reference.
-func OpenWritable(data, index *os.File) (*Writable, error) {
+func OpenWritable(data, index *os.File) (_ *Writable, err error) {
+	if err := lockLayer(data, index); err != nil {
+		return nil, err
+	}
+	defer unlockOnError(&err, data, index)
 	dst, err := data.Stat()
 	if err != nil {
 		return nil, err
@@ -97,6 +104,9 @@ func OpenWritable(data, index *os.File) (*Writable, error) {
 	}
 	if err := readHeader(data, 0, &w.header); err != nil {
 		return nil, inContext(err, "data file %s", data.Name())
+	}
+	if err := checkWritableData(data, dst.Size(), &w.header); err != nil {
+		return nil, err
 	}
 	if !w.header.IsHeader() || !w.header.IsDataFile() {
 		return nil, corruptf("data file %s: header flags 0x%x, want header|data-file bits 0x%x", data.Name(), w.header.Flags, flagsRWData)
@@ -119,7 +129,10 @@ func OpenWritable(data, index *os.File) (*Writable, error) {
 	}
 	ih, n, err := loadIndexLog(index, ist.Size(), dst.Size(), &w.segs)
 	if err != nil {
-		return nil, inContext(err, "index file %s", index.Name())
+		return nil, inContext(err, "index file %s (of data file %s)", index.Name(), data.Name())
+	}
+	if err := checkPair(data, index, &w.header, &ih); err != nil {
+		return nil, err
 	}
 	w.index = index
 	w.vsize = ih.VirtualSize

@@ -188,7 +188,7 @@ func TestCreateWriteSealCommit(t *testing.T) {
 		mustObd(t, "seal", data, index)
 		for _, layer := range []string{commit, data} {
 			raw := filepath.Join(dir, "raw")
-			mustObd(t, "export", "-o", raw, layer)
+			mustObd(t, "export", "-f", "-o", raw, layer)
 			got, err := os.ReadFile(raw)
 			if err != nil {
 				t.Fatal(err)

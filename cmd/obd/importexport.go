@@ -10,6 +10,7 @@ import (
 	"github.com/obd-project/obd/image"
 	"github.com/obd-project/obd/lsmt"
 	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,7 +19,7 @@ func importCommand() *cli.Command {
 		Name:      "import",
 		Usage:     "build a sealed layer whose virtual disk equals a raw image (holes are skipped)",
 		ArgsUsage: "RAW OUT",
-		Flags:     append(layerOutputFlags("none"), commitFlags()...),
+		Flags:     append(append(layerOutputFlags("none"), commitFlags()...), forceFlag()),
 		Action: func(c *cli.Context) error {
 			if err := needArgs(c, 2, 2); err != nil {
 				return err
@@ -31,6 +32,10 @@ func importCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			o := outputSpec{dst: c.Args().Get(1), force: c.Bool("force"), inputs: []string{c.Args().Get(0)}}
+			if err := checkOutput(o); err != nil {
+				return err
+			}
 			f, err := os.Open(c.Args().Get(0))
 			if err != nil {
 				return err
@@ -40,7 +45,7 @@ func importCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", f.Name(), err)
 			}
-			return writeLayer(c.Args().Get(1), src, opts, out, c.Bool("quiet"))
+			return writeLayer(o, src, opts, out, quiet(c))
 		},
 	}
 }
@@ -54,7 +59,14 @@ func rawSource(f *os.File) (lsmt.Source, error) {
 		return lsmt.Source{}, err
 	}
 	size := st.Size()
+	if size == 0 {
+		return lsmt.Source{}, errors.New("empty file: a disk image needs a size")
+	}
 	vsize := (size + lsmt.SectorSize - 1) / lsmt.SectorSize * lsmt.SectorSize
+	if vsize != size {
+		zap.L().Warn("raw image size is not a multiple of 512 bytes: the layer's disk is padded with zeros",
+			zap.String("file", f.Name()), zap.Int64("size", size), zap.Int64("virtualSize", vsize))
+	}
 	var segs []lsmt.Segment
 	add := func(from, to int64) { // byte range, sector-aligned outward
 		s := uint64(from / lsmt.SectorSize)
@@ -119,6 +131,7 @@ func exportCommand() *cli.Command {
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "raw image to write (sparse); - streams to stdout"},
 			&cli.StringFlag{Name: "upper-data", Usage: "writable upper layer data file"},
 			&cli.StringFlag{Name: "upper-index", Usage: "writable upper layer index file"},
+			forceFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 && c.String("upper-data") == "" {
@@ -127,19 +140,25 @@ func exportCommand() *cli.Command {
 			if (c.String("upper-data") == "") != (c.String("upper-index") == "") && !upperIsSparse(c.String("upper-data")) {
 				return fmt.Errorf("export: --upper-data and --upper-index go together")
 			}
+			dst := c.String("output")
+			o := outputSpec{dst: dst, force: c.Bool("force"), inputs: append(c.Args().Slice(), c.String("upper-data"), c.String("upper-index"))}
+			if dst != "-" {
+				if err := checkOutput(o); err != nil {
+					return err
+				}
+			}
 			im, closeFn, err := openStack(c.Args().Slice(), c.String("upper-data"), c.String("upper-index"))
 			if err != nil {
 				return err
 			}
 			defer closeFn()
-			dst := c.String("output")
 			if dst == "-" {
-				prog := newProgress("export", im.Size(), c.Bool("quiet"))
+				prog := newProgress("export", im.Size(), quiet(c))
 				defer prog.done()
 				_, err := io.Copy(prog.writer(os.Stdout), io.NewSectionReader(im, 0, im.Size()))
 				return err
 			}
-			return exportSparse(dst, im, c.Bool("quiet"))
+			return exportSparse(o, im, quiet(c))
 		},
 	}
 }
@@ -158,12 +177,13 @@ func upperIsSparse(path string) bool {
 
 // exportSparse writes only the mapped data of the image, leaving holes (and all-zero
 // 4 KiB blocks) unwritten in a file truncated to the image size.
-func exportSparse(dst string, im *lsmt.Image, quiet bool) error {
+func exportSparse(o outputSpec, im *lsmt.Image, quiet bool) error {
+	dst := o.dst
 	src, err := im.CommitSource()
 	if err != nil {
 		return err
 	}
-	f, err := createAtomic(dst)
+	f, err := createAtomic(o)
 	if err != nil {
 		return err
 	}

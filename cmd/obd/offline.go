@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"github.com/obd-project/obd/image"
 	"github.com/obd-project/obd/layer"
 	"github.com/obd-project/obd/lsmt"
+	"github.com/obd-project/obd/tarwrap"
 	"github.com/obd-project/obd/zfile"
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
@@ -93,6 +95,10 @@ func needArgs(c *cli.Context, min, max int) error {
 	return nil
 }
 
+func forceFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "replace an existing output file (never one of the inputs)"}
+}
+
 func createCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "create",
@@ -102,6 +108,8 @@ func createCommand() *cli.Command {
 			&cli.BoolFlag{Name: "sparse", Aliases: []string{"s"}, Usage: "sparse layer: one data file, INDEX is not created"},
 			&cli.StringFlag{Name: "parent-uuid", Aliases: []string{"u"}, Usage: "parent layer uuid"},
 			&cli.StringFlag{Name: "uuid", Usage: "layer uuid (default: random)"},
+			&cli.BoolFlag{Name: "mkfs", Usage: "format the new disk as ext4 (the reference's parameters: no journal, 4K blocks)"},
+			forceFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			if err := needArgs(c, 3, 3); err != nil {
@@ -111,52 +119,120 @@ func createCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if size%lsmt.SectorSize != 0 {
-				return fmt.Errorf("SIZE %d is not a multiple of %d", size, lsmt.SectorSize)
+			if size == 0 {
+				return fmt.Errorf("SIZE 0: a new disk needs a size, e.g. 64GiB")
 			}
-			opts := lsmt.CreateOptions{VirtualSize: uint64(size), Sparse: c.Bool("sparse")}
+			// overlaybd-create's bare number is GiB: "64" here would be a 64-byte disk.
+			if arg := c.Args().Get(2); size < 1<<20 && strings.Trim(arg, "0123456789") == "" {
+				return fmt.Errorf("SIZE %s is %d bytes, too small for a disk: give a unit (%sGiB?); a bare number is GiB only for overlaybd-create", arg, size, arg)
+			}
+			spec := createSpec{data: c.Args().Get(0), index: c.Args().Get(1), force: c.Bool("force"), mkfs: c.Bool("mkfs"),
+				opts: lsmt.CreateOptions{VirtualSize: uint64(size), Sparse: c.Bool("sparse")}}
 			if s := c.String("parent-uuid"); s != "" {
-				if opts.ParentUUID, err = lsmt.ParseUUID(s); err != nil {
+				if spec.opts.ParentUUID, err = lsmt.ParseUUID(s); err != nil {
 					return fmt.Errorf("--parent-uuid: %w", err)
 				}
 			}
 			if s := c.String("uuid"); s != "" {
-				if opts.UUID, err = lsmt.ParseUUID(s); err != nil {
+				if spec.opts.UUID, err = lsmt.ParseUUID(s); err != nil {
 					return fmt.Errorf("--uuid: %w", err)
 				}
 			}
-			dataPath, indexPath := c.Args().Get(0), c.Args().Get(1)
-			// O_EXCL, as overlaybd-create: never clobber a layer.
-			data, err := os.OpenFile(dataPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-			if err != nil {
-				return err
-			}
-			var index *os.File
-			if !opts.Sparse {
-				if index, err = os.OpenFile(indexPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644); err != nil {
-					data.Close()
-					os.Remove(dataPath)
-					return err
-				}
-			}
-			w, err := lsmt.Create(data, index, opts)
-			if err == nil {
-				err = w.Close()
-			}
-			if err != nil {
-				data.Close()
-				os.Remove(dataPath)
-				if index != nil {
-					index.Close()
-					os.Remove(indexPath)
-				}
-				return err
-			}
-			zap.L().Info("created writable layer", zap.String("data", dataPath), zap.String("index", indexPath),
-				zap.Int64("size", size), zap.Bool("sparse", opts.Sparse), zap.Stringer("uuid", w.Header().UUID))
-			return nil
+			return createLayer(spec)
 		},
 	}
+}
+
+// createSpec describes a new writable layer.
+type createSpec struct {
+	data, index string
+	opts        lsmt.CreateOptions
+	force       bool // replace existing files (never a layer in use)
+	mkfs        bool
+	// emptyIndex creates INDEX (empty) for a sparse layer too, as overlaybd-create does.
+	emptyIndex bool
+}
+
+// createLayer writes the new layer's files under temporary names and renames them
+// into place: DATA and INDEX appear complete (formatted, with --mkfs) or not at all.
+func createLayer(s createSpec) (err error) {
+	if s.opts.VirtualSize%lsmt.SectorSize != 0 {
+		return fmt.Errorf("SIZE %d is not a multiple of %d", s.opts.VirtualSize, lsmt.SectorSize)
+	}
+	withIndex := !s.opts.Sparse || s.emptyIndex
+	if withIndex && (s.data == s.index || sameFile(s.data, s.index)) {
+		return fmt.Errorf("DATA %s and INDEX %s are the same file", s.data, s.index)
+	}
+	if err := checkOutput(outputSpec{dst: s.data, force: s.force}); err != nil {
+		return err
+	}
+	if withIndex {
+		if err := checkOutput(outputSpec{dst: s.index, force: s.force}); err != nil {
+			return err
+		}
+	}
+	data, err := createTemp(s.data)
+	if err != nil {
+		return err
+	}
+	var index *os.File
+	defer func() {
+		if err != nil {
+			data.Close()
+			removeTemp(data.Name())
+			if index != nil {
+				index.Close()
+				removeTemp(index.Name())
+			}
+		}
+	}()
+	if withIndex {
+		if index, err = createTemp(s.index); err != nil {
+			return err
+		}
+	}
+	lindex := index
+	if s.opts.Sparse {
+		lindex = nil
+	}
+	w, err := lsmt.Create(data, lindex, s.opts)
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.data, err)
+	}
+	if s.mkfs {
+		if err = mkfsLayer(w, s.data); err != nil {
+			w.Close()
+			return err
+		}
+	}
+	uuid := w.Header().UUID
+	if err = w.Close(); err != nil {
+		return fmt.Errorf("%s: %w", s.data, err)
+	}
+	if index != nil && s.opts.Sparse {
+		if err = index.Close(); err != nil {
+			return err
+		}
+	}
+	for _, f := range []*os.File{data, index} {
+		if f != nil {
+			if err = os.Chmod(f.Name(), 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	if err = renameTemp(data.Name(), s.data, s.force); err != nil {
+		return err
+	}
+	if index != nil {
+		if err = renameTemp(index.Name(), s.index, s.force); err != nil {
+			os.Remove(s.data) // ours, just renamed: the layer is created whole or not at all
+			return err
+		}
+	}
+	zap.L().Info("created writable layer", zap.String("data", s.data), zap.String("index", s.index),
+		zap.Uint64("size", s.opts.VirtualSize), zap.Bool("sparse", s.opts.Sparse), zap.Bool("mkfs", s.mkfs), zap.Stringer("uuid", uuid))
+	return nil
 }
 
 // openWritable opens DATA (and INDEX unless the data file is sparse) read-write.
@@ -169,7 +245,7 @@ func commitCommand() *cli.Command {
 		Name:      "commit",
 		Usage:     "pack a writable layer (or, with --sealed, a sealed one) into a sealed layer (overlaybd-commit)",
 		ArgsUsage: "DATA INDEX OUT  |  --sealed SEALED OUT",
-		Flags: append(append(layerOutputFlags("none"), commitFlags()...),
+		Flags: append(append(layerOutputFlags("none"), commitFlags()...), forceFlag(),
 			&cli.BoolFlag{Name: "sealed", Usage: "the source is a sealed layer file (overlaybd-commit --commit_sealed)"}),
 		Action: func(c *cli.Context) error {
 			out, err := parseLayerOutput(c)
@@ -184,32 +260,50 @@ func commitCommand() *cli.Command {
 				if err := needArgs(c, 2, 2); err != nil {
 					return err
 				}
-				l, err := layer.OpenFile(c.Args().Get(0))
-				if err != nil {
-					return err
-				}
-				defer l.Close()
-				im, err := lsmt.NewImage([]*lsmt.Layer{l.Layer}, nil)
-				if err != nil {
-					return err
-				}
-				src, err := im.CommitSource()
-				if err != nil {
-					return err
-				}
-				return writeLayer(c.Args().Get(1), src, opts, out, c.Bool("quiet"))
+				return commitSealed(c.Args().Get(0), outputSpec{dst: c.Args().Get(1), force: c.Bool("force")}, opts, out, quiet(c))
 			}
 			if err := needArgs(c, 3, 3); err != nil {
 				return err
 			}
-			w, err := openWritable(c.Args().Get(0), c.Args().Get(1))
-			if err != nil {
-				return err
-			}
-			defer w.Close()
-			return writeLayer(c.Args().Get(2), w.CommitSource(), opts, out, c.Bool("quiet"))
+			return commitWritable(c.Args().Get(0), c.Args().Get(1), outputSpec{dst: c.Args().Get(2), force: c.Bool("force")}, opts, out, quiet(c))
 		},
 	}
+}
+
+// commitSealed re-commits a sealed layer file (overlaybd-commit --commit_sealed).
+func commitSealed(srcPath string, o outputSpec, opts lsmt.CommitOptions, out layerOutput, quiet bool) error {
+	o.inputs = append(o.inputs, srcPath)
+	if err := checkOutput(o); err != nil {
+		return err
+	}
+	l, err := layer.OpenFile(srcPath)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	im, err := lsmt.NewImage([]*lsmt.Layer{l.Layer}, nil)
+	if err != nil {
+		return err
+	}
+	src, err := im.CommitSource()
+	if err != nil {
+		return err
+	}
+	return writeLayer(o, src, opts, out, quiet)
+}
+
+// commitWritable packs a writable layer, locked while it is read, into a sealed layer.
+func commitWritable(dataPath, indexPath string, o outputSpec, opts lsmt.CommitOptions, out layerOutput, quiet bool) error {
+	o.inputs = append(o.inputs, dataPath, indexPath)
+	if err := checkOutput(o); err != nil {
+		return err
+	}
+	w, err := openWritable(dataPath, indexPath)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	return writeLayer(o, w.CommitSource(), opts, out, quiet)
 }
 
 func sealCommand() *cli.Command {
@@ -222,17 +316,21 @@ func sealCommand() *cli.Command {
 			if err := needArgs(c, 1, 2); err != nil {
 				return err
 			}
-			w, err := openWritable(c.Args().Get(0), c.Args().Get(1))
-			if err != nil {
-				return err
-			}
-			if err := w.CloseSeal([]byte(c.String("message"))); err != nil {
-				w.Close()
-				return err
-			}
-			return nil
+			return sealLayer(c.Args().Get(0), c.Args().Get(1), []byte(c.String("message")))
 		},
 	}
+}
+
+func sealLayer(dataPath, indexPath string, msg []byte) error {
+	w, err := openWritable(dataPath, indexPath)
+	if err != nil {
+		return err
+	}
+	if err := w.CloseSeal(msg); err != nil {
+		w.Close()
+		return err
+	}
+	return nil
 }
 
 func zfileCommand() *cli.Command {
@@ -244,7 +342,9 @@ func zfileCommand() *cli.Command {
 			&cli.BoolFlag{Name: "decompress", Aliases: []string{"x", "d"}, Usage: "decompress SRC"},
 			&cli.BoolFlag{Name: "verify", Usage: "only check SRC's header, index and every block CRC"},
 			&cli.StringFlag{Name: "algorithm", Value: "lz4", Usage: "lz4 or zstd"},
-			&cli.StringFlag{Name: "block-size", Value: "4K", Usage: "4K to 64K"},
+			&cli.StringFlag{Name: "block-size", Aliases: []string{"bs"}, Value: "4K", Usage: "4K to 64K (a bare 4..64 is KiB, as overlaybd-zfile --bs)"},
+			&cli.BoolFlag{Name: "tar", Aliases: []string{"t"}, Usage: "the ZFile is wrapped in a tar (written so, or read so)"},
+			forceFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			src := c.Args().Get(0)
@@ -252,31 +352,14 @@ func zfileCommand() *cli.Command {
 				if err := needArgs(c, 1, 1); err != nil {
 					return err
 				}
-				_, z, closeFn, err := openZFile(src)
-				if err != nil {
-					return err
-				}
-				defer closeFn()
-				if err := z.Verify(); err != nil {
-					return err
-				}
-				fmt.Printf("%s: ok (%d blocks)\n", src, z.Info().Blocks)
-				return nil
+				return verifyZFile(src)
 			}
 			if err := needArgs(c, 2, 2); err != nil {
 				return err
 			}
-			dst := c.Args().Get(1)
+			o := outputSpec{dst: c.Args().Get(1), force: c.Bool("force")}
 			if c.Bool("decompress") {
-				_, z, closeFn, err := openZFile(src)
-				if err != nil {
-					return err
-				}
-				defer closeFn()
-				return writeStream(dst, func(w io.Writer) error {
-					_, err := io.Copy(w, io.NewSectionReader(z, 0, z.Size()))
-					return err
-				}, z.Size(), c.Bool("quiet"))
+				return decompressZFile(src, o, quiet(c))
 			}
 			alg, err := zfile.ParseAlgorithm(c.String("algorithm"))
 			if err != nil {
@@ -286,26 +369,91 @@ func zfileCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			var in io.Reader = os.Stdin
-			var total int64
-			if src != "-" {
-				f, err := os.Open(src)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				if st, err := f.Stat(); err == nil {
-					total = st.Size()
-				}
-				in = f
-			}
-			return writeStream(dst, func(w io.Writer) error {
-				// overlaybd-zfile leaves the header as first written (flags 0x13).
-				_, err := zfile.Compress(w, in, zfile.Options{Algorithm: alg, BlockSize: bs, NoHeaderOverwrite: true})
-				return err
-			}, total, c.Bool("quiet"))
+			return compressZFile(src, o, zfile.Options{Algorithm: alg, BlockSize: bs, NoHeaderOverwrite: true}, c.Bool("tar"), quiet(c))
 		},
 	}
+}
+
+func verifyZFile(src string) error {
+	_, z, closeFn, err := openZFile(src)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	if err := z.Verify(); err != nil {
+		return err
+	}
+	fmt.Printf("%s: ok (%d blocks)\n", src, z.Info().Blocks)
+	return nil
+}
+
+func decompressZFile(src string, o outputSpec, quiet bool) error {
+	o.inputs = append(o.inputs, src)
+	if o.dst != "-" {
+		if err := checkOutput(o); err != nil {
+			return err
+		}
+	}
+	_, z, closeFn, err := openZFile(src)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	return writeStream(o, func(w io.Writer) error {
+		_, err := io.Copy(w, io.NewSectionReader(z, 0, z.Size()))
+		return err
+	}, z.Size(), quiet)
+}
+
+// compressZFile compresses src ("-": stdin) into a ZFile, tar-wrapped if tar.
+func compressZFile(src string, o outputSpec, zo zfile.Options, tar, quiet bool) error {
+	o.inputs = append(o.inputs, src)
+	if o.dst != "-" {
+		if err := checkOutput(o); err != nil {
+			return err
+		}
+	}
+	var in io.Reader = os.Stdin
+	var total int64
+	if src != "-" {
+		f, err := os.Open(src)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if st, err := f.Stat(); err == nil {
+			total = st.Size()
+		}
+		in = f
+	}
+	if tar {
+		// The tar header records the payload size, patched in when the payload ends.
+		if o.dst == "-" {
+			return errors.New("zfile -t: the tar wrapper is written to a file, not to stdout")
+		}
+		f, err := createAtomic(o)
+		if err != nil {
+			return err
+		}
+		tw, err := tarwrap.NewStreamWriter(f)
+		if err == nil {
+			prog := newProgress(o.dst, total, quiet)
+			_, err = zfile.Compress(prog.writer(tw), in, zo)
+			prog.done()
+		}
+		if err == nil {
+			err = tw.Close()
+		}
+		if err != nil {
+			f.abort()
+			return err
+		}
+		return f.commit()
+	}
+	return writeStream(o, func(w io.Writer) error {
+		_, err := zfile.Compress(w, in, zo)
+		return err
+	}, total, quiet)
 }
 
 func openZFile(path string) (*os.File, *zfile.Reader, func(), error) {
@@ -318,7 +466,16 @@ func openZFile(path string) (*os.File, *zfile.Reader, func(), error) {
 		f.Close()
 		return nil, nil, nil, err
 	}
-	z, err := zfile.Open(f, st.Size(), zfile.WithName(path))
+	// A tar-wrapped ZFile (overlaybd-zfile -t) is read through its tar.
+	inner, isize, w, err := layer.Unwrap(f, st.Size(), path)
+	if err != nil {
+		f.Close()
+		return nil, nil, nil, err
+	}
+	if w.ZFile != nil {
+		return f, w.ZFile, func() { f.Close() }, nil
+	}
+	z, err := zfile.Open(inner, isize, zfile.WithName(path))
 	if err != nil {
 		f.Close()
 		return nil, nil, nil, err
@@ -326,16 +483,16 @@ func openZFile(path string) (*os.File, *zfile.Reader, func(), error) {
 	return f, z, func() { f.Close() }, nil
 }
 
-// writeStream runs fn on dst ("-" = stdout), atomically for a file.
-func writeStream(dst string, fn func(io.Writer) error, total int64, quiet bool) error {
-	if dst == "-" {
+// writeStream runs fn on o.dst ("-" = stdout), atomically for a file.
+func writeStream(o outputSpec, fn func(io.Writer) error, total int64, quiet bool) error {
+	if o.dst == "-" {
 		return fn(os.Stdout)
 	}
-	f, err := createAtomic(dst)
+	f, err := createAtomic(o)
 	if err != nil {
 		return err
 	}
-	prog := newProgress(dst, total, quiet)
+	prog := newProgress(o.dst, total, quiet)
 	err = fn(prog.writer(f))
 	prog.done()
 	if err != nil {
@@ -350,7 +507,7 @@ func mergeCommand() *cli.Command {
 		Name:      "merge",
 		Usage:     "flatten a stack of layers (bottom first) into one sealed layer (overlaybd-merge)",
 		ArgsUsage: "LAYER... OUT",
-		Flags:     append(layerOutputFlags("none"), commitFlags()...),
+		Flags:     append(append(layerOutputFlags("none"), commitFlags()...), forceFlag()),
 		Action: func(c *cli.Context) error {
 			if err := needArgs(c, 2, -1); err != nil {
 				return err
@@ -364,18 +521,28 @@ func mergeCommand() *cli.Command {
 				return err
 			}
 			args := c.Args().Slice()
-			im, closeFn, err := openStack(args[:len(args)-1], "", "")
-			if err != nil {
-				return err
-			}
-			defer closeFn()
-			src, err := im.CommitSource()
-			if err != nil {
-				return err
-			}
-			return writeLayer(args[len(args)-1], src, opts, out, c.Bool("quiet"))
+			return mergeLayers(args[:len(args)-1], "", "", outputSpec{dst: args[len(args)-1], force: c.Bool("force")}, opts, out, quiet(c))
 		},
 	}
+}
+
+// mergeLayers flattens layer files (bottom first) and an optional writable upper into
+// one sealed layer.
+func mergeLayers(layers []string, upperData, upperIndex string, o outputSpec, opts lsmt.CommitOptions, out layerOutput, quiet bool) error {
+	o.inputs = append(append(o.inputs, layers...), upperData, upperIndex)
+	if err := checkOutput(o); err != nil {
+		return err
+	}
+	im, closeFn, err := openStack(layers, upperData, upperIndex)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	src, err := im.CommitSource()
+	if err != nil {
+		return err
+	}
+	return writeLayer(o, src, opts, out, quiet)
 }
 
 // openStack opens layer files (bottom first) and an optional writable upper as one image.

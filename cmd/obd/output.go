@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -14,19 +16,73 @@ import (
 	"golang.org/x/term"
 )
 
-// atomicFile is an output file written under a temporary name and renamed over the
-// destination only when complete, so a failed command never leaves a half-written layer.
+// atomicFile is an output file written under a temporary name in the destination's
+// directory and renamed over the destination only when complete, so a failed or
+// interrupted command never leaves a half-written layer (nor its temporary file).
 type atomicFile struct {
 	*os.File
-	dst string
+	dst   string
+	force bool
 }
 
-func createAtomic(dst string) (*atomicFile, error) {
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
+// outputSpec names an output and what it must not replace.
+type outputSpec struct {
+	dst    string
+	force  bool     // replace an existing dst (-f/--force)
+	inputs []string // files the command reads: dst may never be one of them
+}
+
+// checkOutput refuses, before any work is done, an output that is one of the inputs
+// (same inode, through symlinks and hard links too), an existing file unless forced
+// (as the reference tools open outputs O_EXCL), and a writable layer that is in use.
+func checkOutput(o outputSpec) error {
+	dst := o.dst
+	for _, in := range o.inputs {
+		if in == "" || in == "-" {
+			continue
+		}
+		if sameFile(dst, in) {
+			return fmt.Errorf("output %s is the input %s: refusing to overwrite it", dst, in)
+		}
+	}
+	st, err := os.Lstat(dst)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !o.force {
+		return fmt.Errorf("output %s exists (use -f/--force to replace it)", dst)
+	}
+	if st.IsDir() {
+		return fmt.Errorf("output %s is a directory", dst)
+	}
+	if err := lsmt.LockedBy(dst); err != nil {
+		return fmt.Errorf("output %s cannot be replaced: %w", dst, err)
+	}
+	return nil
+}
+
+// sameFile reports whether a and b name the same existing file.
+func sameFile(a, b string) bool {
+	sa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	sb, err := os.Stat(b)
+	return err == nil && os.SameFile(sa, sb)
+}
+
+func createAtomic(o outputSpec) (*atomicFile, error) {
+	if err := checkOutput(o); err != nil {
+		return nil, err
+	}
+	f, err := createTemp(o.dst)
 	if err != nil {
 		return nil, err
 	}
-	return &atomicFile{File: f, dst: dst}, nil
+	return &atomicFile{File: f, dst: o.dst, force: o.force}, nil
 }
 
 // commit syncs and renames the file into place.
@@ -36,23 +92,19 @@ func (a *atomicFile) commit() error {
 		return fmt.Errorf("%s: sync: %w", a.dst, err)
 	}
 	if err := a.Close(); err != nil {
-		os.Remove(a.Name())
+		removeTemp(a.Name())
 		return fmt.Errorf("%s: %w", a.dst, err)
 	}
 	if err := os.Chmod(a.Name(), 0o644); err != nil {
-		os.Remove(a.Name())
+		removeTemp(a.Name())
 		return err
 	}
-	if err := os.Rename(a.Name(), a.dst); err != nil {
-		os.Remove(a.Name())
-		return err
-	}
-	return nil
+	return renameTemp(a.Name(), a.dst, a.force)
 }
 
 func (a *atomicFile) abort() {
 	a.Close()
-	os.Remove(a.Name())
+	removeTemp(a.Name())
 }
 
 // layerOutput says how a sealed layer is encoded on its way to disk.
@@ -63,8 +115,9 @@ type layerOutput struct {
 }
 
 // writeLayer commits src to the file dst: LSMT -> [ZFile] -> [tar], written atomically.
-func writeLayer(dst string, src lsmt.Source, opts lsmt.CommitOptions, out layerOutput, quiet bool) (err error) {
-	f, err := createAtomic(dst)
+func writeLayer(o outputSpec, src lsmt.Source, opts lsmt.CommitOptions, out layerOutput, quiet bool) (err error) {
+	dst := o.dst
+	f, err := createAtomic(o)
 	if err != nil {
 		return err
 	}

@@ -280,9 +280,7 @@ func CleanupStale(dir string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	var st syscall.Stat_t
-	err = syscall.Stat(abs, &st)
-	if !errors.Is(err, syscall.ENOTCONN) {
+	if !deadMount(abs) {
 		return false, nil
 	}
 	mnt, ok, err := mountAt(abs)
@@ -312,6 +310,15 @@ func CleanupStale(dir string) (bool, error) {
 		return true, fmt.Errorf("fuseblk: lazily unmounted stale %s; loop devices still in use: %s", abs, strings.Join(busy, ", "))
 	}
 	return true, nil
+}
+
+// deadMount reports whether the FUSE mount at dir lost its server. The stat is
+// forced to the server: with default_permissions the kernel caches the root's
+// attributes after its permission checks, and a cached stat succeeds.
+func deadMount(dir string) bool {
+	var stx unix.Statx_t
+	err := unix.Statx(unix.AT_FDCWD, dir, unix.AT_STATX_FORCE_SYNC, unix.STATX_BASIC_STATS, &stx)
+	return errors.Is(err, syscall.ENOTCONN)
 }
 
 // detachLoops detaches every loop device backed by path, or fails naming the first

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -30,7 +31,8 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/obd/state", Usage: "where each device's record is kept"},
 			&cli.StringFlag{Name: "run-dir", Value: "/run/obd", Usage: "FUSE mount points"},
 			&cli.BoolFlag{Name: "no-recovery", Usage: "create ublk devices without user recovery"},
-			&cli.BoolFlag{Name: "keep-devices", Usage: "on SIGTERM, exit without detaching: ublk devices wait (quiesced) for the next daemon"},
+			&cli.BoolFlag{Name: "keep-devices", Usage: "on SIGTERM, exit without detaching ublk devices (flushed): they wait (quiesced) for the next daemon"},
+			forceStopFlag,
 			&cli.StringFlag{Name: "cache-dir", Usage: "registry extent cache directory (default: cacheConfig.cacheDir)"},
 			&cli.StringFlag{Name: "download-dir-size", Usage: "bound of the background download's layer directories under --state-dir/layers (e.g. 20GiB; default: downloadDirSizeGB, else cacheSizeGB)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at this address (default: exporterConfig.port when exporterConfig.enable)"},
@@ -62,7 +64,7 @@ func daemonCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			ctx, force, stop := stopSignals(c.Bool("force"))
 			defer stop()
 			if opts.Remote != nil {
 				if srv := opts.Remote.(*remote.Opener).PeerServer(); srv != nil {
@@ -74,29 +76,46 @@ func daemonCommand() *cli.Command {
 					}()
 				}
 			}
-			if err := m.Restore(ctx); err != nil {
-				return err
-			}
-			addr, path := c.String("metrics-addr"), g.ExporterConfig.URIPrefix
+			// The metrics address is checked before any device comes back.
+			addr, path, addrFrom := c.String("metrics-addr"), g.ExporterConfig.URIPrefix, "--metrics-addr"
 			if addr == "" && g.ExporterConfig.Enable {
-				addr = fmt.Sprintf(":%d", g.ExporterConfig.Port)
+				addr, addrFrom = fmt.Sprintf(":%d", g.ExporterConfig.Port), "exporterConfig.port"
 			}
 			if path == "" {
 				path = "/metrics"
 			}
+			var metricsLn net.Listener
 			if addr != "" {
+				if metricsLn, err = net.Listen("tcp", addr); err != nil {
+					return fmt.Errorf("%s %q: cannot serve metrics there: %w", addrFrom, addr, err)
+				}
+			}
+			if err := m.Restore(ctx); err != nil {
+				return err
+			}
+			if metricsLn != nil {
 				go func() {
-					if err := daemon.ServeMetrics(ctx, m, addr, path); err != nil {
+					if err := daemon.ServeMetricsOn(ctx, m, metricsLn, path); err != nil {
 						zap.L().Error("metrics server", zap.Error(err))
 					}
 				}()
 			}
-			err = daemon.Serve(ctx, m, c.String("socket"))
-			if c.Bool("keep-devices") {
-				zap.L().Info("exiting, devices kept for the next daemon", zap.Int("devices", len(m.List())))
-				return err
+			// The API keeps answering while Stop waits for devices in use.
+			apiCtx, stopAPI := context.WithCancel(context.Background())
+			defer stopAPI()
+			served := make(chan error, 1)
+			go func() { served <- daemon.Serve(apiCtx, m, c.String("socket")) }()
+			select {
+			case <-ctx.Done():
+			case err = <-served:
+				served = nil
 			}
-			return errors.Join(err, m.DetachAll())
+			stopErr := m.Stop(daemon.StopOptions{Force: force, KeepUblk: c.Bool("keep-devices")})
+			stopAPI()
+			if served != nil {
+				err = <-served
+			}
+			return errors.Join(err, stopErr)
 		},
 	}
 }
@@ -117,6 +136,7 @@ func attachCommand() *cli.Command {
 			&cli.BoolFlag{Name: "json", Usage: "print the device status as JSON after the path"},
 			&cli.StringFlag{Name: "record-trace", Usage: "record the reads of this attach into FILE (a reference-format trace, written when FILE.lock is deleted or at detach)"},
 			&cli.StringFlag{Name: "prefetch", Usage: "replay the trace FILE (from --record-trace or an acceleration layer) or prefetch the files of the file list FILE while serving, to warm the cache"},
+			forceStopFlag,
 			socketFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -130,6 +150,9 @@ func attachCommand() *cli.Command {
 			}
 			if tr.Prefetch != "" {
 				tr.Prefetch = absPath(tr.Prefetch)
+				if _, err := os.Stat(tr.Prefetch); err != nil {
+					return fmt.Errorf("attach: --prefetch: %w", err)
+				}
 			}
 			if c.NArg() > 1 || (c.NArg() == 1 && cfgPath != "") || (c.NArg() == 0 && cfgPath == "") {
 				return fmt.Errorf("attach: usage: obd attach [--frontend auto|ublk|fuse] [--foreground] (--config CONFIG.json | IMAGE-REFERENCE)")
@@ -181,7 +204,7 @@ func attachCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			ctx, force, stop := stopSignals(c.Bool("force"))
 			defer stop()
 			var st daemon.Status
 			if ref != "" {
@@ -198,9 +221,33 @@ func attachCommand() *cli.Command {
 			}
 			<-ctx.Done()
 			zap.L().Info("signal received, detaching", zap.String("path", st.Path))
-			return m.DetachAll()
+			return m.Stop(daemon.StopOptions{Force: force})
 		},
 	}
+}
+
+var forceStopFlag = &cli.BoolFlag{Name: "force", Usage: "on SIGINT/SIGTERM, detach devices still in use after flushing them (their users get I/O errors); " +
+	"without it they keep being served until released, and a second signal forces"}
+
+// stopSignals returns a context that ends at the first SIGINT/SIGTERM and a
+// channel closed at the second one (at the first with forceFlag): a stop waits
+// for devices in use until then.
+func stopSignals(forceFlag bool) (context.Context, <-chan struct{}, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	force := make(chan struct{})
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig := <-sigs
+		zap.L().Info("stopping", zap.String("signal", sig.String()))
+		cancel()
+		if !forceFlag {
+			sig = <-sigs
+			zap.L().Warn("second signal: detaching devices still in use after a flush", zap.String("signal", sig.String()))
+		}
+		close(force)
+	}()
+	return ctx, force, func() { signal.Stop(sigs); cancel() }
 }
 
 func absPath(p string) string {

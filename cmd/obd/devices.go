@@ -179,6 +179,9 @@ func attachCommand() *cli.Command {
 				if c.String("cache-dir") != "" {
 					return fmt.Errorf("attach: --cache-dir applies to --foreground; the daemon's cache is set with `obd daemon --cache-dir`")
 				}
+				if c.Bool("force") {
+					return fmt.Errorf("attach: --force applies to --foreground; the daemon's is `obd daemon --force`")
+				}
 				cl := daemon.NewClient(c.String("socket"))
 				var st daemon.Status
 				if ref != "" {

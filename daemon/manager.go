@@ -230,6 +230,14 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 		return st, err
 	}
 	m.mu.Lock()
+	if m.stopping {
+		// Stop no longer looks for new devices: leave nothing it would not detach.
+		m.mu.Unlock()
+		d.srv.Close()
+		img.Close()
+		m.state.remove(id)
+		return st, errors.New("the daemon is stopping: attach abandoned")
+	}
 	m.devices[id] = d
 	m.mu.Unlock()
 	m.lg.Info("attached", zap.Int("id", id), zap.String("path", d.rec.Path), zap.String("config", abs), zap.String("frontend", string(d.rec.Frontend)))

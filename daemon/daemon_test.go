@@ -3,6 +3,7 @@ package daemon
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -79,5 +80,34 @@ func TestReserveIDSkipsUsed(t *testing.T) {
 	m.release(a)
 	if c, _ := m.reserveID(); c != a {
 		t.Fatalf("released id %d not reused (got %d)", a, c)
+	}
+}
+
+// TestRunDirOwner: a second daemon on a run dir fails naming it until the first
+// stops; foreground managers mount under their own directory.
+func TestRunDirOwner(t *testing.T) {
+	run := t.TempDir()
+	a, err := NewManager(Options{StateDir: t.TempDir(), RunDir: run})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewManager(Options{StateDir: t.TempDir(), RunDir: run}); err == nil || !strings.Contains(err.Error(), "run dir "+run+" is taken") {
+		t.Fatalf("second daemon on %s: %v", run, err)
+	}
+	fg, err := NewManager(Options{RunDir: run})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fg.fuseRoot == a.fuseRoot || filepath.Dir(fg.fuseRoot) != a.fuseRoot {
+		t.Fatalf("foreground mounts in %s, the daemon in %s", fg.fuseRoot, a.fuseRoot)
+	}
+	if err := a.Stop(StopOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.reserveID(); err == nil {
+		t.Error("a stopped manager reserved a device id")
+	}
+	if _, err := NewManager(Options{StateDir: t.TempDir(), RunDir: run}); err != nil {
+		t.Fatalf("daemon after the first stopped: %v", err)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 
 	"github.com/obd-project/obd/blockdev"
 	"github.com/obd-project/obd/fuseblk"
@@ -81,10 +80,6 @@ func ublkOptions(id int, recovery bool) ublk.Options {
 		}
 	}
 	return o
-}
-
-func fuseMountDir(runDir string, id int) string {
-	return filepath.Join(runDir, "fuse", strconv.Itoa(id))
 }
 
 // blockDeviceBusy reports an error when path is mounted or held open exclusively: the

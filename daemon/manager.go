@@ -68,6 +68,13 @@ type Manager struct {
 	dirRefs map[string]int // layer directories in use by this daemon's devices
 
 	pruneMu sync.Mutex // one PruneLayerDirs at a time
+
+	// stopping refuses new attaches once Stop began (under mu).
+	stopping bool
+	// fuseRoot holds this manager's FUSE mount points; runLock is the daemon's
+	// lock on the run dir (see claimRunDir).
+	fuseRoot string
+	runLock  *os.File
 }
 
 type device struct {
@@ -112,8 +119,12 @@ func NewManager(opts Options) (*Manager, error) {
 			}
 		}
 	}
-	return &Manager{opts: opts, state: stateDir(opts.StateDir), lg: opts.Logger, ioLog: ioErrorLogger(opts.Logger), metrics: newMetrics(),
-		dl: download.NewLimiter(float64(opts.Global.Download.MaxMBps) * (1 << 20)), devices: map[int]*device{}, pending: map[int]bool{}, dirRefs: map[string]int{}}, nil
+	m := &Manager{opts: opts, state: stateDir(opts.StateDir), lg: opts.Logger, ioLog: ioErrorLogger(opts.Logger), metrics: newMetrics(),
+		dl: download.NewLimiter(float64(opts.Global.Download.MaxMBps) * (1 << 20)), devices: map[int]*device{}, pending: map[int]bool{}, dirRefs: map[string]int{}}
+	if err := m.claimRunDir(); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // reserveID picks the smallest id that no device of ours, no attach in progress, no
@@ -128,6 +139,9 @@ func (m *Manager) reserveID() (int, error) {
 	recs, _ := m.state.load()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.stopping {
+		return 0, errors.New("the daemon is stopping: no new devices")
+	}
 	for _, r := range recs {
 		used[r.ID] = true
 	}
@@ -225,6 +239,14 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 		return st, err
 	}
 	m.mu.Lock()
+	if m.stopping {
+		// Stop no longer looks for new devices: leave nothing it would not detach.
+		m.mu.Unlock()
+		d.srv.Close()
+		img.Close()
+		m.state.remove(id)
+		return st, errors.New("the daemon is stopping: attach abandoned")
+	}
 	m.devices[id] = d
 	m.mu.Unlock()
 	m.lg.Info("attached", zap.Int("id", id), zap.String("path", d.rec.Path), zap.String("config", abs), zap.String("frontend", string(d.rec.Frontend)))
@@ -247,7 +269,7 @@ func (m *Manager) start(d *device) error {
 		}
 		d.srv, d.rec.Path, d.rec.Recovery = dev, dev.Path(), opts.Recovery
 	case FrontendFUSE:
-		d.rec.MountDir = fuseMountDir(m.opts.RunDir, d.rec.ID)
+		d.rec.MountDir = filepath.Join(m.fuseRoot, strconv.Itoa(d.rec.ID))
 		srv, err := serveFUSE(d.target, d.rec.MountDir)
 		if err != nil {
 			return err
@@ -282,12 +304,19 @@ func (m *Manager) lookup(ref string) (*device, error) {
 	return nil, fmt.Errorf("no device %q", ref)
 }
 
-// Detach stops serving a device (flushing its writable layer) and forgets it. A ublk
-// device that is mounted (or otherwise held exclusively) is refused unless force.
+// Detach stops serving a device (flushing its writable layer) and forgets it. A
+// device in use (mounted, loop-attached, held) is refused unless force; force
+// flushes it first, and a FUSE device is then unmounted lazily (see
+// fuseblk.Mounted.ForceClose): its users get I/O errors.
 func (m *Manager) Detach(ref string, force bool) error {
 	d, err := m.lookup(ref)
 	if err != nil {
 		return err
+	}
+	if force {
+		if err := d.target.Flush(); err != nil {
+			m.lg.Error("flush before a forced detach", zap.Int("id", d.rec.ID), zap.String("path", d.rec.Path), zap.Error(err))
+		}
 	}
 	if d.rec.Frontend == FrontendUblk && !force {
 		if err := blockDeviceBusy(d.rec.Path); err != nil {
@@ -301,7 +330,13 @@ func (m *Manager) Detach(ref string, force bool) error {
 	}
 	delete(m.devices, d.rec.ID)
 	m.mu.Unlock()
-	err = d.srv.Close()
+	if fc, ok := d.srv.(interface{ ForceClose() error }); ok && force {
+		if err := fc.ForceClose(); err != nil {
+			m.lg.Warn("forced detach", zap.Int("id", d.rec.ID), zap.String("path", d.rec.Path), zap.Error(err))
+		}
+	} else {
+		err = d.srv.Close()
+	}
 	if err != nil {
 		// Still in use (e.g. mounted): keep the device.
 		m.mu.Lock()

@@ -102,6 +102,12 @@ func ServeMetrics(ctx context.Context, m *Manager, addr, path string) error {
 	if err != nil {
 		return err
 	}
+	return ServeMetricsOn(ctx, m, ln, path)
+}
+
+// ServeMetricsOn is ServeMetrics on a listener the caller opened (so that a bad
+// address fails start-up rather than a background goroutine).
+func ServeMetricsOn(ctx context.Context, m *Manager, ln net.Listener, path string) error {
 	mux := http.NewServeMux()
 	mux.Handle(path, promhttp.HandlerFor(m.Registry(), promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -50,8 +51,13 @@ type deviceFile struct {
 	t        blockdev.Target
 	size     int64
 	readOnly bool
+	uid, gid uint32 // the owner: only it (root) may open the file
 	mtime    time.Time
 	onError  func(op string, off, length int64, err error)
+
+	// opens counts open file handles (loop devices hold one while bound), so a
+	// stop can tell whether anyone still uses the device.
+	opens atomic.Int64
 
 	// rmw serialises read-modify-write of partial sectors (exclusive) against every
 	// other write (shared), so a partial write never resurrects stale bytes.
@@ -62,6 +68,7 @@ var (
 	_ fs.NodeGetattrer = (*deviceFile)(nil)
 	_ fs.NodeSetattrer = (*deviceFile)(nil)
 	_ fs.NodeOpener    = (*deviceFile)(nil)
+	_ fs.NodeReleaser  = (*deviceFile)(nil)
 	_ fs.NodeReader    = (*deviceFile)(nil)
 	_ fs.NodeWriter    = (*deviceFile)(nil)
 	_ fs.NodeFsyncer   = (*deviceFile)(nil)
@@ -69,11 +76,14 @@ var (
 	_ fs.NodeAllocater = (*deviceFile)(nil)
 )
 
+// fillAttr gives the file owner-only modes: with default_permissions the kernel
+// enforces them, so no other user can read a device or write it.
 func (f *deviceFile) fillAttr(a *fuse.Attr) {
-	a.Mode = syscall.S_IFREG | 0o644
+	a.Mode = syscall.S_IFREG | 0o600
 	if f.readOnly {
-		a.Mode = syscall.S_IFREG | 0o444
+		a.Mode = syscall.S_IFREG | 0o400
 	}
+	a.Uid, a.Gid = f.uid, f.gid
 	a.Nlink = 1
 	a.Size = uint64(f.size)
 	a.Blocks = uint64((f.size + 511) / 512)
@@ -106,7 +116,17 @@ func (f *deviceFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 	if f.readOnly && flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		return nil, 0, syscall.EROFS
 	}
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	f.opens.Add(1)
+	// A handle (of no use otherwise) makes go-fuse send us the Release.
+	return &openHandle{}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// openHandle is one open of the device file; every operation goes to the node.
+type openHandle struct{}
+
+func (f *deviceFile) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
+	f.opens.Add(-1)
+	return 0
 }
 
 func (f *deviceFile) report(op string, off, length int64, err error) {

@@ -96,7 +96,7 @@ func TestDeviceFileEdges(t *testing.T) {
 	// Attributes.
 	var out fuse.AttrOut
 	f.Getattr(ctx, nil, &out)
-	if out.Size != 8192 || out.Mode != syscall.S_IFREG|0o644 || out.Blocks != 16 {
+	if out.Size != 8192 || out.Mode != syscall.S_IFREG|0o600 || out.Blocks != 16 {
 		t.Fatalf("attr %+v", out.Attr)
 	}
 	var in fuse.SetAttrIn
@@ -129,7 +129,7 @@ func TestDeviceFileReadOnlyTarget(t *testing.T) {
 	}
 	var out fuse.AttrOut
 	f.Getattr(ctx, nil, &out)
-	if out.Mode != syscall.S_IFREG|0o444 {
+	if out.Mode != syscall.S_IFREG|0o400 {
 		t.Fatalf("mode %o", out.Mode)
 	}
 	// A Target that rejects writes without declaring ReadOnly still maps to EROFS.

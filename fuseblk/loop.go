@@ -175,3 +175,42 @@ func unescapeMount(s string) string {
 	}
 	return b.String()
 }
+
+// autoclear reports whether the kernel detaches the loop device on its last close
+// (`mount -o loop` sets it; a plain `losetup` does not).
+func (l loopDev) autoclear() bool {
+	b, err := os.ReadFile(filepath.Join("/sys/block", l.name, "loop", "autoclear"))
+	return err == nil && strings.TrimSpace(string(b)) == "1"
+}
+
+// mountPoints lists where the loop device is mounted.
+func (l loopDev) mountPoints() []string {
+	mnts, _ := mounts()
+	var out []string
+	for _, m := range mnts {
+		if m.majMin == l.majMin {
+			out = append(out, m.point)
+		}
+	}
+	return out
+}
+
+// openers names the processes that have path open ("pid 12 (dd)"), from /proc.
+func openers(path string) []string {
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	seen := map[string]bool{}
+	var out []string
+	for _, fd := range fds {
+		if target, err := os.Readlink(fd); err != nil || target != path {
+			continue
+		}
+		pid := filepath.Base(filepath.Dir(filepath.Dir(fd)))
+		if seen[pid] {
+			continue
+		}
+		seen[pid] = true
+		comm, _ := os.ReadFile("/proc/" + pid + "/comm")
+		out = append(out, fmt.Sprintf("open by pid %s (%s)", pid, strings.TrimSpace(string(comm))))
+	}
+	return out
+}

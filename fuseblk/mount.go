@@ -26,6 +26,9 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
 
 	"github.com/obd-project/obd/blockdev"
 )
@@ -40,7 +43,7 @@ const DefaultMaxIO = 1 << 20
 type Options struct {
 	// MaxIO is the largest FUSE read/write request in bytes (default and cap 1 MiB).
 	MaxIO int
-	// ReadOnly exposes the file read-only (mode 0444, EROFS on write) even if the
+	// ReadOnly exposes the file read-only (mode 0400, EROFS on write) even if the
 	// Target accepts writes. A Target that is blockdev.IsReadOnly is always read-only.
 	ReadOnly bool
 	// OnIOError, if set, is told about every Target error turned into EIO. It is
@@ -48,6 +51,8 @@ type Options struct {
 	OnIOError func(op string, off, length int64, err error)
 	// Debug logs every FUSE request (go-fuse's debug output).
 	Debug bool
+	// Logger receives go-fuse's own log lines, at debug level (nil: zap.L()).
+	Logger *zap.Logger
 }
 
 // Mounted is a live mount serving one Target as the file Path().
@@ -88,24 +93,43 @@ func Mount(dir, name string, t blockdev.Target, opts *Options) (*Mounted, error)
 		t:        t,
 		size:     t.Size(),
 		readOnly: opts.ReadOnly || blockdev.IsReadOnly(t),
+		uid:      uint32(os.Getuid()),
+		gid:      uint32(os.Getgid()),
 		mtime:    now,
 		onError:  opts.OnIOError,
 	}
 	root := &rootDir{name: name, file: file, mtime: now}
+	lg := opts.Logger
+	if lg == nil {
+		lg = zap.L()
+	}
+	// go-fuse's internal messages go through zap at debug, not to stderr.
+	fuseLog, err := zap.NewStdLogAt(lg.With(zap.String("fuse", abs)), zapcore.DebugLevel)
+	if err != nil {
+		return nil, fmt.Errorf("fuseblk: %w", err)
+	}
 	timeout := time.Hour // attributes never change while mounted
 	fsOpts := &fs.Options{
 		EntryTimeout: &timeout,
 		AttrTimeout:  &timeout,
+		Logger:       fuseLog,
 		MountOptions: fuse.MountOptions{
 			FsName:            "obd:" + name,
 			Name:              strings.TrimPrefix(FSType, "fuse."),
 			DirectMountStrict: true,
-			AllowOther:        true,
-			MaxWrite:          maxIO,
-			MaxReadAhead:      maxIO,
-			MaxBackground:     64,
-			DisableXAttrs:     true, // spares a getxattr(security.capability) per write
-			Debug:             opts.Debug,
+			// allow_other lets root's loop driver and mount in; default_permissions
+			// makes the kernel enforce the file's owner-only mode for everyone else.
+			AllowOther:    true,
+			Options:       []string{"default_permissions"},
+			MaxWrite:      maxIO,
+			MaxReadAhead:  maxIO,
+			MaxBackground: 64,
+			DisableXAttrs: true, // spares a getxattr(security.capability) per write
+			Debug:         opts.Debug,
+			// Reads answer from memory, never from a file descriptor: splicing
+			// never applies, and failed attempts only printed "trySplice" noise.
+			DisableSplice: true,
+			Logger:        fuseLog,
 		},
 	}
 	server, err := fs.Mount(abs, root, fsOpts)
@@ -170,6 +194,77 @@ func (m *Mounted) Close() error {
 	return nil
 }
 
+// Users names what keeps the device file in use: loop devices over it that are
+// mounted, held, or attached without autoclear (`losetup` without -d yet), and
+// processes that have it open. Empty means nobody: Close will succeed (it
+// detaches idle autoclear loop devices, such as one left by an unmount).
+func (m *Mounted) Users() []string {
+	loops, _ := loopsBackedBy(m.path)
+	var out []string
+	for _, l := range loops {
+		switch u := l.user(); {
+		case u != "":
+			out = append(out, l.dev+" "+u)
+		case !l.autoclear():
+			out = append(out, l.dev+" is attached to it (losetup -d "+l.dev+")")
+		}
+	}
+	// Each bound loop device holds one open handle; more are processes.
+	if n := m.file.opens.Load() - int64(len(loops)); n > 0 {
+		if ps := openers(m.path); len(ps) > 0 {
+			out = append(out, ps...)
+		} else {
+			out = append(out, fmt.Sprintf("open %d times", n))
+		}
+	}
+	return out
+}
+
+// ForceClose unmounts even while the file is in use. File systems mounted from
+// its loop devices are synced first, so their dirty data reaches the Target; the
+// loop devices are then detached (by the kernel at their last close) and a busy
+// mount is detached lazily: the mount point is free at once, never left answering
+// ENOTCONN, and the remaining users get I/O errors once this process is gone.
+func (m *Mounted) ForceClose() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil
+	}
+	loops, err := loopsBackedBy(m.path)
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, l := range loops {
+		for _, p := range l.mountPoints() {
+			if err := syncFS(p); err != nil {
+				errs = append(errs, fmt.Errorf("sync %s (on %s): %w", p, l.dev, err))
+			}
+		}
+		if err := l.detach(); err != nil {
+			errs = append(errs, fmt.Errorf("detach %s: %w", l.dev, err))
+		}
+	}
+	if err := syscall.Unmount(m.dir, 0); err == nil || !m.mounted() {
+		m.server.Wait() // the serve loops end with the mount
+	} else if err := syscall.Unmount(m.dir, syscall.MNT_DETACH); err != nil {
+		return errors.Join(append(errs, fmt.Errorf("fuseblk: unmount %s: %w", m.dir, err))...)
+	}
+	m.closed = true
+	return errors.Join(errs...)
+}
+
+// syncFS writes back the dirty data of the file system mounted at dir.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
+}
+
 // mounted reports whether our FUSE mount is still at dir.
 func (m *Mounted) mounted() bool {
 	mnt, ok, err := mountAt(m.dir)
@@ -185,9 +280,7 @@ func CleanupStale(dir string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	var st syscall.Stat_t
-	err = syscall.Stat(abs, &st)
-	if !errors.Is(err, syscall.ENOTCONN) {
+	if !deadMount(abs) {
 		return false, nil
 	}
 	mnt, ok, err := mountAt(abs)
@@ -217,6 +310,15 @@ func CleanupStale(dir string) (bool, error) {
 		return true, fmt.Errorf("fuseblk: lazily unmounted stale %s; loop devices still in use: %s", abs, strings.Join(busy, ", "))
 	}
 	return true, nil
+}
+
+// deadMount reports whether the FUSE mount at dir lost its server. The stat is
+// forced to the server: with default_permissions the kernel caches the root's
+// attributes after its permission checks, and a cached stat succeeds.
+func deadMount(dir string) bool {
+	var stx unix.Statx_t
+	err := unix.Statx(unix.AT_FDCWD, dir, unix.AT_STATX_FORCE_SYNC, unix.STATX_BASIC_STATS, &stx)
+	return errors.Is(err, syscall.ENOTCONN)
 }
 
 // detachLoops detaches every loop device backed by path, or fails naming the first

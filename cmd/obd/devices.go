@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -32,7 +33,8 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/obd/state", Usage: "where each device's record is kept"},
 			&cli.StringFlag{Name: "run-dir", Value: "/run/obd", Usage: "FUSE mount points"},
 			&cli.BoolFlag{Name: "no-recovery", Usage: "create ublk devices without user recovery"},
-			&cli.BoolFlag{Name: "keep-devices", Usage: "on SIGTERM, exit without detaching: ublk devices wait (quiesced) for the next daemon"},
+			&cli.BoolFlag{Name: "keep-devices", Usage: "on SIGTERM, exit without detaching ublk devices (flushed): they wait (quiesced) for the next daemon"},
+			forceStopFlag,
 			&cli.StringFlag{Name: "cache-dir", Usage: "registry extent cache directory (default: cacheConfig.cacheDir)"},
 			&cli.StringFlag{Name: "download-dir-size", Usage: "bound of the background download's layer directories under --state-dir/layers (e.g. 20GiB; default: downloadDirSizeGB, else cacheSizeGB)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at this address (default: exporterConfig.port when exporterConfig.enable)"},
@@ -65,7 +67,7 @@ func daemonCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			ctx, force, stop := stopSignals(c.Bool("force"))
 			defer stop()
 			if opts.Remote != nil {
 				if srv := opts.Remote.(*remote.Opener).PeerServer(); srv != nil {
@@ -77,29 +79,46 @@ func daemonCommand() *cli.Command {
 					}()
 				}
 			}
-			if err := m.Restore(ctx); err != nil {
-				return err
-			}
-			addr, path := c.String("metrics-addr"), g.ExporterConfig.URIPrefix
+			// The metrics address is checked before any device comes back.
+			addr, path, addrFrom := c.String("metrics-addr"), g.ExporterConfig.URIPrefix, "--metrics-addr"
 			if addr == "" && g.ExporterConfig.Enable {
-				addr = fmt.Sprintf(":%d", g.ExporterConfig.Port)
+				addr, addrFrom = fmt.Sprintf(":%d", g.ExporterConfig.Port), "exporterConfig.port"
 			}
 			if path == "" {
 				path = "/metrics"
 			}
+			var metricsLn net.Listener
 			if addr != "" {
+				if metricsLn, err = net.Listen("tcp", addr); err != nil {
+					return fmt.Errorf("%s %q: cannot serve metrics there: %w", addrFrom, addr, err)
+				}
+			}
+			if err := m.Restore(ctx); err != nil {
+				return err
+			}
+			if metricsLn != nil {
 				go func() {
-					if err := daemon.ServeMetrics(ctx, m, addr, path); err != nil {
+					if err := daemon.ServeMetricsOn(ctx, m, metricsLn, path); err != nil {
 						zap.L().Error("metrics server", zap.Error(err))
 					}
 				}()
 			}
-			err = daemon.Serve(ctx, m, c.String("socket"))
-			if c.Bool("keep-devices") {
-				zap.L().Info("exiting, devices kept for the next daemon", zap.Int("devices", len(m.List())))
-				return err
+			// The API keeps answering while Stop waits for devices in use.
+			apiCtx, stopAPI := context.WithCancel(context.Background())
+			defer stopAPI()
+			served := make(chan error, 1)
+			go func() { served <- daemon.Serve(apiCtx, m, c.String("socket")) }()
+			select {
+			case <-ctx.Done():
+			case err = <-served:
+				served = nil
 			}
-			return errors.Join(err, m.DetachAll())
+			stopErr := m.Stop(daemon.StopOptions{Force: force, KeepUblk: c.Bool("keep-devices")})
+			stopAPI()
+			if served != nil {
+				err = <-served
+			}
+			return errors.Join(err, stopErr)
 		},
 	}
 }
@@ -121,6 +140,7 @@ func attachCommand() *cli.Command {
 			&cli.StringFlag{Name: "record-trace", Usage: "record the reads of this attach into FILE (a reference-format trace, written when FILE.lock is deleted or at detach)"},
 			&cli.StringFlag{Name: "prefetch", Usage: "replay the trace FILE (from --record-trace or an acceleration layer) or prefetch the files of the file list FILE while serving, to warm the cache"},
 			insecureRegistryFlag,
+			forceStopFlag,
 			socketFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -134,6 +154,9 @@ func attachCommand() *cli.Command {
 			}
 			if tr.Prefetch != "" {
 				tr.Prefetch = absPath(tr.Prefetch)
+				if _, err := os.Stat(tr.Prefetch); err != nil {
+					return fmt.Errorf("attach: --prefetch: %w", err)
+				}
 			}
 			if c.NArg() > 1 || (c.NArg() == 1 && cfgPath != "") || (c.NArg() == 0 && cfgPath == "") {
 				return fmt.Errorf("attach: usage: obd attach [--frontend auto|ublk|fuse] [--foreground] (--config CONFIG.json | IMAGE-REFERENCE)")
@@ -184,6 +207,9 @@ func attachCommand() *cli.Command {
 				if c.String("cache-dir") != "" {
 					return fmt.Errorf("attach: --cache-dir applies to --foreground; the daemon's cache is set with `obd daemon --cache-dir`")
 				}
+				if c.Bool("force") {
+					return fmt.Errorf("attach: --force applies to --foreground; the daemon's is `obd daemon --force`")
+				}
 				cl := daemon.NewClient(c.String("socket"))
 				var st daemon.Status
 				if ref != "" {
@@ -206,7 +232,7 @@ func attachCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			ctx, force, stop := stopSignals(c.Bool("force"))
 			defer stop()
 			var st daemon.Status
 			if ref != "" {
@@ -220,7 +246,7 @@ func attachCommand() *cli.Command {
 			}
 			<-ctx.Done()
 			zap.L().Info("signal received, detaching", zap.String("path", st.Path))
-			return m.DetachAll()
+			return m.Stop(daemon.StopOptions{Force: force})
 		},
 	}
 }
@@ -271,6 +297,30 @@ func classifyAttachArg(arg string) (cfgPath, ref string, err error) {
 		return "", "", fmt.Errorf("attach: %s: no such config file, and not an image reference: %w", arg, perr)
 	}
 	return "", arg, nil
+}
+
+var forceStopFlag = &cli.BoolFlag{Name: "force", Usage: "on SIGINT/SIGTERM, detach devices still in use after flushing them (their users get I/O errors); " +
+	"without it they keep being served until released, and a second signal forces"}
+
+// stopSignals returns a context that ends at the first SIGINT/SIGTERM and a
+// channel closed at the second one (at the first with forceFlag): a stop waits
+// for devices in use until then.
+func stopSignals(forceFlag bool) (context.Context, <-chan struct{}, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	force := make(chan struct{})
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig := <-sigs
+		zap.L().Info("stopping", zap.String("signal", sig.String()))
+		cancel()
+		if !forceFlag {
+			sig = <-sigs
+			zap.L().Warn("second signal: detaching devices still in use after a flush", zap.String("signal", sig.String()))
+		}
+		close(force)
+	}()
+	return ctx, force, func() { signal.Stop(sigs); cancel() }
 }
 
 func absPath(p string) string {

@@ -6,7 +6,14 @@
 // 4 KiB page (layout in meta.go). A miss fetches whole units: concurrent readers of
 // one unit wait for a single fetch, adjacent missing units are fetched with one
 // source read (at most Options.MaxFetchSize), at most Options.MaxFetches source
-// reads run at once, and a sequential stream triggers asynchronous read-ahead.
+// reads of one source (a registry host, see FetchGrouper) and
+// Options.MaxTotalFetches of all run at once, free slots going to waiting
+// sources in turn, and a sequential stream triggers asynchronous read-ahead.
+//
+// Sizes. A blob's size comes from outside (a manifest, a registry's answer, a
+// peer's request), so Open refuses sizes above Options.MaxBlobSize and nothing
+// is allocated in proportion to the size: the per-unit table fills as units are
+// cached.
 //
 // Crash model. A fill writes the unit's data, then its record; nothing is fsync'd.
 // Every read checks the pages it serves against the record, so whatever a crash,
@@ -37,7 +44,11 @@
 // Self-healing. Blob.Evict (zfile calls it when a block fails its CRC) drops the
 // covering units; each is refetched at most Options.MaxRefetches times within
 // Options.RefetchWindow, then reads of it fail with ErrRefetchLimit, so a source
-// that keeps sending bad bytes cannot cause endless refetching.
+// that keeps sending bad bytes cannot cause endless refetching. Concurrent readers
+// of one bad copy each call Evict; only the first drops it: the others read that
+// copy too, and their Evicts (told apart by the page checksums and the number of
+// reads of the dropped copy) leave the refetched copy alone, so that they just
+// read again and the refetch limit counts real refetches.
 package cache
 
 import (
@@ -52,6 +63,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/obd-project/obd/crc32c"
@@ -67,6 +79,7 @@ const (
 	DefaultRefillSize    = 256 << 10
 	DefaultMaxFetchSize  = 4 << 20
 	DefaultMaxFetches    = 8
+	DefaultMaxBlobSize   = 4 << 40
 	DefaultReadAhead     = 4 << 20
 	DefaultMaxRefetches  = 4
 	DefaultRefetchWindow = time.Minute
@@ -79,7 +92,14 @@ type Options struct {
 	// MaxFetchSize bounds one source read of coalesced adjacent units (rounded
 	// down to a whole number of units, at least one).
 	MaxFetchSize int
-	MaxFetches   int // concurrent source reads, over all blobs
+	// MaxFetches bounds concurrent source reads of one source (the blobs of a
+	// FetchGroup, else one blob); MaxTotalFetches (default 4*MaxFetches) those of
+	// all sources. A source that hangs thus holds at most its own share.
+	MaxFetches      int
+	MaxTotalFetches int
+	// MaxBlobSize bounds the size of a blob Open accepts (default 4 TiB): sizes
+	// come from registries and peers.
+	MaxBlobSize int64
 	// ReadAhead is how far ahead of a sequential stream units are prefetched;
 	// negative disables read-ahead.
 	ReadAhead int64
@@ -112,6 +132,13 @@ func (o Options) normalized() (Options, error) {
 	o.MaxFetchSize = max(o.MaxFetchSize/o.RefillSize, 1) * o.RefillSize
 	if o.MaxFetches <= 0 {
 		o.MaxFetches = DefaultMaxFetches
+	}
+	if o.MaxTotalFetches <= 0 {
+		o.MaxTotalFetches = 4 * o.MaxFetches
+	}
+	o.MaxTotalFetches = max(o.MaxTotalFetches, o.MaxFetches)
+	if o.MaxBlobSize <= 0 {
+		o.MaxBlobSize = DefaultMaxBlobSize
 	}
 	if o.ReadAhead == 0 {
 		o.ReadAhead = DefaultReadAhead
@@ -147,15 +174,17 @@ var ErrRefetchLimit = errors.New("cache: unit evicted and refetched too often")
 
 // Cache is a directory of cached blobs. It is safe for concurrent use.
 type Cache struct {
-	dir  string
-	opts Options
-	log  *zap.Logger
-	sem  chan struct{} // bounds concurrent source reads
-	lock *os.File      // <dir>/.lock: flock'd by the eviction scan
+	dir     string
+	opts    Options
+	log     *zap.Logger
+	fetches *fetchLimiter // bounds concurrent source reads
+	lock    *os.File      // <dir>/.lock: flock'd by the eviction scan
 
 	mu     sync.Mutex
 	blobs  map[string]*blobState // open blobs by file base name
 	closed Stats                 // counters of blobs not open (closed, or evicted from while closed), guarded by mu
+
+	oversize atomic.Int64 // blobs refused by Open for their size
 
 	// usageMu serialises this process's users of the usage counter; the flock on
 	// lock serialises processes.
@@ -183,12 +212,12 @@ func Open(dir string, opts Options) (*Cache, error) {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
 	c := &Cache{
-		dir:   dir,
-		opts:  o,
-		log:   o.Logger.With(zap.String("cacheDir", dir)),
-		sem:   make(chan struct{}, o.MaxFetches),
-		lock:  lock,
-		blobs: make(map[string]*blobState),
+		dir:     dir,
+		opts:    o,
+		log:     o.Logger.With(zap.String("cacheDir", dir)),
+		fetches: newFetchLimiter(o.MaxFetches, o.MaxTotalFetches),
+		lock:    lock,
+		blobs:   make(map[string]*blobState),
 	}
 	if _, err := c.Usage(); err != nil {
 		lock.Close()
@@ -504,6 +533,8 @@ func (t *Stats) add(s Stats) {
 	t.Evictions += s.Evictions
 	t.Refetches += s.Refetches
 	t.ChecksumFailures += s.ChecksumFailures
+	t.StaleEvicts += s.StaleEvicts
+	t.OversizeRefused += s.OversizeRefused
 }
 
 // Stats sums the counters of every blob this Cache has opened, for metrics.
@@ -514,6 +545,7 @@ func (c *Cache) Stats() Stats {
 	for _, s := range c.blobs {
 		t.add(s.stats())
 	}
+	t.OversizeRefused = c.oversize.Load()
 	return t
 }
 
@@ -531,7 +563,7 @@ func (c *Cache) Complete(key string, size int64) bool {
 // and how many it has; (0, 0) when the cache has no entry for key at that size.
 func (c *Cache) CachedUnits(key string, size int64) (have, total int) {
 	base, err := fileBase(key)
-	if err != nil || size < 0 {
+	if err != nil || size < 0 || size > c.opts.MaxBlobSize {
 		return 0, 0
 	}
 	c.mu.Lock()
@@ -541,12 +573,7 @@ func (c *Cache) CachedUnits(key string, size int64) (have, total int) {
 		if s.key != key || s.size != size {
 			return 0, 0
 		}
-		for i := range s.units {
-			if s.units[i].Load() != nil {
-				have++
-			}
-		}
-		return have, len(s.units)
+		return s.units.count(), s.units.len()
 	}
 	meta, err := os.Open(filepath.Join(c.dir, base+metaSuffix))
 	if err != nil {
@@ -564,3 +591,6 @@ func (c *Cache) CachedUnits(key string, size int64) (have, total int) {
 	forEachRecord(meta, want, func(int, []uint32, int64) { have++ })
 	return have, numUnits(size, int(want.UnitSize))
 }
+
+// MaxBlobSize is the largest blob size Open accepts (Options.MaxBlobSize).
+func (c *Cache) MaxBlobSize() int64 { return c.opts.MaxBlobSize }

@@ -140,7 +140,9 @@ func TestHungSourceDoesNotStallOthers(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	done := make(chan time.Duration, 1)
-	go func() { done <- coldReads("sha256:2222222222222222222222222222222222222222222222222222222222222222", 2) }()
+	go func() {
+		done <- coldReads("sha256:2222222222222222222222222222222222222222222222222222222222222222", 2)
+	}()
 	select {
 	case took := <-done:
 		t.Logf("%d cold reads: %v alone, %v while another source hangs (%d of its reads waiting in it)", reads, normal, took, hung.waiting.Load())

@@ -156,6 +156,10 @@ const maxLocalTries = 4
 // fillHook, when set by tests, runs at points of a fill ("data", "record").
 var fillHook func(point string)
 
+// evictHook, when set by tests, runs in Evict between forgetting a unit and
+// clearing its record.
+var evictHook func()
+
 // Open returns the cached view of the blob key (its digest) whose bytes come from
 // src. Handles of the same key share the cache state; each is closed on its own.
 func (c *Cache) Open(key string, src Source) (*Blob, error) {
@@ -802,6 +806,9 @@ func (b *Blob) Invalidate(off, n int64) (bool, error) {
 		df := s.startDrop(u, p0, p1)
 		if df == nil {
 			continue
+		}
+		if evictHook != nil {
+			evictHook()
 		}
 		freed, err := dropUnit(s.meta, s.data, s.hdr, u, true)
 		s.mu.Lock()

@@ -289,3 +289,53 @@ func TestConcurrentSelfHeal(t *testing.T) {
 		}
 	}
 }
+
+// A read racing with Evict, between the unit's removal from memory and the
+// clearing of its record, must not adopt the old record (its record lock on the
+// shared descriptor does not exclude Evict's): it gets the refetched bytes.
+func TestEvictExcludesAdoptingFill(t *testing.T) {
+	src := newSource(40, 64<<10)
+	o := testOptions()
+	o.ReadAhead = -1
+	var bad atomic.Bool
+	bad.Store(true)
+	src.fault = func(call int64, p []byte, off int64, n int) (int, error) {
+		if bad.Load() && off == 0 {
+			p[10] ^= 0xff // the first fetch of unit 0 is corrupt
+		}
+		return n, nil
+	}
+	c := openCache(t, t.TempDir(), o)
+	b := openBlob(t, c, testKey, src)
+	buf := make([]byte, 64)
+	if _, err := b.ReadAt(buf, 0); err != nil || buf[10] == src.data[10] {
+		t.Fatalf("first read: %v (corruption injected: %v)", err, buf[10] != src.data[10])
+	}
+	bad.Store(false)
+	got := make(chan []byte, 1)
+	evictHook = func() {
+		go func() {
+			p := make([]byte, 64)
+			if _, err := b.ReadAt(p, 0); err != nil {
+				t.Error(err)
+			}
+			got <- p
+		}()
+		select { // give the racing read time to go wrong (it waits for the drop when right)
+		case p := <-got:
+			got <- p
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	defer func() { evictHook = nil }()
+	if err := b.Evict(0, 64); err != nil {
+		t.Fatal(err)
+	}
+	evictHook = nil
+	if p := <-got; !bytes.Equal(p, src.data[:64]) {
+		t.Fatal("a read racing with Evict returned the evicted bytes")
+	}
+	if _, err := b.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, src.data[:64]) {
+		t.Fatalf("read after Evict: %v or wrong bytes", err)
+	}
+}

@@ -189,6 +189,7 @@ type Cache struct {
 	// usageMu serialises this process's users of the usage counter; the flock on
 	// lock serialises processes.
 	usageMu sync.Mutex
+	evictMu sync.Mutex // one eviction scan at a time in this process
 }
 
 // lockName is the directory lock file. It also holds the usage counter shared by
@@ -324,18 +325,60 @@ func fileBase(key string) (string, error) {
 }
 
 // reserve accounts n bytes about to be written, evicting first when usage would
-// exceed the capacity.
+// exceed the capacity. The eviction scan (every record of every blob) runs
+// without the directory lock, which every fill of every process needs; under the
+// lock only the chosen victims are checked again and dropped.
 func (c *Cache) reserve(n int64) {
+	over := false
 	err := c.withUsage(func(u int64) (int64, error) {
 		if u+n > c.opts.Capacity {
-			u = c.evictLocked(n)
+			over = true
+			return u, nil
 		}
 		return u + n, nil
 	})
+	if err == nil && over {
+		err = c.evictFor(n)
+	}
 	if err != nil {
 		c.log.Warn("cache: usage accounting", zap.Error(err))
 	}
 }
+
+// evictFor makes room for n bytes and accounts them: it scans for victims
+// unlocked, then, under the directory lock, drops those not used since.
+func (c *Cache) evictFor(n int64) error {
+	c.evictMu.Lock() // one scan per process; the others find the room it made
+	defer c.evictMu.Unlock()
+	var files []scanFile
+	var cands []candidate
+	defer func() { closeScan(files) }()
+	for scanned := false; ; scanned = true {
+		done := false
+		err := c.withUsage(func(u int64) (int64, error) {
+			if u+n <= c.opts.Capacity {
+				done = true
+				return u + n, nil
+			}
+			if !scanned {
+				return u, nil // scan first, outside the lock
+			}
+			done = true
+			return c.evictLocked(n, files, cands) + n, nil
+		})
+		if err != nil || done {
+			return err
+		}
+		if scanHook != nil {
+			scanHook()
+		}
+		files, cands = c.scanCandidates()
+		sortCandidates(cands)
+	}
+}
+
+// scanHook, when set by tests, runs before an eviction scan (outside the lock).
+var scanHook func()
 
 // release accounts n bytes freed.
 func (c *Cache) release(n int64) {
@@ -353,9 +396,10 @@ func (c *Cache) lowWater() int64 { return c.opts.Capacity - c.opts.Capacity/10 }
 
 // candidate is a cached unit that eviction may drop.
 type candidate struct {
-	file  int // index into the scan's files
-	unit  int
-	atime int64
+	file     int // index into the scan's files
+	unit     int
+	atime    int64 // last access known to the scan
+	recAtime int64 // the access time in its record at the scan
 }
 
 type scanFile struct {
@@ -365,9 +409,10 @@ type scanFile struct {
 }
 
 // evictLocked (called under the directory lock) rescans usage and, if usage plus
-// need exceeds the capacity, drops least recently used units until it is at most
-// lowWater. It returns the usage after eviction.
-func (c *Cache) evictLocked(need int64) int64 {
+// need exceeds the capacity, drops the least recently used of cands (from a scan
+// made without the lock, sorted) until it is at most lowWater. A candidate used
+// or refilled since the scan is skipped. It returns the usage after eviction.
+func (c *Cache) evictLocked(need int64, files []scanFile, cands []candidate) int64 {
 	usage, err := c.scanUsage()
 	if err != nil {
 		c.log.Warn("cache eviction: scan", zap.Error(err))
@@ -376,13 +421,40 @@ func (c *Cache) evictLocked(need int64) int64 {
 	if usage+need <= c.opts.Capacity {
 		return usage
 	}
-	files, cands := c.scanCandidates()
-	defer func() {
-		for _, f := range files {
-			f.meta.Close()
-			f.data.Close()
+	target := c.lowWater()
+	evicted := 0
+	for _, cd := range cands {
+		if usage+need <= target {
+			break
 		}
-	}()
+		f := files[cd.file]
+		c.mu.Lock()
+		bs := c.blobs[f.base]
+		c.mu.Unlock()
+		if bs != nil && bs.atime(cd.unit) > cd.atime {
+			continue // read since the scan
+		}
+		freed, err := dropUnitIf(f.meta, f.data, f.hdr, cd.unit, cd.recAtime)
+		if err != nil {
+			continue // busy (being filled or evicted by someone else), or used since the scan
+		}
+		usage -= freed
+		evicted++
+		if bs == nil {
+			c.mu.Lock()
+			c.closed.Evictions++ // a blob not open here: no blob state counts it
+			c.mu.Unlock()
+		} else {
+			bs.forget(cd.unit)
+		}
+	}
+	if evicted > 0 {
+		c.log.Info("cache eviction", zap.Int("units", evicted), zap.Int64("usage", usage), zap.Int64("capacity", c.opts.Capacity))
+	}
+	return usage
+}
+
+func sortCandidates(cands []candidate) {
 	slices.SortFunc(cands, func(a, b candidate) int {
 		switch {
 		case a.atime < b.atime:
@@ -392,31 +464,13 @@ func (c *Cache) evictLocked(need int64) int64 {
 		}
 		return 0
 	})
-	target := c.lowWater()
-	evicted := 0
-	for _, cd := range cands {
-		if usage+need <= target {
-			break
-		}
-		f := files[cd.file]
-		freed, err := dropUnit(f.meta, f.data, f.hdr, cd.unit, false)
-		if err != nil {
-			continue // busy: being filled or evicted by someone else
-		}
-		usage -= freed
-		evicted++
-		c.mu.Lock()
-		bs := c.blobs[f.base]
-		if bs == nil {
-			c.closed.Evictions++ // a blob not open here: no blob state counts it
-		}
-		c.mu.Unlock()
-		if bs != nil {
-			bs.forget(cd.unit)
-		}
+}
+
+func closeScan(files []scanFile) {
+	for _, f := range files {
+		f.meta.Close()
+		f.data.Close()
 	}
-	c.log.Debug("cache eviction", zap.Int("units", evicted), zap.Int64("usage", usage))
-	return usage
 }
 
 // scanCandidates opens every blob in the directory with its own descriptors (so
@@ -454,11 +508,12 @@ func (c *Cache) scanCandidates() ([]scanFile, []candidate) {
 		c.mu.Lock()
 		bs := c.blobs[name]
 		c.mu.Unlock()
-		forEachRecord(meta, hdr, func(unit int, _ []uint32, atime int64) {
+		forEachRecord(meta, hdr, func(unit int, _ []uint32, rec int64) {
+			atime := rec
 			if bs != nil {
 				atime = max(atime, bs.atime(unit))
 			}
-			cands = append(cands, candidate{file: idx, unit: unit, atime: atime})
+			cands = append(cands, candidate{file: idx, unit: unit, atime: atime, recAtime: rec})
 		})
 	}
 	return files, cands
@@ -488,6 +543,30 @@ func forEachRecord(meta *os.File, hdr metaHeader, fn func(unit int, crcs []uint3
 	}
 }
 
+// errUsedSince refuses to evict a unit whose record changed since the scan.
+var errUsedSince = errors.New("unit used or refilled since the eviction scan")
+
+// dropUnitIf is dropUnit for capacity eviction: without waiting for the record's
+// lock, and only if the record still holds the access time the scan saw (a
+// unit refilled or read since is not the victim it was).
+func dropUnitIf(meta, data *os.File, hdr metaHeader, unit int, atime int64) (int64, error) {
+	us := int(hdr.UnitSize)
+	rs := recordSize(us)
+	roff := recordOffset(unit, us)
+	if err := lockRange(meta, roff, int64(rs), false); err != nil {
+		return 0, err
+	}
+	defer unlockRange(meta, roff, int64(rs))
+	rec := make([]byte, rs)
+	if _, err := meta.ReadAt(rec, roff); err != nil {
+		return 0, err
+	}
+	if _, at, err := decodeRecord(rec, unit, unitLen(hdr.BlobSize, us, unit)); err != nil || at != atime {
+		return 0, errUsedSince
+	}
+	return dropLocked(meta, data, hdr, unit)
+}
+
 // dropUnit clears a unit's record and punches its data out, under the record's
 // lock (waiting for it, or failing with errBusy when wait is false). It returns
 // the bytes freed.
@@ -499,6 +578,14 @@ func dropUnit(meta, data *os.File, hdr metaHeader, unit int, wait bool) (int64, 
 		return 0, err
 	}
 	defer unlockRange(meta, roff, rs)
+	return dropLocked(meta, data, hdr, unit)
+}
+
+// dropLocked is dropUnit under the record's lock.
+func dropLocked(meta, data *os.File, hdr metaHeader, unit int) (int64, error) {
+	us := int(hdr.UnitSize)
+	rs := int64(recordSize(us))
+	roff := recordOffset(unit, us)
 	before, _ := data.Stat()
 	if _, err := meta.WriteAt(make([]byte, rs), roff); err != nil {
 		return 0, err

@@ -339,3 +339,46 @@ func TestEvictExcludesAdoptingFill(t *testing.T) {
 		t.Fatalf("read after Evict: %v or wrong bytes", err)
 	}
 }
+
+// The eviction scan (every record of every blob) runs without the directory
+// lock: another process's fills, which need the lock, go on meanwhile.
+func TestEvictionScanDoesNotHoldDirectoryLock(t *testing.T) {
+	dir := t.TempDir()
+	o := testOptions()
+	o.Capacity, o.MaxFetchSize, o.ReadAhead = 128<<10, o.RefillSize, -1
+	c := openCache(t, dir, o)
+	other := openCache(t, dir, o) // another process's cache on the same directory
+	src := newSource(41, 512<<10)
+	b := openBlob(t, c, testKey, src)
+	blocked := make(chan bool, 1)
+	var once sync.Once
+	scanHook = func() {
+		once.Do(func() {
+			done := make(chan struct{})
+			go func() {
+				other.Usage() // takes the directory lock, as a fill's accounting does
+				close(done)
+			}()
+			select {
+			case <-done:
+				blocked <- false
+			case <-time.After(time.Second):
+				blocked <- true
+			}
+		})
+	}
+	defer func() { scanHook = nil }()
+	readAll(t, b, src.data, 16<<10) // four times the capacity: evicts
+	scanHook = nil
+	select {
+	case b := <-blocked:
+		if b {
+			t.Error("the directory lock was held during the eviction scan")
+		}
+	default:
+		t.Fatal("no eviction scan")
+	}
+	if u := diskUsage(t, dir); u > o.Capacity+int64(o.RefillSize) {
+		t.Errorf("usage %d over the capacity %d", u, o.Capacity)
+	}
+}

@@ -850,10 +850,10 @@ func (s *blobState) startDrop(u, p0, p1 int) *flight {
 	st := s.dropped[u]
 	m := s.units.load(u)
 	if m == nil || s.inflight[u] != nil {
-		if st != nil && st.stale > 0 {
+		if st != nil && st.stale > 0 { // a reader of the dropped copy, before the refetch
 			st.stale--
+			s.stale.Add(1)
 		}
-		s.stale.Add(1)
 		return nil
 	}
 	if st != nil && st.stale > 0 && st.bad != nil && !samePages(st.bad, m.crcs, p0, p1) {

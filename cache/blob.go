@@ -128,10 +128,18 @@ type refetchState struct {
 	pending bool // dropped by Evict and not fetched since
 	count   int  // refetches since `since`
 	since   time.Time
-	// bad is the page checksums of the copy Evict dropped last; stale is how many
-	// more Evicts its readers may still send (they read it before it was dropped).
-	bad   []uint32
-	stale int
+	// bad is the page checksums of the copy Evict dropped last (at droppedAt);
+	// stale is how many more Evicts its readers may still send (they read it
+	// before it was dropped), expected within RefetchWindow.
+	bad       []uint32
+	stale     int
+	droppedAt time.Time
+}
+
+// staleExpected reports whether an Evict may come from a reader of the copy
+// dropped last.
+func (st *refetchState) staleExpected(window time.Duration) bool {
+	return st != nil && st.stale > 0 && time.Since(st.droppedAt) < window
 }
 
 // stream is a sequential reader detected by its next expected offset.
@@ -849,21 +857,26 @@ func (s *blobState) startDrop(u, p0, p1 int) *flight {
 	defer s.mu.Unlock()
 	st := s.dropped[u]
 	m := s.units.load(u)
+	window := s.c.opts.RefetchWindow
 	if m == nil || s.inflight[u] != nil {
-		if st != nil && st.stale > 0 { // a reader of the dropped copy, before the refetch
+		if st.staleExpected(window) { // a reader of the dropped copy, before the refetch
 			st.stale--
 			s.stale.Add(1)
 		}
 		return nil
 	}
-	if st != nil && st.stale > 0 && st.bad != nil && !samePages(st.bad, m.crcs, p0, p1) {
+	if st.staleExpected(window) && !samePages(st.bad, m.crcs, p0, p1) {
 		st.stale--
 		s.stale.Add(1)
 		return nil
 	}
+	now := time.Now()
 	if st == nil {
-		st = &refetchState{since: time.Now()}
+		st = &refetchState{since: now}
 		s.dropped[u] = st
+	}
+	if !st.staleExpected(window) {
+		st.stale = 0
 	}
 	// Readers of this copy that read the bad pages may send an Evict each; the
 	// caller is one of them, or one of the earlier copy's.
@@ -874,7 +887,7 @@ func (s *blobState) startDrop(u, p0, p1 int) *flight {
 		}
 	}
 	st.stale = max(st.stale+int(readers)-1, 0)
-	st.bad = m.crcs
+	st.bad, st.droppedAt = m.crcs, now
 	st.pending = true
 	s.units.store(u, nil)
 	df := &flight{first: u, n: 1, dropping: true, done: make(chan struct{}), err: errDropping}

@@ -44,6 +44,11 @@ type Stats struct {
 	Evictions        int64 // units dropped by Evict or by capacity eviction
 	Refetches        int64 // fetches of units dropped by Evict
 	ChecksumFailures int64 // local pages that failed their CRC (then refetched)
+	// StaleEvicts counts Evict calls that dropped nothing: the caller had read a
+	// copy of the unit that was already dropped (and maybe refetched).
+	StaleEvicts int64
+	// OversizeRefused counts blobs Open refused for their size (Cache.Stats only).
+	OversizeRefused int64
 }
 
 // blobState is what all open handles of one key share.
@@ -57,7 +62,7 @@ type blobState struct {
 	meta, data *os.File
 	refs       int // guarded by c.mu
 
-	units []atomic.Pointer[unitMeta] // nil: not known to be cached
+	units *unitTable
 
 	mu       sync.Mutex
 	inflight map[int]*flight
@@ -66,7 +71,8 @@ type blobState struct {
 	clock    uint64
 	wg       sync.WaitGroup // running fills
 
-	hits, misses, fetched, served, evictions, refetches, corrupt atomic.Int64
+	hits, misses, fetched, served, evictions, refetches, corrupt, stale atomic.Int64
+	lastEvictLog                                                        atomic.Int64 // unix ns
 }
 
 // unitMeta is a cached unit's page checksums and last access (unix ns).
@@ -79,6 +85,24 @@ type unitMeta struct {
 	// otherwise (earlier runs, trace replay, demand reads) fetches nothing more,
 	// as the kernel's read-ahead only moves on when it hits its own marker page.
 	ahead atomic.Bool
+	// reads counts, per page, the reads that began on this copy (joined its fill
+	// or read it locally): when the copy is dropped as bad, that many Evicts of
+	// its pages may follow from readers that saw it, and must not drop the next.
+	reads []atomic.Int32
+}
+
+func newUnitMeta(crcs []uint32, reads []atomic.Int32) *unitMeta {
+	if reads == nil {
+		reads = make([]atomic.Int32, len(crcs))
+	}
+	return &unitMeta{crcs: crcs, reads: reads}
+}
+
+// countReads records a read of pages [p0, p1] of the copy.
+func countReads(reads []atomic.Int32, p0, p1 int) {
+	for p := max(p0, 0); p <= p1 && p < len(reads); p++ {
+		reads[p].Add(1)
+	}
 }
 
 // stampInterval is how stale a unit's access time on disk may get while it is
@@ -90,18 +114,32 @@ var stampInterval = 30 * time.Second
 type flight struct {
 	first, n int
 	ahead    bool            // read-ahead: a reader failing on it retries with its own fill
+	dropping bool            // not a fill: Evict dropping the unit; readers retry after it
 	ctx      context.Context // passed to a ContextSource; nil: plain ReadAt
 	done     chan struct{}
 	start    int64  // blob offset of buf
 	buf      []byte // the units' bytes, once done without err
 	err      error
-	metas    []*unitMeta // set when persisted (or adopted from disk)
+	metas    []*unitMeta    // set when persisted (or adopted from disk)
+	reads    []atomic.Int32 // per page of the fill: reads that joined it (the metas' reads)
 }
 
 type refetchState struct {
 	pending bool // dropped by Evict and not fetched since
 	count   int  // refetches since `since`
 	since   time.Time
+	// bad is the page checksums of the copy Evict dropped last (at droppedAt);
+	// stale is how many more Evicts its readers may still send (they read it
+	// before it was dropped), expected within RefetchWindow.
+	bad       []uint32
+	stale     int
+	droppedAt time.Time
+}
+
+// staleExpected reports whether an Evict may come from a reader of the copy
+// dropped last.
+func (st *refetchState) staleExpected(window time.Duration) bool {
+	return st != nil && st.stale > 0 && time.Since(st.droppedAt) < window
 }
 
 // stream is a sequential reader detected by its next expected offset.
@@ -126,6 +164,10 @@ const maxLocalTries = 4
 // fillHook, when set by tests, runs at points of a fill ("data", "record").
 var fillHook func(point string)
 
+// evictHook, when set by tests, runs in Evict between forgetting a unit and
+// clearing its record.
+var evictHook func()
+
 // Open returns the cached view of the blob key (its digest) whose bytes come from
 // src. Handles of the same key share the cache state; each is closed on its own.
 func (c *Cache) Open(key string, src Source) (*Blob, error) {
@@ -136,6 +178,12 @@ func (c *Cache) Open(key string, src Source) (*Blob, error) {
 	size := src.Size()
 	if size < 0 {
 		return nil, fmt.Errorf("cache: blob %s: negative size %d", key, size)
+	}
+	if size > c.opts.MaxBlobSize {
+		c.oversize.Add(1)
+		c.log.Warn("cache: blob refused: size above the limit", zap.String("blob", key),
+			zap.Int64("size", size), zap.Int64("limit", c.opts.MaxBlobSize))
+		return nil, fmt.Errorf("cache: blob %s: claimed size %d exceeds the limit %d (cache MaxBlobSize)", key, size, c.opts.MaxBlobSize)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -162,7 +210,7 @@ func (c *Cache) openState(key, base string, size int64) (*blobState, error) {
 		c: c, log: c.log.With(zap.String("blob", key)),
 		key: key, base: base, size: size, us: us,
 		hdr:      metaHeader{UnitSize: uint32(us), BlobSize: size, KeyCRC: crc32c.Checksum([]byte(key))},
-		units:    make([]atomic.Pointer[unitMeta], nUnits),
+		units:    newUnitTable(nUnits),
 		inflight: make(map[int]*flight),
 		dropped:  make(map[int]*refetchState),
 	}
@@ -223,10 +271,10 @@ func (s *blobState) initFiles() error {
 		}
 	}
 	forEachRecord(s.meta, s.hdr, func(unit int, crcs []uint32, atime int64) {
-		m := &unitMeta{crcs: crcs}
+		m := newUnitMeta(crcs, nil)
 		m.atime.Store(atime)
 		m.stamped.Store(atime)
-		s.units[unit].Store(m)
+		s.units.store(unit, m)
 	})
 	return nil
 }
@@ -247,7 +295,7 @@ func (s *blobState) stats() Stats {
 		Hits: s.hits.Load(), Misses: s.misses.Load(),
 		BytesFetched: s.fetched.Load(), BytesServed: s.served.Load(),
 		Evictions: s.evictions.Load(), Refetches: s.refetches.Load(),
-		ChecksumFailures: s.corrupt.Load(),
+		ChecksumFailures: s.corrupt.Load(), StaleEvicts: s.stale.Load(),
 	}
 }
 
@@ -337,7 +385,7 @@ func (s *blobState) read(ctx context.Context, src Source, p []byte, off int64) (
 		for u := u0; u <= u1; u++ {
 			if flights[u-u0] != nil {
 				fetch = true
-			} else if m := s.units[u].Load(); m != nil && m.ahead.Load() && m.ahead.Swap(false) {
+			} else if m := s.units.load(u); m != nil && m.ahead.Load() && m.ahead.Swap(false) {
 				fetch = true
 			}
 		}
@@ -350,6 +398,9 @@ func (s *blobState) read(ctx context.Context, src Source, p []byte, off int64) (
 		dst := p[segStart-off : segEnd-off]
 		f := flights[u-u0]
 		for tries := 1; ; tries++ {
+			if f != nil && f.reads != nil {
+				countReads(f.reads, int((segStart-f.start)/pageSize), int((segEnd-1-f.start)/pageSize))
+			}
 			if f == nil {
 				if s.readLocal(u, dst, segStart) {
 					s.hits.Add(1)
@@ -363,7 +414,7 @@ func (s *blobState) read(ctx context.Context, src Source, p []byte, off int64) (
 			}
 			<-f.done
 			if f.err != nil {
-				if f.ahead && tries < maxLocalTries {
+				if (f.ahead || f.dropping) && tries < maxLocalTries {
 					f = s.ensure(ctx, src, u, u, false)[0]
 					continue
 				}
@@ -390,7 +441,7 @@ func (s *blobState) ensure(ctx context.Context, src Source, u0, u1 int, ahead bo
 	now := time.Now()
 	s.mu.Lock()
 	for u := u0; u <= u1; u++ {
-		if s.units[u].Load() != nil {
+		if s.units.load(u) != nil {
 			run = nil
 			continue
 		}
@@ -426,6 +477,10 @@ func (s *blobState) ensure(ctx context.Context, src Source, u0, u1 int, ahead bo
 		run.n++
 		s.inflight[u] = run
 		out[u-u0] = run
+	}
+	for _, f := range launch {
+		// Counted before anyone can join (under s.mu): readers count themselves in.
+		f.reads = make([]atomic.Int32, (int64(f.n)*int64(s.us)+pageSize-1)/pageSize)
 	}
 	s.wg.Add(len(launch))
 	s.mu.Unlock()
@@ -486,7 +541,7 @@ func (s *blobState) readAhead(src Source, off, end int64, fetch bool) {
 	ua, ub := int(end/us), int((min(end+ra, s.size)-1)/us)
 	missing, firstMissing := 0, false
 	for u := ua; u <= ub; u++ {
-		if s.units[u].Load() == nil && s.inflight[u] == nil {
+		if s.units.load(u) == nil && s.inflight[u] == nil {
 			missing++
 			firstMissing = firstMissing || u == ua
 		}
@@ -508,7 +563,7 @@ func (s *blobState) run(src Source, f *flight) {
 			if f.ahead {
 				f.metas[i].ahead.Store(true)
 			}
-			s.units[u].Store(f.metas[i])
+			s.units.store(u, f.metas[i])
 		}
 		if s.inflight[u] == f {
 			delete(s.inflight, u)
@@ -543,7 +598,11 @@ func (s *blobState) fill(src Source, f *flight) {
 		}
 	}
 
-	s.c.sem <- struct{}{}
+	group := s.key
+	if g, ok := src.(FetchGrouper); ok {
+		group = g.FetchGroup()
+	}
+	s.c.fetches.acquire(group)
 	buf := make([]byte, length)
 	var n int
 	var err error
@@ -552,7 +611,7 @@ func (s *blobState) fill(src Source, f *flight) {
 	} else {
 		n, err = src.ReadAt(buf, f.start)
 	}
-	<-s.c.sem
+	s.c.fetches.release(group)
 	if n < length {
 		if err == nil || errors.Is(err, io.EOF) {
 			err = fmt.Errorf("short read: %d of %d bytes", n, length)
@@ -567,7 +626,7 @@ func (s *blobState) fill(src Source, f *flight) {
 	metas := make([]*unitMeta, f.n)
 	for i := range metas {
 		ub := buf[i*us : min((i+1)*us, length)]
-		m := &unitMeta{crcs: pageCRCs(ub)}
+		m := newUnitMeta(pageCRCs(ub), f.unitReads(i, us))
 		m.atime.Store(now)
 		m.stamped.Store(now)
 		encodeRecord(recs[i*rs:(i+1)*rs], f.first+i, len(ub), now, m.crcs)
@@ -611,7 +670,7 @@ func (s *blobState) adopt(f *flight, recs []byte, length int) bool {
 		if err != nil {
 			return false
 		}
-		metas[i] = &unitMeta{crcs: crcs}
+		metas[i] = newUnitMeta(crcs, f.unitReads(i, us))
 	}
 	buf := make([]byte, length)
 	if n, _ := s.data.ReadAt(buf, f.start); n < length {
@@ -626,6 +685,15 @@ func (s *blobState) adopt(f *flight, recs []byte, length int) bool {
 	}
 	f.buf, f.metas = buf, metas
 	return true
+}
+
+// unitReads is the part of f's read counters that belongs to its i-th unit.
+func (f *flight) unitReads(i, us int) []atomic.Int32 {
+	per := us / pageSize
+	if f.reads == nil || (i+1)*per > len(f.reads) {
+		return nil
+	}
+	return f.reads[i*per : (i+1)*per : (i+1)*per]
 }
 
 func slicesEqual(a, b []uint32) bool {
@@ -645,12 +713,15 @@ var scratch = sync.Pool{New: func() any { return new([]byte) }}
 // readLocal reads dst (blob bytes at off, inside unit u) from the data file,
 // verifying every page it touches. On a mismatch it forgets the unit and returns false.
 func (s *blobState) readLocal(u int, dst []byte, off int64) bool {
-	m := s.units[u].Load()
+	m := s.units.load(u)
 	if m == nil {
 		return false
 	}
 	ustart := int64(u) * int64(s.us)
 	p0 := int((off - ustart) / pageSize)
+	// Counted before the bytes are read: an Evict racing with this read must
+	// know it may come (see Evict).
+	countReads(m.reads, p0, int((off+int64(len(dst))-1-ustart)/pageSize))
 	aStart := ustart + int64(p0)*pageSize
 	end := off + int64(len(dst))
 	aEnd := min((end+pageSize-1)/pageSize*pageSize, s.size)
@@ -678,7 +749,7 @@ func (s *blobState) readLocal(u int, dst []byte, off int64) bool {
 		// Counted in Stats (obd_cache_crc_failures_total); the unit is fetched again.
 		s.log.Warn("cache: cached data short or failing its page CRC, refetching the unit", zap.String("blob", s.key),
 			zap.Int("unit", u), zap.Int64("offset", aStart), zap.Int("length", len(buf)))
-		s.units[u].CompareAndSwap(m, nil)
+		s.units.compareAndSwap(u, m, nil)
 		s.corrupt.Add(1)
 		return false
 	}
@@ -707,21 +778,27 @@ func (s *blobState) stamp(u int, at int64) {
 // Evict drops the units covering [off, off+n) (zfile calls it when a block fails
 // its CRC), so that the next read fetches them again. Each unit is refetched at
 // most Options.MaxRefetches times within Options.RefetchWindow; further reads of
-// it fail with ErrRefetchLimit.
+// it fail with ErrRefetchLimit. An Evict from a reader of a copy that is already
+// gone drops nothing and returns nil: the caller just reads again.
 func (b *Blob) Evict(off, n int64) error {
+	_, err := b.Invalidate(off, n)
+	return err
+}
+
+// Invalidate is Evict reporting whether it dropped anything: false when every
+// unit of the range was absent or holds a copy newer than the one the caller
+// read (another reader of the same bad copy evicted it first).
+func (b *Blob) Invalidate(off, n int64) (bool, error) {
 	s := b.s
 	if off < 0 || n < 0 {
-		return fmt.Errorf("cache: blob %s: evict [%d, +%d): negative range", s.key, off, n)
+		return false, fmt.Errorf("cache: blob %s: evict [%d, +%d): negative range", s.key, off, n)
 	}
 	if n == 0 || off >= s.size {
-		return nil
+		return false, nil
 	}
 	end := min(off+n, s.size)
 	us := int64(s.us)
 	u0, u1 := int(off/us), int((end-1)/us)
-	// A corrupt block was detected in these bytes (counted in Stats.Evictions).
-	s.log.Warn("cache: corrupt data dropped for a refetch", zap.String("blob", s.key), zap.Int64("offset", off),
-		zap.Int64("length", end-off), zap.Int("firstUnit", u0), zap.Int("lastUnit", u1))
 	// A fill running now may carry the bad bytes: let it land, then drop it.
 	for u := u0; u <= u1; u++ {
 		s.mu.Lock()
@@ -731,46 +808,131 @@ func (b *Blob) Evict(off, n int64) error {
 			<-f.done
 		}
 	}
-	now := time.Now()
 	var errs []error
+	dropped := false
 	for u := u0; u <= u1; u++ {
-		s.mu.Lock()
-		st := s.dropped[u]
-		if st == nil {
-			st = &refetchState{since: now}
-			s.dropped[u] = st
+		ustart := int64(u) * us
+		p0 := int((max(off, ustart) - ustart) / pageSize)
+		p1 := int((min(end, ustart+us) - 1 - ustart) / pageSize)
+		df := s.startDrop(u, p0, p1)
+		if df == nil {
+			continue
 		}
-		st.pending = true
-		s.units[u].Store(nil)
-		s.mu.Unlock()
+		if evictHook != nil {
+			evictHook()
+		}
 		freed, err := dropUnit(s.meta, s.data, s.hdr, u, true)
+		s.mu.Lock()
+		if s.inflight[u] == df {
+			delete(s.inflight, u)
+		}
+		s.mu.Unlock()
+		close(df.done)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
+		dropped = true
 		s.evictions.Add(1)
 		s.c.release(freed)
+		s.logEviction(u)
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("cache: blob %s: evict [%d, %d): %w", s.key, off, end, err)
+		return dropped, fmt.Errorf("cache: blob %s: evict [%d, %d): %w", s.key, off, end, err)
 	}
-	return nil
+	return dropped, nil
+}
+
+// errDropping fails the readers that joined an Evict's drop of a unit: they read
+// again, and fetch the unit afresh.
+var errDropping = errors.New("cache: unit being evicted")
+
+// startDrop decides whether an Evict of pages [p0, p1] of unit u drops the
+// cached copy. If so it forgets the copy and returns a flight that stands for
+// the drop until the record is cleared: a reader (of this process, whose record
+// locks do not exclude each other on the shared descriptor) must not start a
+// fill that adopts the old record meanwhile. It returns nil for nothing to drop:
+// the unit is absent (already dropped, refetch pending), or its copy differs
+// from the copy dropped last over these pages while readers of that copy may
+// still send their Evicts (the caller is one of them).
+func (s *blobState) startDrop(u, p0, p1 int) *flight {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.dropped[u]
+	m := s.units.load(u)
+	window := s.c.opts.RefetchWindow
+	if m == nil || s.inflight[u] != nil {
+		if st.staleExpected(window) { // a reader of the dropped copy, before the refetch
+			st.stale--
+			s.stale.Add(1)
+		}
+		return nil
+	}
+	if st.staleExpected(window) && !samePages(st.bad, m.crcs, p0, p1) {
+		st.stale--
+		s.stale.Add(1)
+		return nil
+	}
+	now := time.Now()
+	if st == nil {
+		st = &refetchState{since: now}
+		s.dropped[u] = st
+	}
+	if !st.staleExpected(window) {
+		st.stale = 0
+	}
+	// Readers of this copy that read the bad pages may send an Evict each; the
+	// caller is one of them, or one of the earlier copy's.
+	readers := int32(0)
+	for p := p0; p <= p1 && p < len(m.reads); p++ {
+		if r := m.reads[p].Load(); p == p0 || r < readers {
+			readers = r
+		}
+	}
+	st.stale = max(st.stale+int(readers)-1, 0)
+	st.bad, st.droppedAt = m.crcs, now
+	st.pending = true
+	s.units.store(u, nil)
+	df := &flight{first: u, n: 1, dropping: true, done: make(chan struct{}), err: errDropping}
+	s.inflight[u] = df
+	return df
+}
+
+// samePages reports whether two copies' page checksums agree over pages [p0, p1].
+func samePages(a, b []uint32, p0, p1 int) bool {
+	for p := p0; p <= p1; p++ {
+		if p >= len(a) || p >= len(b) || a[p] != b[p] {
+			return false
+		}
+	}
+	return true
+}
+
+// evictLogInterval rate-limits the warning logged for self-healing evictions.
+const evictLogInterval = 10 * time.Second
+
+func (s *blobState) logEviction(u int) {
+	now := time.Now().UnixNano()
+	last := s.lastEvictLog.Load()
+	if now-last < int64(evictLogInterval) || !s.lastEvictLog.CompareAndSwap(last, now) {
+		return
+	}
+	us := int64(s.us)
+	s.log.Warn("cache: unit evicted for a re-fetch (bad bytes read from it)", zap.String("blob", s.key), zap.Int("unit", u),
+		zap.Int64("off", int64(u)*us), zap.Int64("evictions", s.evictions.Load()), zap.Int64("staleEvicts", s.stale.Load()))
 }
 
 // forget drops a unit from memory after capacity eviction removed it.
 func (s *blobState) forget(u int) {
-	if u < len(s.units) {
-		s.units[u].Store(nil)
+	if u < s.units.len() {
+		s.units.store(u, nil)
 		s.evictions.Add(1)
 	}
 }
 
 // atime is the last access of a cached unit known to this process.
 func (s *blobState) atime(u int) int64 {
-	if u >= len(s.units) {
-		return 0
-	}
-	if m := s.units[u].Load(); m != nil {
+	if m := s.units.load(u); m != nil {
 		return m.atime.Load()
 	}
 	return 0

@@ -6,7 +6,14 @@
 // 4 KiB page (layout in meta.go). A miss fetches whole units: concurrent readers of
 // one unit wait for a single fetch, adjacent missing units are fetched with one
 // source read (at most Options.MaxFetchSize), at most Options.MaxFetches source
-// reads run at once, and a sequential stream triggers asynchronous read-ahead.
+// reads of one source (a registry host, see FetchGrouper) and
+// Options.MaxTotalFetches of all run at once, free slots going to waiting
+// sources in turn, and a sequential stream triggers asynchronous read-ahead.
+//
+// Sizes. A blob's size comes from outside (a manifest, a registry's answer, a
+// peer's request), so Open refuses sizes above Options.MaxBlobSize and nothing
+// is allocated in proportion to the size: the per-unit table fills as units are
+// cached.
 //
 // Crash model. A fill writes the unit's data, then its record; nothing is fsync'd.
 // Every read checks the pages it serves against the record, so whatever a crash,
@@ -37,7 +44,11 @@
 // Self-healing. Blob.Evict (zfile calls it when a block fails its CRC) drops the
 // covering units; each is refetched at most Options.MaxRefetches times within
 // Options.RefetchWindow, then reads of it fail with ErrRefetchLimit, so a source
-// that keeps sending bad bytes cannot cause endless refetching.
+// that keeps sending bad bytes cannot cause endless refetching. Concurrent readers
+// of one bad copy each call Evict; only the first drops it: the others read that
+// copy too, and their Evicts (told apart by the page checksums and the number of
+// reads of the dropped copy) leave the refetched copy alone, so that they just
+// read again and the refetch limit counts real refetches.
 package cache
 
 import (
@@ -52,6 +63,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/obd-project/obd/crc32c"
@@ -67,6 +79,7 @@ const (
 	DefaultRefillSize    = 256 << 10
 	DefaultMaxFetchSize  = 4 << 20
 	DefaultMaxFetches    = 8
+	DefaultMaxBlobSize   = 4 << 40
 	DefaultReadAhead     = 4 << 20
 	DefaultMaxRefetches  = 4
 	DefaultRefetchWindow = time.Minute
@@ -79,7 +92,14 @@ type Options struct {
 	// MaxFetchSize bounds one source read of coalesced adjacent units (rounded
 	// down to a whole number of units, at least one).
 	MaxFetchSize int
-	MaxFetches   int // concurrent source reads, over all blobs
+	// MaxFetches bounds concurrent source reads of one source (the blobs of a
+	// FetchGroup, else one blob); MaxTotalFetches (default 4*MaxFetches) those of
+	// all sources. A source that hangs thus holds at most its own share.
+	MaxFetches      int
+	MaxTotalFetches int
+	// MaxBlobSize bounds the size of a blob Open accepts (default 4 TiB): sizes
+	// come from registries and peers.
+	MaxBlobSize int64
 	// ReadAhead is how far ahead of a sequential stream units are prefetched;
 	// negative disables read-ahead.
 	ReadAhead int64
@@ -112,6 +132,13 @@ func (o Options) normalized() (Options, error) {
 	o.MaxFetchSize = max(o.MaxFetchSize/o.RefillSize, 1) * o.RefillSize
 	if o.MaxFetches <= 0 {
 		o.MaxFetches = DefaultMaxFetches
+	}
+	if o.MaxTotalFetches <= 0 {
+		o.MaxTotalFetches = 4 * o.MaxFetches
+	}
+	o.MaxTotalFetches = max(o.MaxTotalFetches, o.MaxFetches)
+	if o.MaxBlobSize <= 0 {
+		o.MaxBlobSize = DefaultMaxBlobSize
 	}
 	if o.ReadAhead == 0 {
 		o.ReadAhead = DefaultReadAhead
@@ -147,19 +174,22 @@ var ErrRefetchLimit = errors.New("cache: unit evicted and refetched too often")
 
 // Cache is a directory of cached blobs. It is safe for concurrent use.
 type Cache struct {
-	dir  string
-	opts Options
-	log  *zap.Logger
-	sem  chan struct{} // bounds concurrent source reads
-	lock *os.File      // <dir>/.lock: flock'd by the eviction scan
+	dir     string
+	opts    Options
+	log     *zap.Logger
+	fetches *fetchLimiter // bounds concurrent source reads
+	lock    *os.File      // <dir>/.lock: flock'd by the eviction scan
 
 	mu     sync.Mutex
 	blobs  map[string]*blobState // open blobs by file base name
 	closed Stats                 // counters of blobs not open (closed, or evicted from while closed), guarded by mu
 
+	oversize atomic.Int64 // blobs refused by Open for their size
+
 	// usageMu serialises this process's users of the usage counter; the flock on
 	// lock serialises processes.
 	usageMu sync.Mutex
+	evictMu sync.Mutex // one eviction scan at a time in this process
 }
 
 // lockName is the directory lock file. It also holds the usage counter shared by
@@ -183,12 +213,12 @@ func Open(dir string, opts Options) (*Cache, error) {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
 	c := &Cache{
-		dir:   dir,
-		opts:  o,
-		log:   o.Logger.With(zap.String("cacheDir", dir)),
-		sem:   make(chan struct{}, o.MaxFetches),
-		lock:  lock,
-		blobs: make(map[string]*blobState),
+		dir:     dir,
+		opts:    o,
+		log:     o.Logger.With(zap.String("cacheDir", dir)),
+		fetches: newFetchLimiter(o.MaxFetches, o.MaxTotalFetches),
+		lock:    lock,
+		blobs:   make(map[string]*blobState),
 	}
 	if _, err := c.Usage(); err != nil {
 		lock.Close()
@@ -295,18 +325,60 @@ func fileBase(key string) (string, error) {
 }
 
 // reserve accounts n bytes about to be written, evicting first when usage would
-// exceed the capacity.
+// exceed the capacity. The eviction scan (every record of every blob) runs
+// without the directory lock, which every fill of every process needs; under the
+// lock only the chosen victims are checked again and dropped.
 func (c *Cache) reserve(n int64) {
+	over := false
 	err := c.withUsage(func(u int64) (int64, error) {
 		if u+n > c.opts.Capacity {
-			u = c.evictLocked(n)
+			over = true
+			return u, nil
 		}
 		return u + n, nil
 	})
+	if err == nil && over {
+		err = c.evictFor(n)
+	}
 	if err != nil {
 		c.log.Warn("cache: usage accounting", zap.Error(err))
 	}
 }
+
+// evictFor makes room for n bytes and accounts them: it scans for victims
+// unlocked, then, under the directory lock, drops those not used since.
+func (c *Cache) evictFor(n int64) error {
+	c.evictMu.Lock() // one scan per process; the others find the room it made
+	defer c.evictMu.Unlock()
+	var files []scanFile
+	var cands []candidate
+	defer func() { closeScan(files) }()
+	for scanned := false; ; scanned = true {
+		done := false
+		err := c.withUsage(func(u int64) (int64, error) {
+			if u+n <= c.opts.Capacity {
+				done = true
+				return u + n, nil
+			}
+			if !scanned {
+				return u, nil // scan first, outside the lock
+			}
+			done = true
+			return c.evictLocked(n, files, cands) + n, nil
+		})
+		if err != nil || done {
+			return err
+		}
+		if scanHook != nil {
+			scanHook()
+		}
+		files, cands = c.scanCandidates()
+		sortCandidates(cands)
+	}
+}
+
+// scanHook, when set by tests, runs before an eviction scan (outside the lock).
+var scanHook func()
 
 // release accounts n bytes freed.
 func (c *Cache) release(n int64) {
@@ -324,9 +396,10 @@ func (c *Cache) lowWater() int64 { return c.opts.Capacity - c.opts.Capacity/10 }
 
 // candidate is a cached unit that eviction may drop.
 type candidate struct {
-	file  int // index into the scan's files
-	unit  int
-	atime int64
+	file     int // index into the scan's files
+	unit     int
+	atime    int64 // last access known to the scan
+	recAtime int64 // the access time in its record at the scan
 }
 
 type scanFile struct {
@@ -336,9 +409,10 @@ type scanFile struct {
 }
 
 // evictLocked (called under the directory lock) rescans usage and, if usage plus
-// need exceeds the capacity, drops least recently used units until it is at most
-// lowWater. It returns the usage after eviction.
-func (c *Cache) evictLocked(need int64) int64 {
+// need exceeds the capacity, drops the least recently used of cands (from a scan
+// made without the lock, sorted) until it is at most lowWater. A candidate used
+// or refilled since the scan is skipped. It returns the usage after eviction.
+func (c *Cache) evictLocked(need int64, files []scanFile, cands []candidate) int64 {
 	usage, err := c.scanUsage()
 	if err != nil {
 		c.log.Warn("cache eviction: scan", zap.Error(err))
@@ -347,13 +421,40 @@ func (c *Cache) evictLocked(need int64) int64 {
 	if usage+need <= c.opts.Capacity {
 		return usage
 	}
-	files, cands := c.scanCandidates()
-	defer func() {
-		for _, f := range files {
-			f.meta.Close()
-			f.data.Close()
+	target := c.lowWater()
+	evicted := 0
+	for _, cd := range cands {
+		if usage+need <= target {
+			break
 		}
-	}()
+		f := files[cd.file]
+		c.mu.Lock()
+		bs := c.blobs[f.base]
+		c.mu.Unlock()
+		if bs != nil && bs.atime(cd.unit) > cd.atime {
+			continue // read since the scan
+		}
+		freed, err := dropUnitIf(f.meta, f.data, f.hdr, cd.unit, cd.recAtime)
+		if err != nil {
+			continue // busy (being filled or evicted by someone else), or used since the scan
+		}
+		usage -= freed
+		evicted++
+		if bs == nil {
+			c.mu.Lock()
+			c.closed.Evictions++ // a blob not open here: no blob state counts it
+			c.mu.Unlock()
+		} else {
+			bs.forget(cd.unit)
+		}
+	}
+	if evicted > 0 {
+		c.log.Info("cache eviction", zap.Int("units", evicted), zap.Int64("usage", usage), zap.Int64("capacity", c.opts.Capacity))
+	}
+	return usage
+}
+
+func sortCandidates(cands []candidate) {
 	slices.SortFunc(cands, func(a, b candidate) int {
 		switch {
 		case a.atime < b.atime:
@@ -363,31 +464,13 @@ func (c *Cache) evictLocked(need int64) int64 {
 		}
 		return 0
 	})
-	target := c.lowWater()
-	evicted := 0
-	for _, cd := range cands {
-		if usage+need <= target {
-			break
-		}
-		f := files[cd.file]
-		freed, err := dropUnit(f.meta, f.data, f.hdr, cd.unit, false)
-		if err != nil {
-			continue // busy: being filled or evicted by someone else
-		}
-		usage -= freed
-		evicted++
-		c.mu.Lock()
-		bs := c.blobs[f.base]
-		if bs == nil {
-			c.closed.Evictions++ // a blob not open here: no blob state counts it
-		}
-		c.mu.Unlock()
-		if bs != nil {
-			bs.forget(cd.unit)
-		}
+}
+
+func closeScan(files []scanFile) {
+	for _, f := range files {
+		f.meta.Close()
+		f.data.Close()
 	}
-	c.log.Debug("cache eviction", zap.Int("units", evicted), zap.Int64("usage", usage))
-	return usage
 }
 
 // scanCandidates opens every blob in the directory with its own descriptors (so
@@ -425,11 +508,12 @@ func (c *Cache) scanCandidates() ([]scanFile, []candidate) {
 		c.mu.Lock()
 		bs := c.blobs[name]
 		c.mu.Unlock()
-		forEachRecord(meta, hdr, func(unit int, _ []uint32, atime int64) {
+		forEachRecord(meta, hdr, func(unit int, _ []uint32, rec int64) {
+			atime := rec
 			if bs != nil {
 				atime = max(atime, bs.atime(unit))
 			}
-			cands = append(cands, candidate{file: idx, unit: unit, atime: atime})
+			cands = append(cands, candidate{file: idx, unit: unit, atime: atime, recAtime: rec})
 		})
 	}
 	return files, cands
@@ -459,6 +543,30 @@ func forEachRecord(meta *os.File, hdr metaHeader, fn func(unit int, crcs []uint3
 	}
 }
 
+// errUsedSince refuses to evict a unit whose record changed since the scan.
+var errUsedSince = errors.New("unit used or refilled since the eviction scan")
+
+// dropUnitIf is dropUnit for capacity eviction: without waiting for the record's
+// lock, and only if the record still holds the access time the scan saw (a
+// unit refilled or read since is not the victim it was).
+func dropUnitIf(meta, data *os.File, hdr metaHeader, unit int, atime int64) (int64, error) {
+	us := int(hdr.UnitSize)
+	rs := recordSize(us)
+	roff := recordOffset(unit, us)
+	if err := lockRange(meta, roff, int64(rs), false); err != nil {
+		return 0, err
+	}
+	defer unlockRange(meta, roff, int64(rs))
+	rec := make([]byte, rs)
+	if _, err := meta.ReadAt(rec, roff); err != nil {
+		return 0, err
+	}
+	if _, at, err := decodeRecord(rec, unit, unitLen(hdr.BlobSize, us, unit)); err != nil || at != atime {
+		return 0, errUsedSince
+	}
+	return dropLocked(meta, data, hdr, unit)
+}
+
 // dropUnit clears a unit's record and punches its data out, under the record's
 // lock (waiting for it, or failing with errBusy when wait is false). It returns
 // the bytes freed.
@@ -470,6 +578,14 @@ func dropUnit(meta, data *os.File, hdr metaHeader, unit int, wait bool) (int64, 
 		return 0, err
 	}
 	defer unlockRange(meta, roff, rs)
+	return dropLocked(meta, data, hdr, unit)
+}
+
+// dropLocked is dropUnit under the record's lock.
+func dropLocked(meta, data *os.File, hdr metaHeader, unit int) (int64, error) {
+	us := int(hdr.UnitSize)
+	rs := int64(recordSize(us))
+	roff := recordOffset(unit, us)
 	before, _ := data.Stat()
 	if _, err := meta.WriteAt(make([]byte, rs), roff); err != nil {
 		return 0, err
@@ -504,6 +620,8 @@ func (t *Stats) add(s Stats) {
 	t.Evictions += s.Evictions
 	t.Refetches += s.Refetches
 	t.ChecksumFailures += s.ChecksumFailures
+	t.StaleEvicts += s.StaleEvicts
+	t.OversizeRefused += s.OversizeRefused
 }
 
 // Stats sums the counters of every blob this Cache has opened, for metrics.
@@ -514,6 +632,7 @@ func (c *Cache) Stats() Stats {
 	for _, s := range c.blobs {
 		t.add(s.stats())
 	}
+	t.OversizeRefused = c.oversize.Load()
 	return t
 }
 
@@ -531,7 +650,7 @@ func (c *Cache) Complete(key string, size int64) bool {
 // and how many it has; (0, 0) when the cache has no entry for key at that size.
 func (c *Cache) CachedUnits(key string, size int64) (have, total int) {
 	base, err := fileBase(key)
-	if err != nil || size < 0 {
+	if err != nil || size < 0 || size > c.opts.MaxBlobSize {
 		return 0, 0
 	}
 	c.mu.Lock()
@@ -541,12 +660,7 @@ func (c *Cache) CachedUnits(key string, size int64) (have, total int) {
 		if s.key != key || s.size != size {
 			return 0, 0
 		}
-		for i := range s.units {
-			if s.units[i].Load() != nil {
-				have++
-			}
-		}
-		return have, len(s.units)
+		return s.units.count(), s.units.len()
 	}
 	meta, err := os.Open(filepath.Join(c.dir, base+metaSuffix))
 	if err != nil {
@@ -564,3 +678,6 @@ func (c *Cache) CachedUnits(key string, size int64) (have, total int) {
 	forEachRecord(meta, want, func(int, []uint32, int64) { have++ })
 	return have, numUnits(size, int(want.UnitSize))
 }
+
+// MaxBlobSize is the largest blob size Open accepts (Options.MaxBlobSize).
+func (c *Cache) MaxBlobSize() int64 { return c.opts.MaxBlobSize }

@@ -80,14 +80,19 @@ func NewServer(o ServerOptions) (*Server, error) {
 
 // Close closes the blobs the server holds open.
 func (s *Server) Close() {
+	var idle []*served
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for d, h := range s.open {
 		delete(s.open, d)
 		h.gone = true
 		if h.refs == 0 {
-			closeServed(h)
+			idle = append(idle, h)
 		}
+	}
+	s.mu.Unlock()
+	// Outside s.mu: closing a cache handle waits for its running fills.
+	for _, h := range idle {
+		closeServed(h)
 	}
 }
 
@@ -124,6 +129,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	size, err := parseUint(r.Header.Get(HeaderBlobSize))
 	if err != nil || size <= 0 {
 		http.Error(w, "bad "+HeaderBlobSize, http.StatusBadRequest)
+		return
+	}
+	if max := s.o.Cache.MaxBlobSize(); size > max {
+		s.o.Logger.Warn("p2p serve refused: blob size above the limit", zap.String("blob", digest),
+			zap.Int64("size", size), zap.Int64("limit", max))
+		http.Error(w, fmt.Sprintf("%s %d exceeds the limit %d", HeaderBlobSize, size, max), http.StatusBadRequest)
 		return
 	}
 	first, last, ok := parseRange(r.Header.Get("Range"))
@@ -205,7 +216,9 @@ func (s *Server) acquire(digest, url string, size int64) (*served, error) {
 		if lru != "" {
 			o := s.open[lru]
 			delete(s.open, lru)
-			closeServed(o)
+			// Closing waits for the blob's running fills (read-ahead): not
+			// under s.mu, which every request needs, nor in this request.
+			go closeServed(o)
 		}
 	}
 	return h, nil
@@ -213,10 +226,11 @@ func (s *Server) acquire(digest, url string, size int64) (*served, error) {
 
 func (s *Server) release(digest string, h *served) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	h.refs--
-	if h.refs == 0 && h.gone {
-		closeServed(h)
+	last := h.refs == 0 && h.gone
+	s.mu.Unlock()
+	if last {
+		closeServed(h) // outside s.mu: it waits for the blob's running fills
 	}
 }
 

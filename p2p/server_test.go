@@ -1,9 +1,13 @@
 package p2p
 
 import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/obd-project/obd/cache"
 	"go.uber.org/zap"
@@ -34,6 +38,7 @@ func TestServerRefuses(t *testing.T) {
 		{"bad digest", blobPath + "sha256:zz", "", "", 400},
 		{"other blob", blobPath + d, HeaderBlobURL, "http://127.0.0.1:1/v2/r/blobs/sha256:1111111111111111111111111111111111111111111111111111111111111111", 400},
 		{"bad size", blobPath + d, HeaderBlobSize, "-1", 400},
+		{"oversize", blobPath + d, HeaderBlobSize, "1125899906842624", 400}, // 1 PiB
 		{"past end", blobPath + d, "Range", "bytes=95-100", 416},
 		{"two ranges", blobPath + d, "Range", "bytes=0-1,5-6", 416},
 		{"huge", blobPath + d, "Range", "bytes=0-999999999", 416},
@@ -53,3 +58,90 @@ func TestServerRefuses(t *testing.T) {
 		t.Errorf("%d registry opens for refused requests", opened)
 	}
 }
+
+// stallSource serves zeros; reads at or past stallFrom wait for release.
+type stallSource struct {
+	size, stallFrom int64
+	release         chan struct{}
+	stalled         chan struct{} // closed (once) when a read stalls
+}
+
+func (s *stallSource) Size() int64 { return s.size }
+func (s *stallSource) ReadAt(p []byte, off int64) (int, error) {
+	if off >= s.stallFrom {
+		select {
+		case <-s.stalled:
+		default:
+			close(s.stalled)
+		}
+		<-s.release
+		return 0, errors.New("released")
+	}
+	clear(p)
+	return len(p), nil
+}
+
+// Closing an idle blob whose read-ahead fill hangs (the server keeps at most
+// maxOpenBlobs open) must not stall requests for other blobs.
+func TestServerCloseDoesNotStallOthers(t *testing.T) {
+	const unit = 16 << 10
+	ca, err := cache.Open(t.TempDir(), cache.Options{RefillSize: unit, MaxFetchSize: unit, ReadAhead: 4 * unit, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Close()
+	release := make(chan struct{})
+	defer close(release)
+	first := &stallSource{size: 1 << 20, stallFrom: 3 * unit, release: release, stalled: make(chan struct{})}
+	s, err := NewServer(ServerOptions{Cache: ca, Token: "secret", Logger: zap.NewNop(),
+		Open: func(digest, _ string, size int64) (cache.Source, error) {
+			if digest == digestOf(0) {
+				return first, nil
+			}
+			return &stallSource{size: size, stallFrom: size, release: release}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(i int, off int64) int {
+		d := digestOf(i)
+		r := httptest.NewRequest(http.MethodGet, blobPath+d, nil)
+		r.Header = http.Header{"Authorization": {"Bearer secret"}, "Range": {fmt.Sprintf("bytes=%d-%d", off, off+unit-1)},
+			HeaderBlobURL: {"http://127.0.0.1:1/v2/r/blobs/" + d}, HeaderBlobSize: {"1048576"}}
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		return w.Code
+	}
+	// A stream over blob 0 starts a read-ahead fill, which hangs.
+	for u := int64(0); u < 3; u++ {
+		if code := get(0, u*unit); code != http.StatusPartialContent {
+			t.Fatalf("blob 0 chunk %d: HTTP %d", u, code)
+		}
+	}
+	select {
+	case <-first.stalled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no read-ahead fill started")
+	}
+	// Enough other blobs to close blob 0, the least recently used, and more.
+	done := make(chan int)
+	go func() {
+		for i := 1; i <= maxOpenBlobs+1; i++ {
+			if code := get(i, 0); code != http.StatusPartialContent {
+				done <- code
+				return
+			}
+		}
+		done <- http.StatusPartialContent
+	}()
+	select {
+	case code := <-done:
+		if code != http.StatusPartialContent {
+			t.Fatalf("HTTP %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("requests for other blobs stalled while the server closed a blob with a hung fill")
+	}
+}
+
+func digestOf(i int) string { return fmt.Sprintf("sha256:%x", sha256.Sum256([]byte{byte(i)})) }

@@ -31,6 +31,7 @@ type Blob struct {
 	red    string // url without query, for messages
 	repo   name.Repository
 	digest string
+	host   string // the registry's host[:port]: the fetch group of the cache
 	size   int64
 
 	ctx    context.Context // cancelled by Close: aborts reads in flight
@@ -78,6 +79,9 @@ func (c *Client) openBlobAt(ctx context.Context, blobURL string, size int64) (*B
 	if size < 0 {
 		return nil, fmt.Errorf("blob %s: negative size %d", redactURL(blobURL), size)
 	}
+	if err := c.checkSize(blobURL, size, "expected"); err != nil {
+		return nil, err
+	}
 	b, err := c.newBlob(blobURL, -1)
 	if err != nil {
 		return nil, err
@@ -103,7 +107,34 @@ func (c *Client) LazyBlob(blobURL string, size int64) (*Blob, error) {
 	if size <= 0 {
 		return nil, fmt.Errorf("blob %s: lazy open needs the size, got %d", redactURL(blobURL), size)
 	}
+	if err := c.checkSize(blobURL, size, "expected"); err != nil {
+		return nil, err
+	}
 	return c.newBlob(blobURL, size)
+}
+
+// ErrTooLarge is wrapped by the error for a blob whose size (from a manifest, a
+// config, a peer or the registry's answer) exceeds Options.MaxBlobSize.
+var ErrTooLarge = errors.New("blob size above the limit")
+
+// checkSize refuses a blob size above Options.MaxBlobSize: sizes come from
+// outside, and readers size their state by them.
+func (c *Client) checkSize(blobURL string, size int64, what string) error {
+	if size <= c.opts.MaxBlobSize {
+		return nil
+	}
+	c.opts.Logger.Warn("registry blob refused: size above the limit", zap.String("url", redactURL(blobURL)),
+		zap.String("from", what), zap.Int64("size", size), zap.Int64("limit", c.opts.MaxBlobSize))
+	if o, ok := c.opts.Observer.(OversizeObserver); ok {
+		o.OversizeRefused()
+	}
+	return fmt.Errorf("blob %s: %w: %s size %d, limit %d (MaxBlobSize)", redactURL(blobURL), ErrTooLarge, what, size, c.opts.MaxBlobSize)
+}
+
+// OversizeObserver is an optional capability of an Observer: told of every blob
+// refused for its size.
+type OversizeObserver interface {
+	OversizeRefused()
 }
 
 // newBlob checks blobURL and returns an unopened Blob of size (-1: unknown).
@@ -116,7 +147,7 @@ func (c *Client) newBlob(blobURL string, size int64) (*Blob, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Blob{c: c, url: blobURL, red: redactURL(blobURL), repo: repo, digest: digest, size: size}
+	b := &Blob{c: c, url: blobURL, red: redactURL(blobURL), repo: repo, digest: digest, host: host, size: size}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	return b, nil
 }
@@ -157,6 +188,10 @@ func splitBlobURL(s string) (host, repo, digest string, err error) {
 
 // Size is the blob size in bytes.
 func (b *Blob) Size() int64 { return b.size }
+
+// FetchGroup is the registry's host: the cache limits concurrent fetches per
+// registry, so a registry that hangs holds only its own share (cache.FetchGrouper).
+func (b *Blob) FetchGroup() string { return b.host }
 
 // URL is the blob URL the Blob was opened with.
 func (b *Blob) URL() string { return b.url }
@@ -214,11 +249,12 @@ func (b *Blob) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 type failure int
 
 const (
-	transient failure = iota // retry after backoff (5xx, connection errors, short bodies, bad framing)
-	throttled                // 429: retry after Retry-After or backoff
-	reauth                   // 401/403: re-resolve / re-handshake, then retry at once
-	gone                     // 404/410 from blob storage: re-resolve once
-	fatal                    // do not retry
+	transient   failure = iota // retry after backoff (5xx, connection errors, short bodies, bad framing)
+	throttled                  // 429: retry after Retry-After or backoff
+	reauth                     // 401/403: re-resolve / re-handshake, then retry at once
+	gone                       // 404/410 from blob storage: re-resolve once
+	etagChanged                // another ETag than before: retry at once, then accept it
+	fatal                      // do not retry
 )
 
 type attemptError struct {
@@ -242,9 +278,10 @@ func (b *Blob) fetch(ctx context.Context, p []byte, off int64) error {
 	ctx, cancel := context.WithTimeout(ctx, pol.Deadline)
 	defer cancel()
 	done, reauths, regone := 0, 0, 0
+	trustETag := false
 	var last *attemptError
 	for attempt := 1; ; attempt++ {
-		n, ae := b.attempt(ctx, p[done:], off+int64(done))
+		n, ae := b.attempt(ctx, p[done:], off+int64(done), trustETag)
 		done += n
 		if ae == nil {
 			if obs := b.c.opts.Observer; obs != nil {
@@ -264,6 +301,10 @@ func (b *Blob) fetch(ctx context.Context, p []byte, off int64) error {
 			if reauths++; reauths > 1 {
 				return fmt.Errorf("read %s [%d, +%d): %w", b.red, off, len(p), ae.err)
 			}
+		case etagChanged:
+			// The digest names the bytes; a new ETag may be another replica's. Ask
+			// once more, then take the answer: CRC and digest checks judge bytes.
+			trustETag = true
 		case gone:
 			if regone++; regone > 1 {
 				return fmt.Errorf("read %s [%d, +%d): %w: %w", b.red, off, len(p), ErrNotFound, ae.err)
@@ -318,6 +359,8 @@ func (k failure) String() string {
 		return "reauth"
 	case gone:
 		return "gone"
+	case etagChanged:
+		return "etag"
 	}
 	return "fatal"
 }
@@ -336,7 +379,7 @@ func backoff(pol RetryPolicy, attempt int) time.Duration {
 
 // attempt makes one request (plus the storage request if the registry redirects)
 // and returns how many bytes of p it filled.
-func (b *Blob) attempt(ctx context.Context, p []byte, off int64) (int, *attemptError) {
+func (b *Blob) attempt(ctx context.Context, p []byte, off int64, trustETag bool) (int, *attemptError) {
 	actx, cancel := context.WithTimeout(ctx, b.c.opts.Retry.AttemptTimeout)
 	defer cancel()
 	b.mu.Lock()
@@ -382,7 +425,7 @@ func (b *Blob) attempt(ctx context.Context, p []byte, off int64) (int, *attemptE
 			if resp.StatusCode/100 == 2 {
 				b.selfServes.Store(true)
 			}
-			n, ae := b.body(resp, p, off, nil)
+			n, ae := b.body(resp, p, off, nil, trustETag)
 			if ae != nil && ae.kind == reauth {
 				b.c.forgetAuth(b.repo) // handshake again: fresh credentials and token
 			}
@@ -410,7 +453,7 @@ func (b *Blob) attempt(ctx context.Context, p []byte, off int64) (int, *attemptE
 		return 0, transportFailure(err)
 	}
 	defer resp.Body.Close()
-	n, ae := b.body(resp, p, off, loc)
+	n, ae := b.body(resp, p, off, loc, trustETag)
 	if ae != nil && (ae.kind == reauth || ae.kind == gone) {
 		b.dropLocation(loc) // expired or revoked signed URL: ask the registry again
 	}
@@ -498,7 +541,7 @@ func transportFailure(err error) *attemptError {
 
 // body checks a response against the requested range and copies it into p. loc is
 // the redirect location that answered (nil: the registry itself).
-func (b *Blob) body(resp *http.Response, p []byte, off int64, loc *location) (int, *attemptError) {
+func (b *Blob) body(resp *http.Response, p []byte, off int64, loc *location, trustETag bool) (int, *attemptError) {
 	want := int64(len(p))
 	src := b.red // where the answer came from, for messages
 	if loc != nil && resp.Request != nil {
@@ -530,7 +573,7 @@ func (b *Blob) body(resp *http.Response, p []byte, off int64, loc *location) (in
 	if d := resp.Header.Get("Docker-Content-Digest"); d != "" && d != b.digest {
 		return 0, failed(fatal, "%w: %s: Docker-Content-Digest %s, want %s", ErrBadResponse, src, d, b.digest)
 	}
-	if ae := b.checkETag(resp.Header.Get("ETag"), loc, src); ae != nil {
+	if ae := b.checkETag(resp.Header.Get("ETag"), loc, src, trustETag); ae != nil {
 		return 0, ae
 	}
 
@@ -550,6 +593,9 @@ func (b *Blob) body(resp *http.Response, p []byte, off int64, loc *location) (in
 			return 0, failed(fatal, "%w: %s: server ignores Range (HTTP 200 for range at %d)", ErrBadResponse, src, off)
 		}
 		if b.size < 0 {
+			if err := b.c.checkSize(b.url, total, "HTTP 200 Content-Length"); err != nil {
+				return 0, failed(fatal, "%w", err)
+			}
 			b.size = total
 		}
 		skip = off
@@ -565,6 +611,9 @@ func (b *Blob) body(resp *http.Response, p []byte, off int64, loc *location) (in
 		case b.size < 0 && cr.Total < 0:
 			return 0, failed(fatal, "%w: %s: Content-Range total is *, blob size unknown", ErrBadResponse, src)
 		case b.size < 0:
+			if err := b.c.checkSize(b.url, cr.Total, "Content-Range total"); err != nil {
+				return 0, failed(fatal, "%w", err)
+			}
 			b.size = cr.Total
 		case cr.Total >= 0 && cr.Total != b.size:
 			return 0, failed(fatal, "%w: %s: blob changed: size %d, was %d", ErrBadResponse, src, cr.Total, b.size)
@@ -592,9 +641,11 @@ func (b *Blob) body(resp *http.Response, p []byte, off int64, loc *location) (in
 	return n, nil
 }
 
-// checkETag fails when a source that reported an ETag reports a different one:
-// the blob behind the URL changed.
-func (b *Blob) checkETag(tag string, loc *location, src string) *attemptError {
+// checkETag reports a source that answers with another ETag than before. Blob
+// URLs are content-addressed, so that is not a changed blob by itself (replicas
+// behind a load balancer compute ETags of their own): the read asks once more,
+// and with trust set it takes the new ETag.
+func (b *Blob) checkETag(tag string, loc *location, src string, trust bool) *attemptError {
 	if tag == "" {
 		return nil
 	}
@@ -604,14 +655,17 @@ func (b *Blob) checkETag(tag string, loc *location, src string) *attemptError {
 	if loc != nil {
 		slot = &loc.etag
 	}
-	if *slot == "" {
+	if *slot == "" || *slot == tag {
 		*slot = tag
 		return nil
 	}
-	if *slot != tag {
-		return failed(fatal, "%w: %s: blob changed: ETag %s, was %s", ErrBadResponse, src, tag, *slot)
+	if trust {
+		b.c.opts.Logger.Debug("registry blob ETag changed: bytes trusted (content-addressed)",
+			zap.String("url", src), zap.String("etag", tag), zap.String("was", *slot))
+		*slot = tag
+		return nil
 	}
-	return nil
+	return failed(etagChanged, "%w: %s: ETag %s, was %s", ErrBadResponse, src, tag, *slot)
 }
 
 // redactErr strips query strings from the URL a *url.Error carries.

@@ -209,15 +209,17 @@ func TestCorruptionDetection(t *testing.T) {
 		}
 	}
 
-	// With ETags, a blob that changes under the same URL is refused outright.
+	// With ETags, another ETag for the same (content-addressed) URL is asked
+	// once more, then trusted: the bytes' own checks (ZFile CRCs above, digests)
+	// judge them, not the ETag, which replicas compute each their own way.
 	p.SetPlan(nil)
 	p.SetETags(true)
 	if _, err := b.ReadAt(buf, 0); err != nil {
 		t.Fatal(err)
 	}
 	p.SetPlan(registrytest.Always(registrytest.ChangedBlob))
-	if _, err := b.ReadAt(buf, 0); !errors.Is(err, ErrBadResponse) || !strings.Contains(err.Error(), "blob changed") || p.Matched() != 1 {
-		t.Errorf("changed ETag: %v, %d requests", err, p.Matched())
+	if _, err := b.ReadAt(buf, 0); err != nil || p.Matched() != 2 {
+		t.Errorf("changed ETag: %v, %d requests; want the answer after 2 requests", err, p.Matched())
 	}
 }
 

@@ -14,6 +14,9 @@ import (
 // -ldflags "-X github.com/obd-project/obd/registry.Version=...".
 var Version = "dev"
 
+// DefaultMaxBlobSize is Options.MaxBlobSize's default.
+const DefaultMaxBlobSize = 4 << 40
+
 // Options configure a Client. The zero value is usable: Docker config credentials,
 // verified TLS, linux/amd64, and the retry defaults below.
 type Options struct {
@@ -57,6 +60,9 @@ type Options struct {
 	// will discard to reach the range; beyond it such an answer is an error.
 	// Default 1 MiB.
 	MaxSkip int64
+	// MaxBlobSize bounds the size of a blob: from a manifest, a config or the
+	// registry's answer (default 4 TiB). A larger one is refused (ErrTooLarge).
+	MaxBlobSize int64
 
 	// DialTimeout, TLSHandshakeTimeout and ResponseHeaderTimeout default to 10 s.
 	DialTimeout, TLSHandshakeTimeout, ResponseHeaderTimeout time.Duration
@@ -148,6 +154,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxSkip <= 0 {
 		o.MaxSkip = 1 << 20
+	}
+	if o.MaxBlobSize <= 0 {
+		o.MaxBlobSize = DefaultMaxBlobSize
 	}
 	for _, d := range []*time.Duration{&o.DialTimeout, &o.TLSHandshakeTimeout, &o.ResponseHeaderTimeout} {
 		if *d <= 0 {

@@ -157,6 +157,13 @@ func (c *Client) resolveOnce(ctx context.Context, r name.Reference) (*Image, err
 	}
 	for i, d := range m.Layers {
 		l := Layer{Index: i, Digest: d.Digest.String(), Size: d.Size, MediaType: string(d.MediaType), Annotations: d.Annotations}
+		if d.Size < 0 || d.Size > c.opts.MaxBlobSize {
+			// Readers size their state by it: refuse before anything opens the blob.
+			if err := c.checkSize(c.repoBlobURL(repo)+"/"+l.Digest, d.Size, "manifest"); err != nil {
+				return nil, fmt.Errorf("%w: layer %d: %w", ErrBadResponse, i, err)
+			}
+			return nil, fmt.Errorf("%w: layer %d (%s): negative size %d", ErrBadResponse, i, l.Digest, d.Size)
+		}
 		bd, hasDigest := d.Annotations[AnnotationBlobDigest]
 		bs, hasSize := d.Annotations[AnnotationBlobSize]
 		if hasDigest && hasSize {

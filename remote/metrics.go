@@ -16,11 +16,15 @@ type metrics struct {
 	latency  *prometheus.HistogramVec // time to response headers, by host
 	fetched  *prometheus.CounterVec   // blob payload bytes, by source
 	retries  *prometheus.CounterVec   // by reason
+	oversize prometheus.Counter       // blobs the registry client refused for their size
 	cache    func() cache.Stats
 	usage    func() (int64, error)
 }
 
-var _ registry.Observer = (*metrics)(nil)
+var (
+	_ registry.Observer         = (*metrics)(nil)
+	_ registry.OversizeObserver = (*metrics)(nil)
+)
 
 func newMetrics() *metrics {
 	return &metrics{
@@ -32,6 +36,8 @@ func newMetrics() *metrics {
 			Help: "Blob bytes fetched, by source."}, []string{"source"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "obd", Name: "registry_retries_total",
 			Help: "Blob reads tried again, by reason."}, []string{"reason"}),
+		oversize: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "obd", Name: "registry_oversize_refused_total",
+			Help: "Blobs refused because their size (manifest, config or registry answer) exceeds the limit."}),
 	}
 }
 
@@ -44,6 +50,8 @@ func (m *metrics) Bytes(n int64) { m.fetched.WithLabelValues("registry").Add(flo
 
 func (m *metrics) Retry(reason string, _ time.Duration) { m.retries.WithLabelValues(reason).Inc() }
 
+func (m *metrics) OversizeRefused() { m.oversize.Inc() }
+
 var (
 	descHits      = prometheus.NewDesc("obd_cache_hits_total", "Read pieces served from the extent cache.", nil, nil)
 	descMisses    = prometheus.NewDesc("obd_cache_misses_total", "Read pieces that waited for a fetch.", nil, nil)
@@ -52,6 +60,8 @@ var (
 	descEvictions = prometheus.NewDesc("obd_cache_evictions_total", "Cache units dropped (CRC self-healing or capacity).", nil, nil)
 	descRefetches = prometheus.NewDesc("obd_cache_refetches_total", "Fetches of units dropped after a ZFile block CRC failure.", nil, nil)
 	descCRC       = prometheus.NewDesc("obd_cache_crc_failures_total", "Cached pages that failed their CRC and were fetched again.", nil, nil)
+	descStale     = prometheus.NewDesc("obd_cache_stale_evicts_total", "Evicts that dropped nothing: the caller had read a copy already replaced.", nil, nil)
+	descOversize  = prometheus.NewDesc("obd_cache_oversize_refused_total", "Blobs the cache refused to open for their size.", nil, nil)
 	descUsage     = prometheus.NewDesc("obd_cache_usage_bytes", "Disk space the extent cache uses.", nil, nil)
 )
 
@@ -60,7 +70,8 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.latency.Describe(ch)
 	m.fetched.Describe(ch)
 	m.retries.Describe(ch)
-	for _, d := range []*prometheus.Desc{descHits, descMisses, descServed, descCFetched, descEvictions, descRefetches, descCRC, descUsage} {
+	m.oversize.Describe(ch)
+	for _, d := range []*prometheus.Desc{descHits, descMisses, descServed, descCFetched, descEvictions, descRefetches, descCRC, descStale, descOversize, descUsage} {
 		ch <- d
 	}
 }
@@ -70,6 +81,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	m.latency.Collect(ch)
 	m.fetched.Collect(ch)
 	m.retries.Collect(ch)
+	m.oversize.Collect(ch)
 	if m.cache == nil {
 		return
 	}
@@ -78,7 +90,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		d *prometheus.Desc
 		n int64
 	}{{descHits, s.Hits}, {descMisses, s.Misses}, {descServed, s.BytesServed}, {descCFetched, s.BytesFetched},
-		{descEvictions, s.Evictions}, {descRefetches, s.Refetches}, {descCRC, s.ChecksumFailures}} {
+		{descEvictions, s.Evictions}, {descRefetches, s.Refetches}, {descCRC, s.ChecksumFailures},
+		{descStale, s.StaleEvicts}, {descOversize, s.OversizeRefused}} {
 		ch <- prometheus.MustNewConstMetric(v.d, prometheus.CounterValue, float64(v.n))
 	}
 	if u, err := m.usage(); err == nil {

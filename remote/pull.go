@@ -66,7 +66,6 @@ func (o *Opener) Pull(ctx context.Context, ref string, po PullOptions) (PullResu
 		off   int64
 		n     int
 	}
-	var chunks []chunk
 	blobs := make([]*cachedBlob, len(cfg.Lowers))
 	defer func() {
 		for _, b := range blobs {
@@ -90,9 +89,6 @@ func (o *Opener) Pull(ctx context.Context, ref string, po PullOptions) (PullResu
 		}
 		blobs[i] = b
 		res.Bytes += int64(l.Size)
-		for off := int64(0); off < int64(l.Size); off += int64(po.ChunkSize) {
-			chunks = append(chunks, chunk{i, off, int(min(int64(po.ChunkSize), int64(l.Size)-off))})
-		}
 	}
 	var done atomic.Int64
 	var pmu sync.Mutex
@@ -139,12 +135,16 @@ func (o *Opener) Pull(ctx context.Context, ref string, po PullOptions) (PullResu
 			}
 		}()
 	}
+	// Chunks are produced as the workers take them: nothing is sized by the
+	// layer sizes a manifest claims.
 feed:
-	for _, c := range chunks {
-		select {
-		case work <- c:
-		case <-ctx.Done():
-			break feed
+	for i, l := range cfg.Lowers {
+		for off := int64(0); off < int64(l.Size); off += int64(po.ChunkSize) {
+			select {
+			case work <- chunk{i, off, int(min(int64(po.ChunkSize), int64(l.Size)-off))}:
+			case <-ctx.Done():
+				break feed
+			}
 		}
 	}
 	close(work)

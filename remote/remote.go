@@ -93,7 +93,8 @@ func OptionsFromGlobal(g *config.GlobalConfig) (Options, error) {
 // window, 4 MiB fetches), 53-57% with these. The window grows with each stream
 // (cache: as long as what the stream has read), so reading a file of a few MiB
 // fetches about twice its size, not 128 MiB. Memory stays bounded: at most
-// MaxFetches (8) fetch buffers of MaxFetchSize are live, 128 MiB. Only streams
+// MaxFetches (8) fetch buffers of MaxFetchSize are live per registry, 128 MiB,
+// and MaxTotalFetches (32) over all registries. Only streams
 // (three sequential reads) read ahead: random reads fetch just the units they miss.
 const (
 	DefaultReadAhead    = 128 << 20
@@ -138,6 +139,13 @@ func NewOpener(o Options) (*Opener, error) {
 	}
 	if o.Cache.AheadContext == nil {
 		o.Cache.AheadContext = prefetchCtx
+	}
+	// One bound on blob sizes, whichever side was given it.
+	if o.Cache.MaxBlobSize == 0 {
+		o.Cache.MaxBlobSize = o.Registry.MaxBlobSize
+	}
+	if o.Registry.MaxBlobSize == 0 {
+		o.Registry.MaxBlobSize = o.Cache.MaxBlobSize
 	}
 	if o.P2P.Enable && o.P2P.Mode == config.P2PModePeers {
 		// One chunk per fill: a fill then waits only on the chunk's owner, which
@@ -370,8 +378,8 @@ type cachedBlob struct {
 // Evict drops the range from the cache and, in peer mode, penalises the peers
 // that served it.
 func (b *cachedBlob) Evict(off, n int64) error {
-	err := b.Blob.Evict(off, n)
-	if b.peers != nil {
+	dropped, err := b.Blob.Invalidate(off, n)
+	if dropped && b.peers != nil { // not for a stale Evict: the bytes now cached came later
 		b.peers.Evicted(off, n)
 	}
 	return err

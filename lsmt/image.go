@@ -105,18 +105,26 @@ func (im *Image) readLower(p []byte, off int64) error {
 	return readMapped(p, off, im.index.segs[i:], func(tag uint8) io.ReaderAt { return im.files[tag] }, nil)
 }
 
-// WriteAt implements blockdev.Target.
+// WriteAt implements blockdev.Target. A sparse upper over lowers fills partly written
+// blocks from the disk (see sparse.go).
 func (im *Image) WriteAt(p []byte, off int64) (int, error) {
 	if im.upper == nil {
 		return 0, blockdev.ErrReadOnly
 	}
+	if im.sparseUnder() {
+		return im.writeSparse(p, off)
+	}
 	return im.upper.WriteAt(p, off)
 }
 
-// Discard implements blockdev.Discarder.
+// Discard implements blockdev.Discarder. A sparse upper over lowers writes real zeros
+// where a lower maps data, so the discard survives a reopen (see sparse.go).
 func (im *Image) Discard(off, length int64) error {
 	if im.upper == nil {
 		return blockdev.ErrReadOnly
+	}
+	if im.sparseUnder() {
+		return im.discardSparse(off, length)
 	}
 	return im.upper.Discard(off, length)
 }

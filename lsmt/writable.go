@@ -27,6 +27,8 @@ type Writable struct {
 	indexEnd int64  // append position in the index file
 	segs     segmentMap
 	closed   bool
+	// blockSize is a sparse data file's allocation unit (see sparse.go).
+	blockSize int64
 }
 
 // CreateOptions describe a new writable layer.
@@ -67,6 +69,7 @@ func Create(data, index *os.File, opts CreateOptions) (*Writable, error) {
 		if err := data.Truncate(int64(h.VirtualSize) + HeaderSize); err != nil {
 			return nil, fmt.Errorf("lsmt: sizing sparse data file: %w", err)
 		}
+		w.blockSize = allocUnit(data)
 		return w, nil
 	}
 	ih := h
@@ -105,6 +108,7 @@ func OpenWritable(data, index *os.File) (*Writable, error) {
 	if w.header.IsSparse() {
 		w.vsize = w.header.VirtualSize
 		w.vsizeOld = w.vsize
+		w.blockSize = allocUnit(data)
 		if err := w.scanSparse(dst.Size()); err != nil {
 			return nil, err
 		}

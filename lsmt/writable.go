@@ -17,6 +17,9 @@ import (
 // ranges). It is safe for concurrent use: reads share a read lock, writes are
 // serialized.
 type Writable struct {
+	// syncMu serialises Sync, Close and CloseSeal, so the files stay open while Sync
+	// fsyncs them without holding mu.
+	syncMu   sync.Mutex
 	mu       sync.RWMutex
 	data     *os.File
 	index    *os.File // nil for a sparse layer
@@ -402,22 +405,29 @@ func (w *Writable) Segments() []Segment {
 func (w *Writable) Flush() error { return w.Sync() }
 
 // Sync makes every completed write durable: data file first, then the index file, so
-// an index record never points at data that did not reach the disk.
+// an index record never points at data that did not reach the disk. The lock is held
+// only to store a changed virtual size: reads and writes go on during the fsyncs
+// (writes completing meanwhile may or may not be included, as for any FLUSH).
 func (w *Writable) Sync() error {
+	w.syncMu.Lock()
+	defer w.syncMu.Unlock()
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if w.closed {
+		w.mu.Unlock()
 		return errClosed
 	}
-	return w.syncLocked()
+	var err error
+	if w.vsize != w.vsizeOld {
+		err = w.storeVirtualSize()
+	}
+	w.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return w.syncFiles()
 }
 
-func (w *Writable) syncLocked() error {
-	if w.vsize != w.vsizeOld {
-		if err := w.storeVirtualSize(); err != nil {
-			return err
-		}
-	}
+func (w *Writable) syncFiles() error {
 	if err := w.data.Sync(); err != nil {
 		return err
 	}
@@ -427,8 +437,19 @@ func (w *Writable) syncLocked() error {
 	return nil
 }
 
+func (w *Writable) syncLocked() error {
+	if w.vsize != w.vsizeOld {
+		if err := w.storeVirtualSize(); err != nil {
+			return err
+		}
+	}
+	return w.syncFiles()
+}
+
 // Close syncs the layer and closes its files.
 func (w *Writable) Close() error {
+	w.syncMu.Lock()
+	defer w.syncMu.Unlock()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
@@ -453,6 +474,8 @@ func (w *Writable) CloseSeal(userTag []byte) error {
 	if len(userTag) > MaxUserTagSize {
 		return fmt.Errorf("lsmt: user tag is %d bytes, at most %d allowed", len(userTag), MaxUserTagSize)
 	}
+	w.syncMu.Lock()
+	defer w.syncMu.Unlock()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {

@@ -147,3 +147,57 @@ func (im *Image) withTop(t *testing.T, top *Layer) *Image {
 	}
 	return out
 }
+
+// A partial-block write planned while the upper mapped the whole block (so the lowers
+// were not read) that meets a discard punched into the block meanwhile re-plans with
+// the lowers' bytes instead of failing or writing stale bytes.
+func TestSparseFillRacingDiscardReplans(t *testing.T) {
+	dir := t.TempDir()
+	const vsize = 1 << 20
+	lw := newWritableFiles(t, dir, "lower", CreateOptions{VirtualSize: vsize})
+	if _, err := lw.WriteAt(bytes.Repeat([]byte{0xAA}, 8<<10), 8<<10); err != nil { // lower data only from 8 KiB
+		t.Fatal(err)
+	}
+	lower := commitToLayer(t, filepath.Join(dir, "lower.lsmt"), lw.CommitSource(), CommitOptions{})
+	lw.Close()
+	up := newWritableFiles(t, dir, "upper", CreateOptions{VirtualSize: vsize, Sparse: true})
+	im, err := NewImage([]*Layer{lower}, up)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := im.WriteAt(bytes.Repeat([]byte{0xBB}, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	op := sparseOp{off: 0, n: 512, data: bytes.Repeat([]byte{0xCC}, 512)}
+	op.fills = up.blockFills(0, 512, vsize)
+	if len(op.fills) != 1 || !up.mapsAll(op.fills[0].off, op.fills[0].n) {
+		t.Fatalf("fills %+v", op.fills)
+	}
+	if err := im.Discard(1024, 1024); err != nil { // the lower reads zeros there: a hole
+		t.Fatal(err)
+	}
+	if err := up.applySparse([]sparseOp{op}); err != errNeedLower {
+		t.Fatalf("stale plan applied: %v", err)
+	}
+	if err := im.applySparse([]sparseOp{op}, false); err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Repeat([]byte{0xBB}, 4096)
+	copy(want, op.data)
+	clear(want[1024:2048])
+	check := func(what string, w *Writable) {
+		t.Helper()
+		im, err := NewImage([]*Layer{lower}, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 4096)
+		if _, err := im.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: block 0 differs at byte %d (err %v)", what, firstDiff(got, want), err)
+		}
+	}
+	check("before reopen", up)
+	up = reopenWritable(t, dir, "upper", up)
+	defer up.Close()
+	check("after reopen", up)
+}

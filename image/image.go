@@ -155,6 +155,11 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 		if opts.Holder != "" {
 			w.SetHolderNote(opts.Holder)
 		}
+		if d := w.Dropped(); d.Records > 0 {
+			lg.Warn("upper: dropped index records whose data is past the end of the data file (writes after the last flush, cut by a power loss)",
+				zap.String("data", cfg.Upper.Data), zap.String("index", cfg.Upper.Index), zap.Int64("records", d.Records),
+				zap.Int64("first_at", d.FirstAt), zap.Stringer("first", d.First))
+		}
 		im.upper = w
 	}
 	st, err := lsmt.NewImage(layers, im.upper)

@@ -10,9 +10,24 @@ import (
 // Readers run concurrently with a writer through the stacked view. Each writer step
 // writes a whole 4 KiB block with one repeated byte, so a reader must always see a
 // block made of a single byte value (no torn or misplaced data). Run with -race.
+// With a sparse upper the writes and discards also fill blocks from the lowers.
 func TestConcurrentReadWrite(t *testing.T) {
-	st := newRandomStack(t, 2, 1<<20, 20, 11)
-	im := st.image(t, true)
+	for _, sparse := range []bool{false, true} {
+		st := newRandomStack(t, 2, 1<<20, 20, 11)
+		im := st.image(t, true)
+		if sparse {
+			up := newWritableFiles(t, t.TempDir(), "sparse", CreateOptions{VirtualSize: 1 << 20, Sparse: true})
+			t.Cleanup(func() { up.Close() })
+			var err error
+			if im, err = NewImage(st.lowers, up); err != nil {
+				t.Fatal(err)
+			}
+		}
+		concurrentReadWrite(t, im)
+	}
+}
+
+func concurrentReadWrite(t *testing.T, im *Image) {
 	const blocks = 64
 	for b := 0; b < blocks; b++ {
 		if _, err := im.WriteAt(bytes.Repeat([]byte{byte(b)}, 4096), int64(b)*4096); err != nil {

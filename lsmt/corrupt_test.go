@@ -195,8 +195,8 @@ func TestOpenWritableRejects(t *testing.T) {
 		mutate func(b []byte) []byte
 		want   string
 	}{
-		{"entry beyond data file", func(b []byte) []byte {
-			seg(0, 8, 100).Encode(b[HeaderSize:])
+		{"entry inside the header", func(b []byte) []byte {
+			seg(0, 8, 4).Encode(b[HeaderSize:])
 			return b
 		}, "outside the data file"},
 		{"index file sealed", func(b []byte) []byte { b[htFlags] = FlagHeader | FlagSealed; return b }, "header flags"},

@@ -24,4 +24,13 @@
 //     leaves garbage there; only the trailer's index_size entries are read either way).
 //   - A torn last record of a writable index log is ignored at open and overwritten by
 //     the next write, so the log stays a whole number of records.
+//   - A record whose data lies past the data file's end (power loss after an unflushed
+//     write) is dropped at open rather than failing the layer (Writable.Dropped).
+//   - Writes and discards that would push the index log past MaxIndexSize records fail
+//     with ENOSPC instead of making a layer that no longer opens.
+//   - A merged index holds at most MaxMergedEntries (16M, ~450 MiB) entries, not the
+//     reference's 128M: a hostile stack of index-heavy layers gets a clear error
+//     instead of costing GiBs.
+//   - Under lower layers, a sparse upper persists discards and partial-block writes in
+//     its data file (sparse.go), so it reads the same after a reopen.
 package lsmt

@@ -83,7 +83,7 @@ func FuzzReplayIndex(f *testing.F) {
 			dataSize = -dataSize
 		}
 		var m segmentMap
-		_, n, err := loadIndexLog(bytes.NewReader(b), int64(len(b)), dataSize, &m)
+		_, n, err := loadIndexLog(bytes.NewReader(b), int64(len(b)), dataSize, &m, nil)
 		if err != nil {
 			return
 		}

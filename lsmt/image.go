@@ -85,19 +85,42 @@ func (im *Image) Size() int64 {
 func (im *Image) ReadOnly() bool { return im.upper == nil }
 
 // ReadAt implements blockdev.Target and io.ReaderAt.
+//
+// The upper's lock is held only for the upper's part: under it the upper's mapping is
+// looked up and its (local) data read, and the ranges it does not map are noted; the
+// lowers, possibly remote and slow, are read after the lock is released, so writes,
+// flushes and other reads never wait behind them. Lowers never change, so the result
+// is the disk as it was at that moment under the lock: each sector reads as before or
+// after a concurrent write, never a mix.
 func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 	if im.upper == nil {
 		return readSized(p, off, im.size, im.readLower)
 	}
+	type span struct{ off, n int64 }
+	var holesBuf [4]span
+	holes := holesBuf[:0]
 	u := im.upper
 	u.mu.RLock()
-	defer u.mu.RUnlock()
 	if u.closed {
+		u.mu.RUnlock()
 		return 0, errClosed
 	}
-	return readSized(p, off, int64(u.vsize), func(p []byte, off int64) error {
-		return u.readLocked(p, off, im.readLower)
+	n, err := readSized(p, off, int64(u.vsize), func(p []byte, off int64) error {
+		return u.readLocked(p, off, func(h []byte, at int64) error {
+			holes = append(holes, span{at, int64(len(h))})
+			return nil
+		})
 	})
+	u.mu.RUnlock()
+	if err != nil && err != io.EOF {
+		return 0, err
+	}
+	for _, h := range holes {
+		if rerr := im.readLower(p[h.off-off:h.off-off+h.n], h.off); rerr != nil {
+			return 0, rerr
+		}
+	}
+	return n, err
 }
 
 func (im *Image) readLower(p []byte, off int64) error {
@@ -105,18 +128,26 @@ func (im *Image) readLower(p []byte, off int64) error {
 	return readMapped(p, off, im.index.segs[i:], func(tag uint8) io.ReaderAt { return im.files[tag] }, nil)
 }
 
-// WriteAt implements blockdev.Target.
+// WriteAt implements blockdev.Target. A sparse upper over lowers fills partly written
+// blocks from the disk (see sparse.go).
 func (im *Image) WriteAt(p []byte, off int64) (int, error) {
 	if im.upper == nil {
 		return 0, blockdev.ErrReadOnly
 	}
+	if im.sparseUnder() {
+		return im.writeSparse(p, off)
+	}
 	return im.upper.WriteAt(p, off)
 }
 
-// Discard implements blockdev.Discarder.
+// Discard implements blockdev.Discarder. A sparse upper over lowers writes real zeros
+// where a lower maps data, so the discard survives a reopen (see sparse.go).
 func (im *Image) Discard(off, length int64) error {
 	if im.upper == nil {
 		return blockdev.ErrReadOnly
+	}
+	if im.sparseUnder() {
+		return im.discardSparse(off, length)
 	}
 	return im.upper.Discard(off, length)
 }

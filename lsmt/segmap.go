@@ -76,7 +76,21 @@ func countNodes(t *smNode) int {
 }
 
 // Insert adds s (Length > 0), overwriting the overlapped parts of older segments.
-func (m *segmentMap) Insert(s Segment) {
+func (m *segmentMap) Insert(s Segment) { m.replace(s, true) }
+
+// Delete removes sectors [start, end) (cutting segments that overlap the edges):
+// afterwards the range is a hole.
+func (m *segmentMap) Delete(start, end uint64) {
+	for start < end {
+		l := min(end-start, 1<<31)
+		m.replace(Segment{Offset: start, Length: uint32(l)}, false)
+		start += l
+	}
+}
+
+// replace removes whatever lies in s's range and, if keep, puts s there. Delete passes
+// ranges longer than MaxLength: only Offset and End of s matter there.
+func (m *segmentMap) replace(s Segment, keep bool) {
 	left, rest := split(m.root, s.Offset)
 	var tail *smNode // the part of a cut segment that lies after s
 	if last := maxNode(left); last != nil && last.seg.End() > s.Offset {
@@ -93,8 +107,11 @@ func (m *segmentMap) Insert(s Segment) {
 		m.n++
 	}
 	m.n -= countNodes(mid)
-	m.n++
-	t := join(left, &smNode{seg: s, prio: m.nextPrio()})
+	t := left
+	if keep {
+		m.n++
+		t = join(t, &smNode{seg: s, prio: m.nextPrio()})
+	}
 	if tail != nil {
 		t = join(t, tail)
 	}

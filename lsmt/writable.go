@@ -17,6 +17,9 @@ import (
 // ranges). It is safe for concurrent use: reads share a read lock, writes are
 // serialized.
 type Writable struct {
+	// syncMu serialises Sync, Close and CloseSeal, so the files stay open while Sync
+	// fsyncs them without holding mu.
+	syncMu   sync.Mutex
 	mu       sync.RWMutex
 	data     *os.File
 	index    *os.File // nil for a sparse layer
@@ -27,7 +30,26 @@ type Writable struct {
 	indexEnd int64  // append position in the index file
 	segs     segmentMap
 	closed   bool
+	// blockSize is a sparse data file's allocation unit (see sparse.go).
+	blockSize int64
+	dropped   ReplayDrops
 }
+
+// ReplayDrops describes the index records OpenWritable dropped because their data lies
+// past the end of the data file: writes after the last FLUSH whose record reached the
+// disk before their data did (a power loss). No FLUSH acknowledged them.
+type ReplayDrops struct {
+	Records int64   // how many
+	FirstAt int64   // file offset of the first one in the index file
+	First   Segment // the first one
+}
+
+// maxIndexRecords is the index log's limit, MaxIndexSize, lowered by tests.
+var maxIndexRecords int64 = MaxIndexSize
+
+// errIndexFull is wrapped by the error of a write or discard refused because the
+// index log is full.
+var errIndexFull = unix.ENOSPC
 
 // CreateOptions describe a new writable layer.
 type CreateOptions struct {
@@ -65,11 +87,16 @@ func Create(data, index *os.File, opts CreateOptions) (*Writable, error) {
 	if _, err := data.WriteAt(b, 0); err != nil {
 		return nil, fmt.Errorf("lsmt: writing data header: %w", err)
 	}
+	// A layer must open after a power loss even if it was never flushed.
+	if err := data.Sync(); err != nil {
+		return nil, fmt.Errorf("lsmt: syncing data header: %w", err)
+	}
 	w := &Writable{data: data, header: h, vsize: h.VirtualSize, vsizeOld: h.VirtualSize, dataEnd: HeaderSize}
 	if opts.Sparse {
 		if err := data.Truncate(int64(h.VirtualSize) + HeaderSize); err != nil {
 			return nil, fmt.Errorf("lsmt: sizing sparse data file: %w", err)
 		}
+		w.blockSize = allocUnit(data)
 		return w, nil
 	}
 	ih := h
@@ -79,6 +106,9 @@ func Create(data, index *os.File, opts CreateOptions) (*Writable, error) {
 	if _, err := index.WriteAt(b, 0); err != nil {
 		return nil, fmt.Errorf("lsmt: writing index header: %w", err)
 	}
+	if err := index.Sync(); err != nil {
+		return nil, fmt.Errorf("lsmt: syncing index header: %w", err)
+	}
 	w.index = index
 	w.indexEnd = HeaderSize
 	return w, nil
@@ -87,8 +117,12 @@ func Create(data, index *os.File, opts CreateOptions) (*Writable, error) {
 // OpenWritable opens an existing writable layer. index is nil for a sparse layer.
 // The index log is replayed in file order (later entries win); invalid entries are
 // skipped and a torn last record (the file size not a whole number of entries) is
-// ignored and overwritten by the next write. An entry whose data lies outside the
-// data file is an error, as in the reference.
+// ignored and overwritten by the next write. An entry whose data lies past the end of
+// the data file (a power loss kept the record of an unflushed write but not its data)
+// is dropped, unlike in the reference, which refuses the whole layer: it is
+// overwritten in the index file with an invalid entry, so later appends to the data
+// file cannot revive it, and reported by Dropped. An entry pointing into the header is
+// still an error.
 func OpenWritable(data, index *os.File) (_ *Writable, err error) {
 	if err := lockLayer(data, index); err != nil {
 		return nil, err
@@ -115,6 +149,7 @@ func OpenWritable(data, index *os.File) (_ *Writable, err error) {
 	if w.header.IsSparse() {
 		w.vsize = w.header.VirtualSize
 		w.vsizeOld = w.vsize
+		w.blockSize = allocUnit(data)
 		if err := w.scanSparse(dst.Size()); err != nil {
 			return nil, err
 		}
@@ -127,7 +162,21 @@ func OpenWritable(data, index *os.File) (_ *Writable, err error) {
 	if err != nil {
 		return nil, err
 	}
-	ih, n, err := loadIndexLog(index, ist.Size(), dst.Size(), &w.segs)
+	var invalid [SegmentSize]byte
+	InvalidSegment.Encode(invalid[:])
+	ih, n, err := loadIndexLog(index, ist.Size(), dst.Size(), &w.segs, func(at int64, s Segment) error {
+		if w.dropped.Records == 0 {
+			w.dropped.FirstAt, w.dropped.First = at, s
+		}
+		w.dropped.Records++
+		if _, err := index.WriteAt(invalid[:], at); err != nil {
+			return fmt.Errorf("lsmt: invalidating index record at offset %d: %w", at, err)
+		}
+		return nil
+	})
+	if err == nil && w.dropped.Records > 0 {
+		err = index.Sync()
+	}
 	if err != nil {
 		return nil, inContext(err, "index file %s (of data file %s)", index.Name(), data.Name())
 	}
@@ -142,8 +191,9 @@ func OpenWritable(data, index *os.File) (_ *Writable, err error) {
 }
 
 // loadIndexLog checks the header of an index file of the given size and replays its
-// log into m. It returns the header and the number of whole records.
-func loadIndexLog(r io.ReaderAt, size, dataSize int64, m *segmentMap) (HeaderTrailer, int64, error) {
+// log into m. It returns the header and the number of whole records. drop, if not nil,
+// is told about each record dropped for lying past the data file's end.
+func loadIndexLog(r io.ReaderAt, size, dataSize int64, m *segmentMap, drop func(at int64, s Segment) error) (HeaderTrailer, int64, error) {
 	var ih HeaderTrailer
 	if size < HeaderSize {
 		return ih, 0, corruptf("%d bytes, shorter than its header", size)
@@ -157,18 +207,19 @@ func loadIndexLog(r io.ReaderAt, size, dataSize int64, m *segmentMap) (HeaderTra
 	if ih.IndexOffset != HeaderSize {
 		return ih, 0, corruptf("header index_offset %d, want %d", ih.IndexOffset, HeaderSize)
 	}
-	n, err := replayIndex(r, size, dataSize, m)
+	n, err := replayIndex(r, size, dataSize, m, drop)
 	return ih, n, err
 }
 
 func roundUp64(n, m int64) int64 { return (n + m - 1) / m * m }
 
 // replayIndex inserts the log entries of an index file of the given size into m and
-// returns how many whole records it holds. dataSize bounds the data entries may map.
-func replayIndex(r io.ReaderAt, size, dataSize int64, m *segmentMap) (int64, error) {
+// returns how many whole records it holds. dataSize bounds the data entries may map:
+// entries past it are skipped and passed to drop.
+func replayIndex(r io.ReaderAt, size, dataSize int64, m *segmentMap, drop func(at int64, s Segment) error) (int64, error) {
 	n := (size - HeaderSize) / SegmentSize
-	if n > MaxIndexSize {
-		return 0, corruptf("index log of %d entries exceeds the limit %d", n, MaxIndexSize)
+	if n > maxIndexRecords {
+		return 0, corruptf("index log of %d entries exceeds the limit %d", n, maxIndexRecords)
 	}
 	limit := uint64(dataSize) / SectorSize
 	buf := make([]byte, min(n*SegmentSize, 64<<10))
@@ -185,8 +236,16 @@ func replayIndex(r io.ReaderAt, size, dataSize int64, m *segmentMap) (int64, err
 				continue
 			}
 			s.Tag = 0
-			if !s.Zeroed && (s.MOffset < HeaderSectors || s.MEnd() > limit) {
+			if !s.Zeroed && s.MOffset < HeaderSectors {
 				return 0, corruptf("index log entry at offset %d %v: data outside the data file's sectors [%d, %d)", at+int64(i), s, HeaderSectors, limit)
+			}
+			if !s.Zeroed && s.MEnd() > limit {
+				if drop != nil {
+					if err := drop(at+int64(i), s); err != nil {
+						return 0, err
+					}
+				}
+				continue
 			}
 			m.Insert(s)
 		}
@@ -289,6 +348,9 @@ func (w *Writable) WriteAt(p []byte, off int64) (int, error) {
 	if w.closed {
 		return 0, errClosed
 	}
+	if err := w.reserveRecords((int64(len(p)) + MaxIOSize - 1) / MaxIOSize); err != nil {
+		return 0, err
+	}
 	done := 0
 	for done < len(p) {
 		n := min(len(p)-done, MaxIOSize)
@@ -323,6 +385,22 @@ func (w *Writable) writePiece(p []byte, off int64) error {
 	return nil
 }
 
+// reserveRecords refuses an operation that would append more records than the log
+// may hold (the limit OpenWritable enforces), before anything is written.
+func (w *Writable) reserveRecords(k int64) error {
+	if w.index == nil {
+		return nil
+	}
+	if n := (w.indexEnd - HeaderSize) / SegmentSize; n+k > maxIndexRecords {
+		return fmt.Errorf("lsmt: index file %s holds %d records, %d more would pass the limit of %d: commit or merge the layer into a new one: %w",
+			w.index.Name(), n, k, maxIndexRecords, errIndexFull)
+	}
+	return nil
+}
+
+// Dropped reports the index records OpenWritable dropped (see ReplayDrops).
+func (w *Writable) Dropped() ReplayDrops { return w.dropped }
+
 func (w *Writable) appendRecord(s Segment) error {
 	var b [SegmentSize]byte
 	s.Encode(b[:])
@@ -349,6 +427,9 @@ func (w *Writable) Discard(off, length int64) error {
 	length = min(off+length, int64(w.vsize)) - off
 	if length <= 0 {
 		return nil
+	}
+	if err := w.reserveRecords((length/SectorSize + MaxLength - 1) / MaxLength); err != nil {
+		return err
 	}
 	if w.index == nil {
 		if err := unix.Fallocate(int(w.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off+HeaderSize, length); err != nil {
@@ -411,22 +492,30 @@ func (w *Writable) Segments() []Segment {
 func (w *Writable) Flush() error { return w.Sync() }
 
 // Sync makes every completed write durable: data file first, then the index file, so
-// an index record never points at data that did not reach the disk.
+// no record of a write completed before Sync points at data that is not on disk
+// (records of later writes may; OpenWritable drops them if their data is missing). The lock is held
+// only to store a changed virtual size: reads and writes go on during the fsyncs
+// (writes completing meanwhile may or may not be included, as for any FLUSH).
 func (w *Writable) Sync() error {
+	w.syncMu.Lock()
+	defer w.syncMu.Unlock()
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if w.closed {
+		w.mu.Unlock()
 		return errClosed
 	}
-	return w.syncLocked()
+	var err error
+	if w.vsize != w.vsizeOld {
+		err = w.storeVirtualSize()
+	}
+	w.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return w.syncFiles()
 }
 
-func (w *Writable) syncLocked() error {
-	if w.vsize != w.vsizeOld {
-		if err := w.storeVirtualSize(); err != nil {
-			return err
-		}
-	}
+func (w *Writable) syncFiles() error {
 	if err := w.data.Sync(); err != nil {
 		return err
 	}
@@ -436,8 +525,19 @@ func (w *Writable) syncLocked() error {
 	return nil
 }
 
+func (w *Writable) syncLocked() error {
+	if w.vsize != w.vsizeOld {
+		if err := w.storeVirtualSize(); err != nil {
+			return err
+		}
+	}
+	return w.syncFiles()
+}
+
 // Close syncs the layer and closes its files.
 func (w *Writable) Close() error {
+	w.syncMu.Lock()
+	defer w.syncMu.Unlock()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
@@ -462,6 +562,8 @@ func (w *Writable) CloseSeal(userTag []byte) error {
 	if len(userTag) > MaxUserTagSize {
 		return fmt.Errorf("lsmt: user tag is %d bytes, at most %d allowed", len(userTag), MaxUserTagSize)
 	}
+	w.syncMu.Lock()
+	defer w.syncMu.Unlock()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {

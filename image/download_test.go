@@ -2,12 +2,18 @@ package image
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/obd-project/obd/config"
+	"github.com/obd-project/obd/download"
 	"github.com/obd-project/obd/zfile"
 )
 
@@ -92,5 +98,67 @@ func TestEvictAfterSwapRereadsLocalCopy(t *testing.T) {
 	}
 	if remote.reads != 1 {
 		t.Errorf("%d remote reads after the swap, want only the first", remote.reads)
+	}
+}
+
+// hangingSourceBlob is a remote blob whose raw registry side (what the background
+// download reads) hangs, as a stalled registry does until the read's deadline; it
+// ends early only when the blob is closed. Its reads take no context.
+type hangingSourceBlob struct {
+	countingBlob
+	closed chan struct{}
+	delay  time.Duration
+}
+
+func (b *hangingSourceBlob) Close() error { close(b.closed); return b.File.Close() }
+func (b *hangingSourceBlob) Source() io.ReaderAt {
+	return readerFunc(func(p []byte, off int64) (int, error) {
+		select {
+		case <-time.After(b.delay):
+		case <-b.closed:
+		}
+		return 0, io.ErrUnexpectedEOF
+	})
+}
+
+type readerFunc func([]byte, int64) (int, error)
+
+func (f readerFunc) ReadAt(p []byte, off int64) (int, error) { return f(p, off) }
+
+type hangingRemote struct{ countingRemote }
+
+func (r *hangingRemote) OpenBlob(ctx context.Context, url string, l config.Layer) (Blob, error) {
+	b, err := r.countingRemote.OpenBlob(ctx, "b0.commit", l)
+	if err != nil {
+		return nil, err
+	}
+	return &hangingSourceBlob{countingBlob: *b.(*countingBlob), closed: make(chan struct{}), delay: 10 * time.Second}, nil
+}
+
+// Close (detach) does not wait for a background download read that hangs, even
+// one that cannot be cancelled: the read is abandoned and the blob closed.
+func TestCloseAbandonsHungDownloadRead(t *testing.T) {
+	dir := t.TempDir()
+	cfg := &config.ImageConfig{RepoBlobURL: "https://example.invalid/v2/r/blobs",
+		Lowers:   []config.Layer{{Digest: "sha256:" + strings.Repeat("ab", 32), Dir: filepath.Join(dir, "l0"), Size: 1}},
+		Download: config.Download{Enable: true, BlockSize: 1 << 20}}
+	if err := os.MkdirAll(filepath.Join(dir, "l0"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	im, err := Open(context.Background(), cfg, Options{Remote: &hangingRemote{},
+		Download: &download.Options{Delay: 0, Tries: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); im.Downloads()[0].State != download.StateDownloading; {
+		if time.Now().After(deadline) {
+			t.Fatalf("download never started: %+v", im.Downloads())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	im.Close()
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("detach blocked %v on the background download's read", took)
 	}
 }

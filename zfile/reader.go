@@ -20,8 +20,12 @@ type Evicter interface {
 	Evict(off, n int64) error
 }
 
-// maxTries is the number of reads of a bad block (the reference: 1 + 2 retries).
-const maxTries = 3
+// maxTries is the number of reads of a bad block: 1 + 4 retries (the reference
+// makes 1 + 2), one per refetch the extent cache allows a unit in its window
+// (cache.DefaultMaxRefetches), so that a source which damages a few percent of
+// its answers (FlipBit at 5% in remote's damage test) still heals a block whose
+// refetches were hit again.
+const maxTries = 5
 
 // maxBatch bounds one pread of consecutive compressed blocks: a 1 MiB read (the
 // largest a ublk device passes by default) of compressible data takes one pread.

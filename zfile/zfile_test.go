@@ -533,7 +533,7 @@ func TestEvictAndRetry(t *testing.T) {
 	for _, tc := range []struct {
 		healAfter int
 		ok        bool
-	}{{1, true}, {2, true}, {3, false}, {1 << 30, false}} {
+	}{{1, true}, {2, true}, {maxTries - 1, true}, {maxTries, false}, {1 << 30, false}} {
 		fs := &flakySource{b: zb, bad: [2]int64{off + 2, off + 3}, healAfter: tc.healAfter}
 		z, err := Open(fs, int64(len(zb)), WithBlockCache(0))
 		if err != nil {

@@ -20,12 +20,12 @@ import (
 const maxOpenTries = 3
 
 // healable reports whether an open failed on bytes that a refetch may repair:
-// a format check, or a ZFile block (holding LSMT metadata) still bad after its
-// own retries. I/O errors are not: the registry client has retried them already.
+// a format check, or a ZFile block (holding LSMT metadata) still failing its CRC
+// after its own retries. I/O errors are not: the registry client has retried
+// them already, and retrying the open would only multiply an outage's delay.
 func healable(err error) bool {
-	var be *zfile.BlockError
 	return errors.Is(err, zfile.ErrFormat) || errors.Is(err, tarwrap.ErrFormat) ||
-		errors.Is(err, lsmt.ErrCorrupt) || errors.As(err, &be)
+		errors.Is(err, lsmt.ErrCorrupt) || errors.Is(err, zfile.ErrChecksum)
 }
 
 // openLog is a remote blob seen by the layer openers: until stop, it records the

@@ -188,3 +188,46 @@ func TestCorruptMetadataBoundedTries(t *testing.T) {
 		t.Errorf("%d evictions, want %d (one per retry)", b.ev, maxOpenTries-1)
 	}
 }
+
+// unavailableBlob fails every read at or past from, as a registry that is down
+// (after its own retries); it counts evictions.
+type unavailableBlob struct {
+	cachedFlipBlob
+	from    int64
+	evicted int
+}
+
+func (b *unavailableBlob) Evict(off, n int64) error { b.evicted++; return nil }
+
+func (b *unavailableBlob) ReadAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) > b.from {
+		return 0, errors.New("registry unavailable")
+	}
+	return b.cachedFlipBlob.ReadAt(p, off)
+}
+
+type unavailableRemote struct{ b *unavailableBlob }
+
+func (r unavailableRemote) OpenBlob(context.Context, string, config.Layer) (Blob, error) {
+	return r.b, nil
+}
+
+// An I/O error at open is not retried: the registry client has retried already,
+// and opening again would only multiply the outage's delay.
+func TestOpenIOErrorNotRetried(t *testing.T) {
+	zf, err := os.ReadFile(filepath.Join(bstack, "merged.lz4.zfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &unavailableBlob{cachedFlipBlob: cachedFlipBlob{data: zf, bad: -1}, from: int64(len(zf)) - 4096}
+	cfg := &config.ImageConfig{RepoBlobURL: "https://example.invalid/v2/r/blobs",
+		Lowers: []config.Layer{{Digest: "sha256:" + fmt.Sprintf("%064x", 1), Size: uint64(len(zf))}}}
+	im, err := Open(context.Background(), cfg, Options{Remote: unavailableRemote{b}, Logger: zap.NewNop()})
+	if err == nil {
+		im.Close()
+		t.Fatal("attach succeeded with the registry down")
+	}
+	if b.evicted != 0 {
+		t.Errorf("%d evictions for an I/O error: %v", b.evicted, err)
+	}
+}

@@ -144,9 +144,11 @@ func TestCorruptMetadataFromRegistryHealed(t *testing.T) {
 }
 
 // damage is what a registry does to the blob responses it damages: flipped
-// bytes, cut or short bodies, server errors.
-var damage = []registrytest.Fault{registrytest.FlipBit, registrytest.TruncateBody, registrytest.ResetMidBody,
-	registrytest.ShortBody, registrytest.Status500, registrytest.Status503}
+// bytes (twice as likely as each other fault: the registry client cannot see
+// them, only the format checks and block CRCs can), cut or short bodies, server
+// errors.
+var damage = []registrytest.Fault{registrytest.FlipBit, registrytest.FlipBit, registrytest.TruncateBody,
+	registrytest.ResetMidBody, registrytest.ShortBody, registrytest.Status500, registrytest.Status503}
 
 // damageRetry gives each read 10 attempts: at 25% of responses cut or 5xx, five
 // (the default) all fail for about one request in a thousand, which is the
@@ -196,7 +198,7 @@ func TestAttachUnderDamagedResponses(t *testing.T) {
 	// (many more requests to damage).
 	modes := map[string]cache.Options{"default": {}, "unit": {MaxFetchSize: cache.DefaultRefillSize, ReadAhead: -1}}
 	for mode, co := range modes {
-		for seed := uint64(1); seed <= 5; seed++ {
+		for seed := uint64(1); seed <= 8; seed++ {
 			t.Run(fmt.Sprintf("%s/seed%d", mode, seed), func(t *testing.T) {
 				front := registrytest.NewCountingProxy(t, reg.URL)
 				p := registrytest.NewFaultProxy(t, front.URL)

@@ -373,14 +373,26 @@ func (m *Manager) List() []Status {
 
 // DetachAll detaches every device (daemon shutdown, end of a foreground attach).
 func (m *Manager) DetachAll() error {
-	var errs []error
-	for _, s := range m.List() {
-		if err := m.Detach(strconv.Itoa(s.ID), false); err != nil {
-			errs = append(errs, err)
-		}
+	// In parallel: a daemon stop must fit in the service manager's stop timeout
+	// however many devices there are and however slow one of them is to close.
+	list := m.List()
+	errs := make([]error, len(list))
+	sem := make(chan struct{}, detachAllParallel)
+	var wg sync.WaitGroup
+	for i, s := range list {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = m.Detach(strconv.Itoa(s.ID), false)
+		}()
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
+
+// detachAllParallel bounds the detaches DetachAll runs at once.
+const detachAllParallel = 32
 
 // Restore runs at daemon start: devices recorded in the state directory whose server
 // died are served again (ublk devices through user recovery: the kernel kept them

@@ -73,10 +73,13 @@ func (o Options) normalized() Options {
 
 // Job is one layer to download.
 type Job struct {
-	Dir    string      // layer directory: receives .download, then overlaybd.commit
-	Digest string      // "sha256:<hex>": the downloaded bytes must hash to it
-	Size   int64       // blob size
-	Source io.ReaderAt // the remote blob (the reference reads the registry, not the cache)
+	Dir    string // layer directory: receives .download, then overlaybd.commit
+	Digest string // "sha256:<hex>": the downloaded bytes must hash to it
+	Size   int64  // blob size
+	// Source is the remote blob (the reference reads the registry, not the cache).
+	// A Source implementing ContextReaderAt has its reads cancelled when the run
+	// stops; any other read is abandoned then (its buffer is dropped).
+	Source io.ReaderAt
 	// Done is called with the local copy's path once it is verified, to switch the
 	// layer's reads to it; an error fails the attempt.
 	Done func(path string) error
@@ -399,7 +402,7 @@ func fetchChunk(ctx context.Context, f *os.File, j Job, o Options, buf []byte, o
 	var err error
 	for try := 0; try < 2; try++ {
 		var n int
-		n, err = j.Source.ReadAt(buf, off)
+		n, err = readAt(ctx, j.Source, buf, off)
 		fetched.Add(int64(n))
 		if n == len(buf) {
 			err = nil
@@ -419,4 +422,35 @@ func fetchChunk(ctx context.Context, f *os.File, j Job, o Options, buf []byte, o
 		return fmt.Errorf("write %s: %w", f.Name(), err)
 	}
 	return nil
+}
+
+// ContextReaderAt is an optional capability of Job.Source: a read that ctx can
+// cancel at once (a registry blob's HTTP request), so that Stop (a detach, a daemon
+// stop) does not wait for a stalled registry's read deadline.
+type ContextReaderAt interface {
+	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
+}
+
+// readAt reads src at off, returning when ctx ends even if src cannot be
+// cancelled. An abandoned read still fills p later: the caller must drop p when
+// ctx has ended.
+func readAt(ctx context.Context, src io.ReaderAt, p []byte, off int64) (int, error) {
+	if cr, ok := src.(ContextReaderAt); ok {
+		return cr.ReadAtContext(ctx, p, off)
+	}
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := src.ReadAt(p, off)
+		done <- result{n, err}
+	}()
+	select {
+	case r := <-done:
+		return r.n, r.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
 }

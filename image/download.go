@@ -80,13 +80,22 @@ func (s *swapBlob) Size() int64 { return s.size }
 
 func (s *swapBlob) ReadAt(p []byte, off int64) (int, error) { return (*s.cur.Load()).ReadAt(p, off) }
 
-// Evict forwards a ZFile CRC failure to the cache while reads are remote; a
-// verified local copy has nothing to refetch.
+// Evict forwards a ZFile CRC failure to the cache. Once reads have moved to the
+// verified local copy (the bad bytes may have come from the remote side just
+// before the swap), the remote side is still told, so that the cache drops them,
+// and nil lets the reader re-read from the local copy.
 func (s *swapBlob) Evict(off, n int64) error {
-	if ev, ok := (*s.cur.Load()).(zfile.Evicter); ok {
-		return ev.Evict(off, n)
+	local := s.Local()
+	if ev, ok := s.remote.(zfile.Evicter); ok {
+		if err := ev.Evict(off, n); err != nil && !local {
+			return err
+		}
+		return nil
 	}
-	return errors.New("local copy: nothing to evict")
+	if local {
+		return nil
+	}
+	return errors.New("remote blob cannot evict: a re-read would return the same bytes")
 }
 
 // switchTo moves reads to the file at path, which must have the blob's size.

@@ -207,16 +207,44 @@ func openLower(ctx context.Context, cfg *config.ImageConfig, i int, l config.Lay
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
-	inner, isize, w, err := layer.Unwrap(b.r, b.size, b.name)
-	if err == nil && wrap != nil {
-		inner = wrap(i, inner)
-	}
-	if err == nil {
-		inner = &labelledReader{r: inner, layer: i, digest: l.Digest, name: b.name}
-	}
-	var ll *lsmt.Layer
-	if err == nil {
-		ll, err = lsmt.OpenLayer(inner, isize)
+	var (
+		inner io.ReaderAt
+		isize int64
+		w     layer.Wrapping
+		ll    *lsmt.Layer
+	)
+	for try := 1; ; try++ {
+		r := b.r
+		var log *openLog
+		if b.swap != nil {
+			log = &openLog{s: b.swap}
+			r = log
+		}
+		inner, isize, w, err = layer.Unwrap(r, b.size, b.name)
+		if err == nil && wrap != nil {
+			inner = wrap(i, inner)
+		}
+		if err == nil {
+			inner = &labelledReader{r: inner, layer: i, digest: l.Digest, name: b.name}
+		}
+		if err == nil {
+			ll, err = lsmt.OpenLayer(inner, isize)
+		}
+		if err == nil || log == nil || try >= maxOpenTries || !healable(err) {
+			if log != nil {
+				log.stop()
+			}
+			break
+		}
+		// Metadata fetched from a registry or a peer failed its checks: drop what
+		// this open read from the cache and open again from fresh bytes.
+		n, eerr := log.evictRead()
+		log.stop()
+		if eerr != nil {
+			lg.Warn("layer metadata corrupt, cannot evict it for a retry", zap.Int("layer", i), zap.String("blob", b.name), zap.Error(err), zap.NamedError("evict", eerr))
+			break
+		}
+		lg.Warn("layer metadata corrupt, refetching it", zap.Int("layer", i), zap.String("blob", b.name), zap.Int("try", try), zap.Int64("evictedBytes", n), zap.Error(err))
 	}
 	if err != nil {
 		// A blob that exists but does not open is corrupt: never fall back

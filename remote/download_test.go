@@ -133,3 +133,46 @@ func TestBackgroundDownloadTampered(t *testing.T) {
 		t.Fatalf("after a rejected download: %d reads failed: %v", failed, err)
 	}
 }
+
+// A detach (Image.Close) while the registry stalls in the middle of the background
+// download returns at once: the download's in-flight registry read is cancelled,
+// not waited for until its deadline.
+func TestDetachStalledDownload(t *testing.T) {
+	blobs := stackBlobs(t)
+	reg := registrytest.New(t)
+	p := registrytest.NewFaultProxy(t, reg.URL)
+	cfg := downloadConfig(t, pushStack(t, reg, "stack", blobs)(p.URL))
+	cfg.Download.MaxMBps = 1 // a few seconds for the stack: the stall lands mid-download
+	op := newOpener(t, t.TempDir(), cache.Options{})
+	defer op.Close()
+	im, err := image.Open(context.Background(), cfg, image.Options{Remote: op, Logger: zap.NewNop(),
+		Download: &download.Options{BlockSize: 64 << 10, Parallel: 2, Tries: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for im.Downloads()[0].Fetched == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("download never started: %+v", im.Downloads())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.SetLatency(time.Minute) // the registry stalls
+	stalled := p.Matched()
+	for p.Matched() == stalled { // a download read is now waiting on it
+		if time.Now().After(deadline) {
+			t.Fatalf("no download read reached the stalled registry: %+v", im.Downloads())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	im.Close()
+	took := time.Since(start)
+	t.Logf("detach with a stalled download took %v (%+v)", took, im.Downloads())
+	if took > 2*time.Second {
+		t.Errorf("detach took %v: it waited for the stalled registry read", took)
+	}
+	if s := im.Downloads()[0]; s.State == download.StateDone {
+		t.Errorf("download finished despite the stall: %+v", s)
+	}
+}

@@ -415,6 +415,12 @@ func (p prefetchReader) ReadAt(b []byte, off int64) (int, error) {
 	return p.r.ReadAtContext(replayCtx, b, off)
 }
 
+// ReadAtContext is ReadAt bounded also by ctx: the background download's reads,
+// which a detach cancels at once (download.ContextReaderAt).
+func (p prefetchReader) ReadAtContext(ctx context.Context, b []byte, off int64) (int, error) {
+	return p.r.ReadAtContext(cache.WithoutReadAhead(prefetchContext(ctx)), b, off)
+}
+
 func (b *cachedBlob) Close() error {
 	err := b.Blob.Close()
 	b.src.Close()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,7 +17,7 @@ const DefaultConcurrency = 16
 // Stats describes a replay.
 type Stats struct {
 	Records    int           // read records replayed (layer present)
-	Skipped    int           // records skipped: not a read, or no such layer
+	Skipped    int           // records skipped: not a read, no such layer, past the layer's end or over its budget
 	Reads      int           // reads issued (records split at MaxIOSize)
 	Bytes      int64         // bytes read successfully
 	Errors     int           // reads that failed or came back short, plus invalid ranges
@@ -34,8 +35,11 @@ type replayJob struct {
 // workers (DefaultConcurrency if <= 0), in record order, at most MaxIOSize per read,
 // so that the layers' caches fill. Read errors are counted, never fatal; records
 // naming a missing (out of range or nil) layer, and write records, are skipped as in
-// the reference. Cancelling ctx stops new reads (reads in flight finish) and returns
-// ctx.Err() with the stats so far.
+// the reference. Each record is clamped to its layer's size (Size() or Stat(), else
+// the first end of file a read meets), and a layer is read for at most its size in
+// all: a hostile or corrupt trace costs at most one pass over each layer. Cancelling
+// ctx stops new reads (reads in flight finish) and returns ctx.Err() with the stats
+// so far.
 func Replay(ctx context.Context, recs []Record, layers []io.ReaderAt, concurrency int) (Stats, error) {
 	if concurrency <= 0 {
 		concurrency = DefaultConcurrency
@@ -53,7 +57,23 @@ func Replay(ctx context.Context, recs []Record, layers []io.ReaderAt, concurrenc
 		errOnce.Do(func() { firstErr = err })
 	}
 
-	jobs := make(chan replayJob)
+	// ends[i]: layer i's size, or the lowest end of file a read met (MaxInt64:
+	// unknown yet); budget[i]: bytes layer i may still be read for.
+	ends := make([]atomic.Int64, len(layers))
+	budget := make([]int64, len(layers))
+	for i, l := range layers {
+		size := layerSize(l)
+		if size < 0 {
+			size = math.MaxInt64
+		}
+		ends[i].Store(size)
+		budget[i] = size
+	}
+	type layerJob struct {
+		replayJob
+		layer int
+	}
+	jobs := make(chan layerJob)
 	var wg sync.WaitGroup
 	for range concurrency {
 		wg.Add(1)
@@ -72,6 +92,9 @@ func Replay(ctx context.Context, recs []Record, layers []io.ReaderAt, concurrenc
 				if n == j.n {
 					nbytes.Add(int64(n))
 					continue
+				}
+				if err == io.EOF {
+					lowerTo(&ends[j.layer], j.off+int64(n))
 				}
 				if err == nil || err == io.EOF {
 					err = io.ErrUnexpectedEOF
@@ -94,16 +117,22 @@ func Replay(ctx context.Context, recs []Record, layers []io.ReaderAt, concurrenc
 				fail(fmt.Errorf("trace: replay record %d: invalid range offset %d count %d", i, r.Offset, r.Count))
 				continue
 			}
+			li := int(r.Layer)
+			if r.Offset >= ends[li].Load() || budget[li] <= 0 {
+				st.Skipped++
+				continue
+			}
 			st.Records++
-			src := layers[r.Layer]
-			for off, end := r.Offset, r.Offset+int64(r.Count); off < end; {
-				n := int(min(end-off, MaxIOSize))
+			src := layers[li]
+			for off, end := r.Offset, r.Offset+int64(r.Count); off < min(end, ends[li].Load()) && budget[li] > 0; {
+				n := int(min(end-off, ends[li].Load()-off, budget[li], MaxIOSize))
 				select {
-				case jobs <- replayJob{src: src, off: off, n: n}:
+				case jobs <- layerJob{replayJob{src: src, off: off, n: n}, li}:
 				case <-ctx.Done():
 					return ctx.Err()
 				}
 				off += int64(n)
+				budget[li] -= int64(n)
 			}
 		}
 		return nil
@@ -117,4 +146,27 @@ func Replay(ctx context.Context, recs []Record, layers []io.ReaderAt, concurrenc
 	st.FirstError = firstErr
 	st.Duration = time.Since(start)
 	return st, err
+}
+
+// layerSize is r's size when r can tell it (Size() or Stat()), else -1.
+func layerSize(r io.ReaderAt) int64 {
+	switch l := r.(type) {
+	case interface{ Size() int64 }:
+		return l.Size()
+	case interface{ Stat() (os.FileInfo, error) }:
+		if fi, err := l.Stat(); err == nil {
+			return fi.Size()
+		}
+	}
+	return -1
+}
+
+// lowerTo lowers v to x if x is lower.
+func lowerTo(v *atomic.Int64, x int64) {
+	for {
+		cur := v.Load()
+		if x >= cur || v.CompareAndSwap(cur, x) {
+			return
+		}
+	}
 }

@@ -221,3 +221,59 @@ func TestReplayCancel(t *testing.T) {
 		t.Fatalf("pre-cancelled: %+v, %v, %d reads", st, err, l2.reads.Load())
 	}
 }
+
+// sizedLayer is a countingLayer that tells its size, as the image's layers do.
+type sizedLayer struct{ *countingLayer }
+
+func (s sizedLayer) Size() int64 { return s.size }
+
+// A hostile or corrupt trace costs at most one pass over each layer: a record
+// with a huge count is clamped to the layer (known size, or the first end of file
+// a read meets), and records beyond the layer's size in all are skipped.
+func TestReplayHostileTraceBounded(t *testing.T) {
+	const size = 1 << 20
+	huge := []Record{{Op: OpRead, Layer: 0, Offset: 0, Count: 1 << 60}}
+	many := make([]Record, 1000) // each the whole layer: 1000 passes asked
+	for i := range many {
+		many[i] = Record{Op: OpRead, Layer: 0, Offset: 0, Count: size}
+	}
+	past := []Record{{Op: OpRead, Layer: 0, Offset: 1 << 50, Count: 1 << 40}}
+	for _, tc := range []struct {
+		name  string
+		recs  []Record
+		sized bool
+	}{
+		{"huge-count-sized", huge, true}, {"huge-count-unsized", huge, false},
+		{"many-passes-sized", many, true}, {"past-end-sized", past, true}, {"past-end-unsized", past, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newCountingLayer(size)
+			var src io.ReaderAt = l
+			if tc.sized {
+				src = sizedLayer{l}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			st, err := Replay(ctx, tc.recs, []io.ReaderAt{src}, 4)
+			if err != nil {
+				t.Fatalf("replay did not finish: %v (%+v)", err, st)
+			}
+			// Unsized, the workers may have a few reads in flight when the first
+			// end of file is met.
+			limit := int32(size/MaxIOSize + 1)
+			if !tc.sized {
+				limit += 4 + 1
+			}
+			if got := l.reads.Load(); got > limit {
+				t.Errorf("%d reads of a %d-byte layer (limit %d): %+v", got, size, limit, st)
+			}
+			if tc.sized && st.Errors != 0 {
+				t.Errorf("clamped reads failed: %+v", st)
+			}
+			if tc.name != "past-end-unsized" && tc.name != "past-end-sized" && st.Bytes != size {
+				t.Errorf("%d bytes read, want the layer's %d once", st.Bytes, size)
+			}
+			t.Logf("%+v, %d reads", st, l.reads.Load())
+		})
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand"
 	"os"
+	"runtime"
 	"sync"
 	"testing"
 
@@ -411,6 +412,53 @@ func TestCorruptStructure(t *testing.T) {
 	b = rewrite(cp(base), 0, noDigest)
 	le.PutUint32(b[hdr.IndexOffset+4:], le.Uint32(b[hdr.IndexOffset+4:])+2000)
 	mustFail(t, b, "blocks run into the jump table")
+	// A legacy entry changed within the valid lengths: the lengths no longer sum
+	// to the jump table's offset (a block that shrank would otherwise shift every
+	// later block).
+	for _, d := range []int32{-1, 1, -8} {
+		b = rewrite(cp(base), 0, noDigest)
+		le.PutUint32(b[hdr.IndexOffset+4:], uint32(int32(le.Uint32(b[hdr.IndexOffset+4:]))+d))
+		mustFail(t, b, fmt.Sprintf("legacy block length changed by %d", d))
+	}
+}
+
+// shortBlob is the first bytes of a blob whose claimed size is much larger.
+type shortBlob []byte
+
+func (b shortBlob) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// A header claiming the largest jump table (1e9 entries) in a blob claimed to be
+// big enough, but which really holds a few KiB: Open fails on the missing bytes
+// after allocating memory for what was read, not 4-8 GB for the claim.
+func TestHugeClaimedJumpTableBounded(t *testing.T) {
+	rec := Record{Flags: FlagHeader | FlagDataFile | FlagHeaderOverwrite | FlagDigest,
+		BlockSize: MaxBlockSize, Algorithm: LZ4, IndexOffset: HeaderSize,
+		IndexSize: MaxBlocks, OriginalSize: MaxBlocks * MaxBlockSize}
+	real := append(rec.encode(), make([]byte, 64<<10)...)
+	for i := HeaderSize; i < len(real); i += 4 {
+		binary.LittleEndian.PutUint32(real[i:], 1000)
+	}
+	claimed := int64(HeaderSize) + 4*MaxBlocks + HeaderSize
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := Open(shortBlob(real), claimed)
+	runtime.ReadMemStats(&after)
+	if err == nil || !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("open of a truncated huge jump table: %v", err)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 16<<20 {
+		t.Errorf("open allocated %d MiB for a claim the blob does not back", got>>20)
+	}
+	t.Logf("%v", err)
 }
 
 // Legacy files: garbage in flag bits >= 5, digest and reserved must be ignored when
@@ -485,7 +533,7 @@ func TestEvictAndRetry(t *testing.T) {
 	for _, tc := range []struct {
 		healAfter int
 		ok        bool
-	}{{1, true}, {2, true}, {3, false}, {1 << 30, false}} {
+	}{{1, true}, {2, true}, {maxTries - 1, true}, {maxTries, false}, {1 << 30, false}} {
 		fs := &flakySource{b: zb, bad: [2]int64{off + 2, off + 3}, healAfter: tc.healAfter}
 		z, err := Open(fs, int64(len(zb)), WithBlockCache(0))
 		if err != nil {

@@ -32,17 +32,16 @@ type queue struct {
 	exited  chan struct{} // closed when run returns; err is then set
 	err     error
 
-	// Worker mode (workers.go): requests go to an idle worker or the backlog;
-	// finished ones come back via completed and a write to efd, whose pending
-	// READ on the ring wakes the queue thread. mu guards idle, backlog,
-	// completed and signalled.
+	// Worker mode (workers.go): up to workers requests run on the shared
+	// worker pool, the rest wait in the backlog; finished ones come back via
+	// completed and a write to efd, whose pending READ on the ring wakes the
+	// queue thread. mu guards running, backlog, completed and signalled.
 	workers   int
 	policy    *servePolicy // adaptive mode: inline while the Target does not block; nil otherwise
-	pool      []*worker
-	idle      []*worker
+	running   int          // calls in flight
 	backlog   []uint16
 	stopping  atomic.Bool
-	workersWG sync.WaitGroup
+	calls     sync.WaitGroup // one per call in flight
 	efd       int
 	mu        sync.Mutex
 	completed []completion
@@ -203,7 +202,6 @@ func (q *queue) run(ready chan<- error) error {
 	ready <- nil
 	defer q.ring.close()
 	if q.workers > 0 {
-		q.startWorkers(q.workers)
 		defer q.stopWorkers()
 	}
 	live := q.depth // tags not yet aborted by the kernel

@@ -119,7 +119,9 @@ func TestRingEventfdWake(t *testing.T) {
 	if err := r.submit(0); err != nil {
 		t.Fatal(err)
 	}
-	go q.finish(nil, 7, 4096)
+	q.running = 1 // as dispatch would have
+	q.calls.Add(1)
+	go q.finish(7, 4096)
 	var got cqe
 	for n := 0; n == 0; {
 		if err := r.submit(1); err != nil {
@@ -162,8 +164,7 @@ func BenchmarkWorkerHandoff(b *testing.B) {
 	defer unix.Munmap(bufs)
 	descs := make([]byte, descSize) // one FLUSH descriptor (op 2) for tag 0
 	descs[0] = opFlush
-	q := &queue{ring: r, efd: efd, bufs: bufs, depth: 1, bufSize: 4096, descs: descs, be: newBackend(newMemTarget(4096))}
-	q.startWorkers(1)
+	q := &queue{ring: r, efd: efd, bufs: bufs, depth: 1, bufSize: 4096, descs: descs, be: newBackend(newMemTarget(4096)), workers: 1}
 	defer q.stopWorkers()
 
 	start := time.Now()

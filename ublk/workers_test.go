@@ -176,3 +176,18 @@ func TestWorkerThreadsSharedByQueues(t *testing.T) {
 		}
 	}
 }
+
+// The thread budget check reads this process's threads (and cgroup limit) and
+// refuses a device only near a limit.
+func TestThreadBudget(t *testing.T) {
+	n, err := procThreads()
+	if err != nil || n < 1 {
+		t.Fatalf("procThreads = %d, %v", n, err)
+	}
+	if err := checkThreadBudget(DefaultMaxQueues); err != nil {
+		t.Fatalf("a test process with %d threads is refused: %v", n, err)
+	}
+	if err := checkThreadBudget(goMaxThreads); err == nil {
+		t.Fatal("a device with goMaxThreads queue threads passed the budget")
+	}
+}

@@ -213,7 +213,7 @@ func (q *queue) run(ready chan<- error) error {
 	var loopErr error
 	received := func(tag uint16) {
 		inFlight++
-		if int(q.desc(tag).NrSectors)<<9 > releaseMin {
+		if d := q.desc(tag); (d.op() == opRead || d.op() == opWrite) && int(d.NrSectors)<<9 > releaseMin {
 			dirty = true
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,27 @@ func procStatus(t *testing.T, pid int, field string) int {
 	}
 	t.Fatalf("no %s in /proc/%d/status", field, pid)
 	return 0
+}
+
+// threadNames counts the threads of pid by name ("obd", "iou-wrk-N" for
+// io_uring's async workers), e.g. "obd 600, iou-wrk 400".
+func threadNames(pid int) string {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/comm", pid))
+	count := map[string]int{}
+	for _, p := range tasks {
+		b, _ := os.ReadFile(p)
+		name, _, _ := strings.Cut(strings.TrimSpace(string(b)), "-")
+		if name == "iou" {
+			name = "iou-wrk"
+		}
+		count[name]++
+	}
+	var parts []string
+	for name, n := range count {
+		parts = append(parts, fmt.Sprintf("%s %d", name, n))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
 }
 
 // queuesOf counts the hardware queues of /dev/ublkbN.
@@ -120,7 +142,7 @@ func TestThreadsManyDevices(t *testing.T) {
 		q := queuesOf(t, paths[0])
 		threads, rss := procStatus(t, pid, "Threads"), procStatus(t, pid, "VmRSS")
 		limit := 2*q*devices + 64
-		t.Logf("MEASURE %s: %d devices x %d queues: daemon threads %d (limit %d), RSS %d MiB", what, devices, q, threads, limit, rss>>10)
+		t.Logf("MEASURE %s: %d devices x %d queues: daemon threads %d (limit %d; %s), RSS %d MiB", what, devices, q, threads, limit, threadNames(pid), rss>>10)
 		if threads >= limit {
 			t.Errorf("%s: %d threads with %d devices of %d queues, want < %d", what, threads, devices, q, limit)
 		}

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 	"unsafe"
-
-	"golang.org/x/sys/unix"
 )
 
 // More requests than workers: the surplus waits in the backlog and every tag
@@ -25,13 +23,12 @@ func TestWorkerPoolBacklog(t *testing.T) {
 		// tag reads block (tags-1-tag), so a mix-up of tags and buffers shows
 		*d = ioDesc{OpFlags: opRead, NrSectors: bufSize >> 9, StartSector: uint64((tags-1-tag)*bufSize) >> 9}
 	}
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
-	if err != nil {
+	q := &queue{depth: tags, bufSize: bufSize, descs: descs, bufs: make([]byte, tags*bufSize+8),
+		be: newBackend(slowTarget{m, time.Millisecond}), workers: 3}
+	if err := q.openWake(); err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(efd)
-	q := &queue{depth: tags, bufSize: bufSize, descs: descs, bufs: make([]byte, tags*bufSize+8), efd: efd,
-		be: newBackend(slowTarget{m, time.Millisecond}), workers: 3}
+	defer q.closeWake()
 	for tag := 0; tag < tags; tag++ {
 		q.dispatch(uint16(tag))
 	}
@@ -125,13 +122,12 @@ func TestWorkerThreadsSharedByQueues(t *testing.T) {
 		for tag := 0; tag < workers; tag++ {
 			*(*ioDesc)(unsafe.Pointer(&descs[tag*descSize])) = ioDesc{OpFlags: opRead, NrSectors: bufSize >> 9, StartSector: uint64(tag*bufSize) >> 9}
 		}
-		efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
-		if err != nil {
+		q := &queue{depth: workers, bufSize: bufSize, descs: descs, bufs: make([]byte, workers*bufSize+8),
+			be: newBackend(target), workers: workers, policy: newServePolicy(DefaultBlockThreshold)}
+		if err := q.openWake(); err != nil {
 			t.Fatal(err)
 		}
-		defer unix.Close(efd)
-		q := &queue{depth: workers, bufSize: bufSize, descs: descs, bufs: make([]byte, workers*bufSize+8), efd: efd,
-			be: newBackend(target), workers: workers, policy: newServePolicy(DefaultBlockThreshold)}
+		defer q.closeWake()
 		qs = append(qs, q)
 	}
 	if idle := osThreads(t); idle > before+8 {

@@ -113,11 +113,11 @@ func TestThreadsManyDevices(t *testing.T) {
 	const n = 256
 	// Some kernels count every device against ublks_max (default 64); best effort.
 	p := "/sys/module/ublk_drv/parameters/ublks_max"
+	if b, err := os.ReadFile(p); err == nil {
+		t.Logf("ublks_max %s, raised to 1024", strings.TrimSpace(string(b)))
+	}
 	if err := os.WriteFile(p, []byte("1024"), 0o644); err != nil {
 		t.Logf("raise ublks_max: %v", err)
-	}
-	if b, err := os.ReadFile(p); err == nil {
-		t.Logf("ublks_max %s", strings.TrimSpace(string(b)))
 	}
 	d := newDaemon(t)
 	defer d.stop(t)

@@ -247,17 +247,7 @@ func TestQueueReleaseBuffers(t *testing.T) {
 	}
 	defer unix.Munmap(bufs)
 	q := &queue{depth: depth, bufSize: bufSize, bufs: bufs}
-	resident := func() int {
-		vec := make([]byte, len(bufs)/4096)
-		if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&bufs[0])), uintptr(len(bufs)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
-			t.Fatal(errno)
-		}
-		n := 0
-		for _, v := range vec {
-			n += int(v & 1)
-		}
-		return n
-	}
+	resident := func() int { return residentPages(t, bufs) }
 	for i := range bufs[:depth*bufSize] {
 		bufs[i] = 0xEE
 	}
@@ -270,4 +260,17 @@ func TestQueueReleaseBuffers(t *testing.T) {
 	if q.buf(3)[100] != 0 {
 		t.Fatal("released buffer still holds data")
 	}
+}
+
+// residentPages counts the pages of b in memory (mincore).
+func residentPages(t *testing.T, b []byte) int {
+	vec := make([]byte, (len(b)+4095)/4096)
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		t.Fatal(errno)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
 }

@@ -187,3 +187,19 @@ func TestThreadBudget(t *testing.T) {
 		t.Fatal("a device with goMaxThreads queue threads passed the budget")
 	}
 }
+
+// Control commands run on throwaway threads: their io-wq workers (one per
+// submitting thread, kept for the thread's life) exit with them.
+func TestThrowawayThreadsExit(t *testing.T) {
+	before := osThreads(t)
+	for i := 0; i < 50; i++ {
+		onThrowawayThread(func() {})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for osThreads(t) > before+5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d threads before, %d after 50 throwaway threads", before, osThreads(t))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -448,6 +448,15 @@ func (m *Manager) restore(ctx context.Context, r Record) (err error) {
 		if err != nil {
 			return fmt.Errorf("ublk device %d is gone: %w", r.ID, err)
 		}
+		// The driver quiesces a dead server's device a few seconds after the
+		// process died (its monitor work): a daemon restarted at once sees it LIVE.
+		for deadline := time.Now().Add(quiesceWait); r.Recovery && info.State == ublk.StateLive &&
+			serverGone(info.ServerPID, r) && time.Now().Before(deadline); {
+			time.Sleep(100 * time.Millisecond)
+			if info, err = ublk.GetInfo(uint32(r.ID)); err != nil {
+				return fmt.Errorf("ublk device %d is gone: %w", r.ID, err)
+			}
+		}
 		if !r.Recovery || info.State != ublk.StateQuiesced {
 			return fmt.Errorf("ublk device %d is %s and was created without recovery=%v: cannot recover", r.ID, info.State, r.Recovery)
 		}
@@ -541,6 +550,19 @@ func (m *Manager) recoverTrace(r *Record) TraceOptions {
 		lg.Error("trace " + r.TraceNote)
 	}
 	return TraceOptions{}
+}
+
+// quiesceWait bounds how long Restore waits for the driver to quiesce a
+// device whose server died (it checks every few seconds; slower under emulation).
+const quiesceWait = 30 * time.Second
+
+// serverGone reports whether the process serving a ublk device (the driver's
+// server pid) is dead, or is the record's PID now held by another process.
+func serverGone(serverPID int, r Record) bool {
+	if serverPID == r.PID {
+		return !servedBy(r.PID, r.PIDStart)
+	}
+	return !processAlive(serverPID)
 }
 
 // openImage is image.Open; a test makes it fail for one device.

@@ -29,7 +29,7 @@
 // channel from a thread about to block in io_uring_enter costs the Go scheduler
 // tens of µs; at most 64 such threads, then ordinary goroutines), so a device
 // costs its queue threads and no idle worker thread. A worker's result comes
-// back through a list plus a pipe whose pending READ on the queue's ring
+// back through a list plus an eventfd whose pending READ on the queue's ring
 // wakes the thread. A Target call that blocks (a disk or registry read) thus
 // stalls only its own request. Options.InThread instead calls the Target on the
 // queue thread: no hand-off, but one slow call stalls every tag of its queue.

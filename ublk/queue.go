@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// eventUserData marks the CQE of the wake pipe read that wakes a queue thread
+// eventUserData marks the CQE of the eventfd read that wakes a queue thread
 // when workers have finished requests (or the queue is abandoned). Tag CQEs carry the tag (< 4096).
 const eventUserData = 1 << 32
 
@@ -28,14 +28,14 @@ type queue struct {
 	be      *backend
 	cpus    *unix.CPUSet
 	descs   []byte // read-only mmap of the kernel's ublksrv_io_desc array
-	bufs    []byte // depth*bufSize tag buffers, then 8 bytes for the wake pipe read
+	bufs    []byte // depth*bufSize tag buffers, then 8 bytes for the eventfd read
 	ring    *ring
 	exited  chan struct{} // closed when run returns; err is then set
 	err     error
 
 	// Worker mode (workers.go): up to workers requests run on the shared
 	// worker pool, the rest wait in the backlog; finished ones come back via
-	// completed and a write to the wake pipe, whose pending READ on the ring wakes the
+	// completed and a write to efd, whose pending READ on the ring wakes the
 	// queue thread. mu guards running, backlog, completed and signalled.
 	workers   int
 	policy    *servePolicy // adaptive mode: inline while the Target does not block; nil otherwise
@@ -43,8 +43,7 @@ type queue struct {
 	backlog   []uint16
 	stopping  atomic.Bool
 	calls     sync.WaitGroup // one per call in flight
-	wakeR     int            // wake pipe (openWake): the ring reads wakeR, workers write wakeW
-	wakeW     int
+	efd       int
 	mu        sync.Mutex
 	completed []completion
 	quit      atomic.Bool
@@ -80,9 +79,10 @@ func mapQueue(q *queue) error {
 		q.descs = nil
 		return fmt.Errorf("ublk: queue %d: mmap %d buffer bytes: %w", q.id, q.depth*q.bufSize, err)
 	}
-	if err = q.openWake(); err != nil {
+	if q.efd, err = unix.Eventfd(0, unix.EFD_CLOEXEC); err != nil {
+		q.efd = -1
 		q.unmap()
-		return fmt.Errorf("ublk: queue %d: wake pipe: %w", q.id, err)
+		return fmt.Errorf("ublk: queue %d: eventfd: %w", q.id, err)
 	}
 	return nil
 }
@@ -96,7 +96,10 @@ func (q *queue) unmap() {
 		unix.Munmap(q.bufs)
 		q.bufs = nil
 	}
-	q.closeWake()
+	if q.efd >= 0 {
+		unix.Close(q.efd)
+		q.efd = -1
+	}
 }
 
 // newQueueRing prefers SINGLE_ISSUER|DEFER_TASKRUN (task work runs only when
@@ -133,54 +136,24 @@ func (q *queue) queueCmd(nr uint32, tag uint16, result int32) error {
 	return nil
 }
 
-// armEvent queues a read of up to 8 bytes of the wake pipe into the bytes after
-// the tag buffers (workers write one byte per batch of completions).
+// armEvent queues a read of the eventfd counter into the 8 bytes after the tag buffers.
 func (q *queue) armEvent() error {
 	s, err := q.ring.getSQE()
 	if err != nil {
 		return err
 	}
 	s.Opcode = ioringOpRead
-	s.Fd = int32(q.wakeR)
+	s.Fd = int32(q.efd)
 	s.Addr = uint64(uintptr(unsafe.Pointer(&q.bufs[q.depth*q.bufSize])))
 	s.Len = 8
-	s.Off = ^uint64(0) // current file position (pipes have none)
+	s.Off = ^uint64(0) // current file position (eventfds have none)
 	s.UserData = eventUserData
 	return nil
 }
 
-// openWake creates the pipe through which workers wake the queue thread. A
-// pipe, not an eventfd: io_uring reads a pipe by polling it, while an eventfd
-// without FMODE_NOWAIT (6.12) makes it park the READ on an io-wq thread, one
-// more thread per queue for the device's life. The write end never blocks (a
-// full pipe is readable anyway); the read end must block, or io_uring would
-// complete the READ with EAGAIN instead of polling.
-func (q *queue) openWake() error {
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		q.wakeR, q.wakeW = -1, -1
-		return err
-	}
-	q.wakeR, q.wakeW = p[0], p[1]
-	if err := unix.SetNonblock(q.wakeW, true); err != nil {
-		q.closeWake()
-		return err
-	}
-	return nil
-}
-
-func (q *queue) closeWake() {
-	for _, fd := range []*int{&q.wakeR, &q.wakeW} {
-		if *fd >= 0 {
-			unix.Close(*fd)
-			*fd = -1
-		}
-	}
-}
-
 func (q *queue) wake() {
-	one := [1]byte{1}
-	unix.Write(q.wakeW, one[:])
+	one := [8]byte{1}
+	unix.Write(q.efd, one[:])
 }
 
 // abandon makes the queue thread return without waiting for the kernel to abort
@@ -254,7 +227,7 @@ func (q *queue) run(ready chan<- error) error {
 				return
 			}
 			if c.Res < 0 { // re-arming would spin on the same error
-				loopErr = fmt.Errorf("ublk: queue %d: wake pipe read: %w", q.id, unix.Errno(-c.Res))
+				loopErr = fmt.Errorf("ublk: queue %d: eventfd read: %w", q.id, unix.Errno(-c.Res))
 				return
 			}
 			q.mu.Lock()

@@ -104,15 +104,16 @@ func TestRingFull(t *testing.T) {
 	}
 }
 
-// A READ on the wake pipe completes once another goroutine writes it: the
-// wake-up path of the worker mode.
-func TestRingWakePipe(t *testing.T) {
+// A READ on an eventfd completes once another goroutine writes it: the wake-up
+// path of the worker mode.
+func TestRingEventfdWake(t *testing.T) {
 	r := newTestRing(t, 4, 0)
-	q := &queue{ring: r, depth: 0, bufSize: 0, bufs: make([]byte, 8)}
-	if err := q.openWake(); err != nil {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
 		t.Fatal(err)
 	}
-	defer q.closeWake()
+	defer unix.Close(efd)
+	q := &queue{ring: r, efd: efd, depth: 0, bufSize: 0, bufs: make([]byte, 8)}
 	if err := q.armEvent(); err != nil {
 		t.Fatal(err)
 	}
@@ -121,9 +122,7 @@ func TestRingWakePipe(t *testing.T) {
 	}
 	q.running = 1 // as dispatch would have
 	q.calls.Add(1)
-	finished := make(chan struct{})
-	defer func() { <-finished }() // before closeWake: the worker side reads the pipe's fd
-	go func() { q.finish(7, 4096); close(finished) }()
+	go q.finish(7, 4096)
 	var got cqe
 	for n := 0; n == 0; {
 		if err := r.submit(1); err != nil {
@@ -131,8 +130,8 @@ func TestRingWakePipe(t *testing.T) {
 		}
 		n = r.reap(func(c cqe) { got = c })
 	}
-	if got.UserData != eventUserData || got.Res != 1 {
-		t.Fatalf("wake CQE %+v, want user_data %#x res 1", got, uint64(eventUserData))
+	if got.UserData != eventUserData || got.Res != 8 {
+		t.Fatalf("eventfd CQE %+v, want user_data %#x res 8", got, uint64(eventUserData))
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -143,7 +142,7 @@ func TestRingWakePipe(t *testing.T) {
 
 // BenchmarkWorkerHandoff measures the worker-mode round trip without ublk: the
 // locked queue thread dispatches a tag to an idle worker, the worker finishes
-// it, and the queue thread wakes from io_uring_enter on the wake pipe READ. The
+// it, and the queue thread wakes from io_uring_enter on the eventfd READ. The
 // baseline is a plain channel ping-pong between two goroutines, which is what
 // the hand-off would cost if the queue thread could park in Go instead of the kernel.
 func BenchmarkWorkerHandoff(b *testing.B) {
@@ -154,6 +153,11 @@ func BenchmarkWorkerHandoff(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer r.close()
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Close(efd)
 	bufs, err := unix.Mmap(-1, 0, 2*4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		b.Fatal(err)
@@ -161,11 +165,7 @@ func BenchmarkWorkerHandoff(b *testing.B) {
 	defer unix.Munmap(bufs)
 	descs := make([]byte, descSize) // one FLUSH descriptor (op 2) for tag 0
 	descs[0] = opFlush
-	q := &queue{ring: r, bufs: bufs, depth: 1, bufSize: 4096, descs: descs, be: newBackend(newMemTarget(4096)), workers: 1}
-	if err := q.openWake(); err != nil {
-		b.Fatal(err)
-	}
-	defer q.closeWake()
+	q := &queue{ring: r, efd: efd, bufs: bufs, depth: 1, bufSize: 4096, descs: descs, be: newBackend(newMemTarget(4096)), workers: 1}
 	defer q.stopWorkers()
 
 	start := time.Now()

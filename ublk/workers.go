@@ -149,7 +149,7 @@ func (q *queue) dispatch(tag uint16) {
 	pooled.assign(q, tag)
 }
 
-// finish records a result for the queue thread (waking it with one wake pipe
+// finish records a result for the queue thread (waking it with one eventfd
 // write per batch) and gives the caller the next backlogged tag, if any;
 // otherwise the caller's slot is free again.
 func (q *queue) finish(tag uint16, result int32) (next uint16, more bool) {

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // More requests than workers: the surplus waits in the backlog and every tag
@@ -23,12 +25,13 @@ func TestWorkerPoolBacklog(t *testing.T) {
 		// tag reads block (tags-1-tag), so a mix-up of tags and buffers shows
 		*d = ioDesc{OpFlags: opRead, NrSectors: bufSize >> 9, StartSector: uint64((tags-1-tag)*bufSize) >> 9}
 	}
-	q := &queue{depth: tags, bufSize: bufSize, descs: descs, bufs: make([]byte, tags*bufSize+8),
-		be: newBackend(slowTarget{m, time.Millisecond}), workers: 3}
-	if err := q.openWake(); err != nil {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
 		t.Fatal(err)
 	}
-	defer q.closeWake()
+	defer unix.Close(efd)
+	q := &queue{depth: tags, bufSize: bufSize, descs: descs, bufs: make([]byte, tags*bufSize+8), efd: efd,
+		be: newBackend(slowTarget{m, time.Millisecond}), workers: 3}
 	for tag := 0; tag < tags; tag++ {
 		q.dispatch(uint16(tag))
 	}
@@ -122,12 +125,13 @@ func TestWorkerThreadsSharedByQueues(t *testing.T) {
 		for tag := 0; tag < workers; tag++ {
 			*(*ioDesc)(unsafe.Pointer(&descs[tag*descSize])) = ioDesc{OpFlags: opRead, NrSectors: bufSize >> 9, StartSector: uint64(tag*bufSize) >> 9}
 		}
-		q := &queue{depth: workers, bufSize: bufSize, descs: descs, bufs: make([]byte, workers*bufSize+8),
-			be: newBackend(target), workers: workers, policy: newServePolicy(DefaultBlockThreshold)}
-		if err := q.openWake(); err != nil {
+		efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+		if err != nil {
 			t.Fatal(err)
 		}
-		defer q.closeWake()
+		defer unix.Close(efd)
+		q := &queue{depth: workers, bufSize: bufSize, descs: descs, bufs: make([]byte, workers*bufSize+8), efd: efd,
+			be: newBackend(target), workers: workers, policy: newServePolicy(DefaultBlockThreshold)}
 		qs = append(qs, q)
 	}
 	if idle := osThreads(t); idle > before+8 {

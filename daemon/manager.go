@@ -64,6 +64,7 @@ type Manager struct {
 
 	mu      sync.Mutex
 	devices map[int]*device
+	failed  map[int]Record // recorded devices that Restore could not serve
 	pending map[int]bool   // ids reserved by attaches in progress
 	dirRefs map[string]int // layer directories in use by this daemon's devices
 
@@ -85,10 +86,14 @@ type device struct {
 	dirs   []string // its layer directories under layersDir
 }
 
+// StateFailed is the Status.State of a recorded device that the daemon could
+// not serve again at its start (Record.RestoreError says why).
+const StateFailed = "failed"
+
 // Status is one device as `obd list` shows it.
 type Status struct {
 	Record
-	State        string `json:"state"`
+	State        string `json:"state"` // "live" or StateFailed
 	BytesRead    int64  `json:"bytesRead"`
 	BytesWritten int64  `json:"bytesWritten"`
 	ReadErrors   int64  `json:"readErrors"`
@@ -120,7 +125,7 @@ func NewManager(opts Options) (*Manager, error) {
 		}
 	}
 	m := &Manager{opts: opts, state: stateDir(opts.StateDir), lg: opts.Logger, ioLog: ioErrorLogger(opts.Logger), metrics: newMetrics(),
-		dl: download.NewLimiter(float64(opts.Global.Download.MaxMBps) * (1 << 20)), devices: map[int]*device{}, pending: map[int]bool{}, dirRefs: map[string]int{}}
+		dl: download.NewLimiter(float64(opts.Global.Download.MaxMBps) * (1 << 20)), devices: map[int]*device{}, failed: map[int]Record{}, pending: map[int]bool{}, dirRefs: map[string]int{}}
 	if err := m.claimRunDir(); err != nil {
 		return nil, err
 	}
@@ -228,7 +233,7 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 		return st, err
 	}
 	d := &device{img: img, target: &countingTarget{t: img, id: id, lg: m.ioLog}, dirs: dirs,
-		rec: Record{ID: id, Config: abs, Frontend: fe.resolve(), PID: os.Getpid(), Created: time.Now().UTC(), TraceOptions: tr}}
+		rec: Record{ID: id, Config: abs, Frontend: fe.resolve(), PID: os.Getpid(), PIDStart: ownStart, Created: time.Now().UTC(), TraceOptions: tr}}
 	if err := m.start(d); err != nil {
 		img.Close()
 		return st, fmt.Errorf("failed to create overlaybd device: %w", err)
@@ -309,6 +314,9 @@ func (m *Manager) lookup(ref string) (*device, error) {
 // flushes it first, and a FUSE device is then unmounted lazily (see
 // fuseblk.Mounted.ForceClose): its users get I/O errors.
 func (m *Manager) Detach(ref string, force bool) error {
+	if m.forgetFailed(ref) {
+		return nil
+	}
 	d, err := m.lookup(ref)
 	if err != nil {
 		return err
@@ -367,6 +375,9 @@ func (m *Manager) List() []Status {
 	for _, d := range m.devices {
 		out = append(out, d.status())
 	}
+	for _, r := range m.failed {
+		out = append(out, Status{Record: r, State: StateFailed})
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
@@ -397,25 +408,42 @@ const detachAllParallel = 32
 // Restore runs at daemon start: devices recorded in the state directory whose server
 // died are served again (ublk devices through user recovery: the kernel kept them
 // quiesced, mounted file systems never notice; FUSE devices are mounted again), and
-// ublk devices nobody owns are deleted.
+// ublk devices nobody owns are deleted. Devices are recovered one at a time; one
+// that cannot be served (an error, even a panic) is logged, deleted from the
+// kernel (its I/O would hang) and kept in the state directory with its error,
+// shown as "failed" by List until detached, and the others are recovered still:
+// a failure never makes the daemon exit, so it never crash-loops.
 func (m *Manager) Restore(ctx context.Context) error {
 	recs, errs := m.state.load()
 	for _, e := range errs {
 		m.lg.Warn("state", zap.Error(e))
 	}
+	sort.Slice(recs, func(i, j int) bool { return recs[i].ID < recs[j].ID })
+	var ok, failed int
 	for _, r := range recs {
-		if r.PID != os.Getpid() && processAlive(r.PID) && r.PID != 0 {
+		if r.PID != os.Getpid() && servedBy(r.PID, r.PIDStart) {
 			m.lg.Warn("device served by another live process, leaving it", zap.Int("id", r.ID), zap.Int("pid", r.PID))
 			continue
 		}
-		if err := m.restore(ctx, r); err != nil {
+		if err := m.restoreSafely(ctx, r); err != nil {
+			failed++
 			m.lg.Error("could not recover device", zap.Int("id", r.ID), zap.String("path", r.Path), zap.Error(err))
 			if r.Frontend == FrontendUblk {
 				ublk.Delete(uint32(r.ID))
 			}
-			m.state.remove(r.ID)
+			r.RestoreError = err.Error()
+			if serr := m.state.save(r); serr != nil {
+				m.lg.Warn("state", zap.Error(serr))
+			}
+			m.mu.Lock()
+			m.failed[r.ID] = r
+			m.mu.Unlock()
 			continue
 		}
+		ok++
+	}
+	if len(recs) > 0 {
+		m.lg.Info("restore done", zap.Int("recovered", ok), zap.Int("failed", failed))
 	}
 	if ublk.Available() {
 		deleted, err := ublk.CleanupOrphans(func(id uint32) bool {
@@ -436,6 +464,36 @@ func (m *Manager) Restore(ctx context.Context) error {
 	return nil
 }
 
+// restoreSafely is restore with a panic (a bug, a hostile layer) turned into
+// that device's error: the other devices are still recovered.
+func (m *Manager) restoreSafely(ctx context.Context, r Record) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic while recovering: %v", p)
+			m.lg.Error("panic while recovering device", zap.Int("id", r.ID), zap.Any("panic", p), zap.Stack("stack"))
+		}
+	}()
+	return m.restore(ctx, r)
+}
+
+// forgetFailed drops the record of a device that Restore could not serve, if
+// ref names one (its id or path).
+func (m *Manager) forgetFailed(ref string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, r := range m.failed {
+		if strconv.Itoa(id) == ref || r.Path == ref || (r.MountDir != "" && r.MountDir == ref) {
+			delete(m.failed, id)
+			if err := m.state.remove(id); err != nil {
+				m.lg.Warn("state", zap.Error(err))
+			}
+			m.lg.Info("forgot failed device", zap.Int("id", id), zap.String("path", r.Path))
+			return true
+		}
+	}
+	return false
+}
+
 func (m *Manager) restore(ctx context.Context, r Record) (err error) {
 	cfg, err := config.LoadImageConfig(r.Config)
 	if err != nil {
@@ -447,6 +505,15 @@ func (m *Manager) restore(ctx context.Context, r Record) (err error) {
 		info, err := ublk.GetInfo(uint32(r.ID))
 		if err != nil {
 			return fmt.Errorf("ublk device %d is gone: %w", r.ID, err)
+		}
+		// The driver quiesces a dead server's device a few seconds after the
+		// process died (its monitor work): a daemon restarted at once sees it LIVE.
+		for deadline := time.Now().Add(quiesceWait); r.Recovery && info.State == ublk.StateLive &&
+			serverGone(info.ServerPID, r) && time.Now().Before(deadline); {
+			time.Sleep(100 * time.Millisecond)
+			if info, err = ublk.GetInfo(uint32(r.ID)); err != nil {
+				return fmt.Errorf("ublk device %d is gone: %w", r.ID, err)
+			}
 		}
 		if !r.Recovery || info.State != ublk.StateQuiesced {
 			return fmt.Errorf("ublk device %d is %s and was created without recovery=%v: cannot recover", r.ID, info.State, r.Recovery)
@@ -464,17 +531,17 @@ func (m *Manager) restore(ctx context.Context, r Record) (err error) {
 	}()
 	// The record keeps what the attach asked for; tr is what this recovery runs.
 	tr := m.recoverTrace(&r)
-	img, err := image.Open(ctx, cfg, m.imageOptions(tr))
+	img, err := openImage(ctx, cfg, m.imageOptions(tr))
 	if err != nil && tr != (TraceOptions{}) {
 		// A trace is an optimisation: the device comes back without it.
 		m.lg.Error("recovered device: trace not restarted", zap.Int("id", r.ID), zap.Error(err))
 		r.TraceRecovery, r.TraceNote = TraceRecoveryFailed, "not restarted after a daemon restart: "+err.Error()
-		img, err = image.Open(ctx, cfg, m.imageOptions(TraceOptions{}))
+		img, err = openImage(ctx, cfg, m.imageOptions(TraceOptions{}))
 	}
 	if err != nil {
 		return err
 	}
-	r.PID = os.Getpid()
+	r.PID, r.PIDStart, r.RestoreError = os.Getpid(), ownStart, ""
 	d := &device{rec: r, img: img, target: &countingTarget{t: img, id: r.ID, lg: m.ioLog}, dirs: dirs}
 	switch r.Frontend {
 	case FrontendUblk:
@@ -543,17 +610,70 @@ func (m *Manager) recoverTrace(r *Record) TraceOptions {
 	return TraceOptions{}
 }
 
-func processAlive(pid int) bool {
+// quiesceWait bounds how long Restore waits for the driver to quiesce a
+// device whose server died (it checks every few seconds; slower under emulation).
+const quiesceWait = 30 * time.Second
+
+// serverGone reports whether the process serving a ublk device (the driver's
+// server pid) is dead, or is the record's PID now held by another process.
+func serverGone(serverPID int, r Record) bool {
+	if serverPID == r.PID {
+		return !servedBy(r.PID, r.PIDStart)
+	}
+	return !processAlive(serverPID)
+}
+
+// openImage is image.Open; a test makes it fail for one device.
+var openImage = image.Open
+
+// ownStart is this process's start time, recorded with its PID.
+var ownStart, _ = processStart(os.Getpid())
+
+// processStart reads a live (non-zombie) process's start time, in clock ticks
+// after boot (/proc/PID/stat field 22).
+func processStart(pid int) (start uint64, alive bool) {
 	if pid <= 0 {
-		return false
+		return 0, false
 	}
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
+		return 0, false
+	}
+	// Fields after the command, which may hold spaces and parentheses: state is field 3.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0, true
+	}
+	f := strings.Fields(string(b[i+2:]))
+	if len(f) > 0 && f[0] == "Z" {
+		return 0, false
+	}
+	if len(f) > 19 {
+		start, _ = strconv.ParseUint(f[19], 10, 64)
+	}
+	return start, true
+}
+
+func processAlive(pid int) bool {
+	_, alive := processStart(pid)
+	return alive
+}
+
+// servedBy reports whether the process that recorded a device (pid, started at
+// start) still runs. A live PID whose start time differs, or (records without a
+// start time) that does not run this program, was recycled by another process.
+func servedBy(pid int, start uint64) bool {
+	now, alive := processStart(pid)
+	switch {
+	case !alive:
 		return false
+	case start != 0:
+		return now == start
 	}
-	// A zombie is not alive: field 3 is the state.
-	if i := strings.LastIndexByte(string(b), ')'); i > 0 && i+2 < len(b) {
-		return b[i+2] != 'Z'
+	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	own, ownErr := os.Readlink("/proc/self/exe")
+	if err != nil || ownErr != nil {
+		return true // cannot tell: leave the device to it, as before
 	}
-	return true
+	return strings.TrimSuffix(exe, " (deleted)") == strings.TrimSuffix(own, " (deleted)")
 }

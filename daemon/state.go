@@ -28,6 +28,14 @@ type Record struct {
 	TraceOptions
 	TraceRecovery string `json:"traceRecovery,omitempty"`
 	TraceNote     string `json:"traceNote,omitempty"`
+
+	// PIDStart is the serving process's start time (clock ticks after boot,
+	// /proc/PID/stat field 22): a live process with PID but another start
+	// time took over a recycled PID, and the device still needs recovery.
+	PIDStart uint64 `json:"pidStart,omitempty"`
+	// RestoreError says why the last daemon start could not serve the device
+	// again; `obd list` shows it as state "failed" until it is detached.
+	RestoreError string `json:"restoreError,omitempty"`
 }
 
 // What a recovery did with a device's run-time trace.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"unsafe"
@@ -102,20 +103,41 @@ func (c *controller) cmd(nr uint32, id uint32, bufLen int, data uint64) error {
 		cc.Len = uint16(bufLen)
 	}
 	var res int32
-	for got := false; !got; {
-		if err := c.ring.submit(1); err != nil {
-			return err
-		}
-		c.ring.reap(func(q cqe) {
-			if q.UserData == c.seq {
-				res, got = q.Res, true
+	onThrowawayThread(func() {
+		for got := false; !got; {
+			if err = c.ring.submit(1); err != nil {
+				return
 			}
-		})
+			c.ring.reap(func(q cqe) {
+				if q.UserData == c.seq {
+					res, got = q.Res, true
+				}
+			})
+		}
+	})
+	if err != nil {
+		return err
 	}
 	if res < 0 {
 		return unix.Errno(-res)
 	}
 	return nil
+}
+
+// onThrowawayThread runs f on a new OS thread that exits afterwards. The
+// driver punts every control command to an io-wq worker of the submitting
+// thread, and the last worker of a thread's io-wq lives as long as that thread:
+// submitted from whatever Go thread ran an attach (many of which then became
+// queue threads), control commands left about one idle iou-wrk thread per
+// thread of the daemon (~460 of ~1000 threads with 256 devices, in the VM).
+func onThrowawayThread(f func()) {
+	done := make(chan struct{})
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread, and its io-wq, exit with this goroutine
+		f()
+		close(done)
+	}()
+	<-done
 }
 
 var cmdNames = map[uint32]string{

@@ -37,6 +37,9 @@ func New(t blockdev.Target, opts Options) (*Device, error) {
 	if be.size < 512 {
 		return nil, fmt.Errorf("ublk: target size %d, want at least 512 bytes", be.size)
 	}
+	if err := checkThreadBudget(opts.Queues); err != nil {
+		return nil, err
+	}
 	c, err := openController()
 	if err != nil {
 		return nil, err
@@ -119,6 +122,10 @@ func Recover(id uint32, t blockdev.Target, opts Options) (*Device, error) {
 	if State(info.State) == StateDead {
 		c.close()
 		return nil, fmt.Errorf("ublk: recover device %d: it is DEAD (stopped), not quiesced", id)
+	}
+	if err := checkThreadBudget(int(info.NrHwQueues)); err != nil {
+		c.close()
+		return nil, err
 	}
 	be := newBackend(t)
 	p, err := c.getParams(id)

@@ -199,6 +199,34 @@ func TestRoundTripAlwaysWorkers(t *testing.T) {
 	roundTrip(t, Options{AlwaysWorkers: true, Queues: 1, Depth: 16})
 }
 
+// A queue idle for releaseIdle after large requests returns its tag buffers'
+// pages, and serves correctly afterwards (the buffers then read as zeros).
+func TestReleaseIdleBuffers(t *testing.T) {
+	requireUblk(t)
+	m, dev := roundTrip(t, Options{Queues: 1})
+	q := dev.queues[0]
+	if !q.ring.deferTaskrun || !q.ring.extArg || q.legacy {
+		t.Skip("this kernel copies into tag buffers outside io_uring_enter: buffers are never released")
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for residentPages(t, q.bufs[:q.depth*q.bufSize]) > 16 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d tag buffer pages still resident 30 s after the last request", residentPages(t, q.bufs[:q.depth*q.bufSize]))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	fd := openDirect(t, dev.Path(), unix.O_RDWR)
+	defer unix.Close(fd)
+	src := alignedBuf(t, 8<<20)
+	randomBytes(src, 9)
+	pwriteAll(t, fd, src, 5<<20, 1<<20)
+	back := alignedBuf(t, len(src))
+	preadAll(t, fd, back, 5<<20, 1<<20)
+	if !bytes.Equal(back, src) || !bytes.Equal(m.snapshot(5<<20, int64(len(src))), src) {
+		t.Fatal("data differs after the buffers were released")
+	}
+}
+
 // The adaptive default serves a RAM target on the queue thread and moves to the
 // worker pool once a Target call blocks (here: sleeps 5 ms).
 func TestAdaptiveServe(t *testing.T) {

@@ -19,14 +19,16 @@
 // The thread FETCHes every tag into a per-tag buffer (anonymous mmap, so the GC
 // never moves it), then loops on COMMIT_AND_FETCH.
 //
-// Target calls run either on the queue thread or on a pool of Workers
-// goroutines per queue. By default (adaptive) the queue thread calls the Target
-// itself as long as calls do not block, and uses the pool for a second after a
+// Target calls run either on the queue thread or on workers, up to Workers
+// calls in flight per queue. By default (adaptive) the queue thread calls the Target
+// itself as long as calls do not block, and uses the workers for a second after a
 // call (inline or on a worker) spent more than Options.BlockThreshold off the
 // CPU (policy.go); Options.InThread and Options.AlwaysWorkers fix one mode. The
-// queue thread hands a tag to an idle worker (which sleeps on its own futex:
-// waking a goroutine through a channel from a thread about to block in
-// io_uring_enter costs the Go scheduler tens of µs), and a worker's result comes
+// queue thread hands a tag to an idle worker of a process-wide pool shared by
+// all devices (each sleeps on its own futex: waking a goroutine through a
+// channel from a thread about to block in io_uring_enter costs the Go scheduler
+// tens of µs; at most 64 such threads, then ordinary goroutines), so a device
+// costs its queue threads and no idle worker thread. A worker's result comes
 // back through a list plus an eventfd whose pending READ on the queue's ring
 // wakes the thread. A Target call that blocks (a disk or registry read) thus
 // stalls only its own request. Options.InThread instead calls the Target on the

@@ -42,7 +42,9 @@ type Options struct {
 	// a lock, another goroutine) and still count as not blocking; 0 means
 	// DefaultBlockThreshold.
 	BlockThreshold time.Duration
-	// Workers per queue when !InThread; 0 = DefaultWorkers (capped at Depth).
+	// Workers is the most Target calls in flight per queue when !InThread;
+	// 0 = DefaultWorkers (capped at Depth). The calls run on a process-wide
+	// pool of worker threads shared by all devices (workers.go).
 	Workers int
 	// Recovery sets UBLK_F_USER_RECOVERY: if this process dies the device is
 	// quiesced (I/O waits) instead of removed, and Recover can serve it again.

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -32,17 +33,16 @@ type queue struct {
 	exited  chan struct{} // closed when run returns; err is then set
 	err     error
 
-	// Worker mode (workers.go): requests go to an idle worker or the backlog;
-	// finished ones come back via completed and a write to efd, whose pending
-	// READ on the ring wakes the queue thread. mu guards idle, backlog,
-	// completed and signalled.
+	// Worker mode (workers.go): up to workers requests run on the shared
+	// worker pool, the rest wait in the backlog; finished ones come back via
+	// completed and a write to efd, whose pending READ on the ring wakes the
+	// queue thread. mu guards running, backlog, completed and signalled.
 	workers   int
 	policy    *servePolicy // adaptive mode: inline while the Target does not block; nil otherwise
-	pool      []*worker
-	idle      []*worker
+	running   int          // calls in flight
 	backlog   []uint16
 	stopping  atomic.Bool
-	workersWG sync.WaitGroup
+	calls     sync.WaitGroup // one per call in flight
 	efd       int
 	mu        sync.Mutex
 	completed []completion
@@ -203,11 +203,20 @@ func (q *queue) run(ready chan<- error) error {
 	ready <- nil
 	defer q.ring.close()
 	if q.workers > 0 {
-		q.startWorkers(q.workers)
 		defer q.stopWorkers()
 	}
 	live := q.depth // tags not yet aborted by the kernel
+	// Buffer release (releaseBuffers): requests not yet committed, and whether a
+	// large request touched the buffers since the last release.
+	inFlight, dirty := 0, false
+	canRelease := q.ring.deferTaskrun && q.ring.extArg && !q.legacy
 	var loopErr error
+	received := func(tag uint16) {
+		inFlight++
+		if d := q.desc(tag); (d.op() == opRead || d.op() == opWrite) && int(d.NrSectors)<<9 > releaseMin {
+			dirty = true
+		}
+	}
 	handle := func(c cqe) {
 		if loopErr != nil {
 			return
@@ -231,6 +240,7 @@ func (q *queue) run(ready chan<- error) error {
 					return
 				}
 			}
+			inFlight -= len(done)
 			q.spare = done
 			loopErr = q.armEvent()
 			return
@@ -243,20 +253,36 @@ func (q *queue) run(ready chan<- error) error {
 			loopErr = fmt.Errorf("ublk: queue %d tag %d: %w", q.id, tag, unix.Errno(-c.Res))
 		case q.workers > 0 && (q.policy == nil || !q.policy.inline()):
 			q.served.Add(1)
+			received(tag)
 			q.dispatch(tag)
 		case q.policy != nil:
 			q.served.Add(1)
+			received(tag)
 			s := q.policy.start()
 			res := q.be.serve(q.desc(tag), q.buf(tag))
 			q.policy.done(s)
 			loopErr = q.queueCmd(nrCommitAndFetch, tag, res)
+			inFlight--
 		default:
 			q.served.Add(1)
+			received(tag)
 			loopErr = q.queueCmd(nrCommitAndFetch, tag, q.be.serve(q.desc(tag), q.buf(tag)))
+			inFlight--
 		}
 	}
 	for live > 0 && loopErr == nil {
-		if err := q.ring.submit(1); err != nil {
+		if canRelease && dirty && inFlight == 0 {
+			// Every request is committed: this enter hands the last results to
+			// the kernel; if nothing arrives for releaseIdle, release the buffers.
+			if err := q.ring.submitTimeout(releaseIdle); err != nil {
+				return fmt.Errorf("ublk: queue %d: %w", q.id, err)
+			}
+			if q.ring.ready() == 0 {
+				q.releaseBuffers()
+				dirty = false
+				continue
+			}
+		} else if err := q.ring.submit(1); err != nil {
 			return fmt.Errorf("ublk: queue %d: %w", q.id, err)
 		}
 		q.ring.reap(handle)
@@ -268,3 +294,23 @@ func (q *queue) run(ready chan<- error) error {
 }
 
 var errAbandoned = errors.New("ublk: queue abandoned")
+
+// A queue whose buffers served a request larger than releaseMin returns their
+// memory once it has been idle for releaseIdle: each tag has a MaxIOBytes
+// buffer (128 MiB per queue by default) and pages touched once would otherwise
+// stay resident for the device's life. Only then: releasing after every large
+// request would make the next one fault its pages in again.
+const (
+	releaseMin  = 64 << 10
+	releaseIdle = time.Second
+)
+
+// releaseBuffers drops the pages of every tag buffer (they read as zeros
+// again). Safe only on the queue thread while every tag waits in the kernel and
+// no completion is pending, with DEFER_TASKRUN on a kernel that delivers
+// requests through io_uring task work (6.5+, !legacy): the kernel then copies
+// into or out of a tag buffer only inside this thread's io_uring_enter.
+func (q *queue) releaseBuffers() {
+	// Best effort: on failure the pages just stay resident.
+	_ = unix.Madvise(q.bufs[:q.depth*q.bufSize], unix.MADV_DONTNEED)
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -18,6 +19,7 @@ const (
 	ioringOffSQEs   = 0x10000000
 
 	ioringFeatSingleMmap = 1 << 0
+	ioringFeatExtArg     = 1 << 8
 
 	ioringSetupCQSize       = 1 << 3
 	ioringSetupCoopTaskrun  = 1 << 8
@@ -26,6 +28,7 @@ const (
 	ioringSetupDeferTaskrun = 1 << 13
 
 	ioringEnterGetEvents = 1 << 0
+	ioringEnterExtArg    = 1 << 3
 
 	ioringOpNop      = 0
 	ioringOpRead     = 22
@@ -130,6 +133,21 @@ type ring struct {
 	cqes      unsafe.Pointer
 	sqes      unsafe.Pointer
 	tail      uint32 // our SQ tail, published by submit
+
+	// deferTaskrun: task work (ublk's request delivery, which copies a WRITE's
+	// data into its tag buffer) runs only inside this ring's io_uring_enter.
+	deferTaskrun bool
+	extArg       bool         // io_uring_enter takes a wait timeout (5.11+)
+	waitArg      getEventsArg // for submitTimeout: the kernel reads it during the call
+	waitTS       unix.Timespec
+}
+
+// getEventsArg is struct io_uring_getevents_arg.
+type getEventsArg struct {
+	sigmask   uint64
+	sigmaskSz uint32
+	minWait   uint32
+	ts        uint64
 }
 
 // newRing sets up an io_uring with entries SQEs and flags (IORING_SETUP_*).
@@ -140,7 +158,7 @@ func newRing(entries, flags uint32) (*ring, error) {
 	if errno != 0 {
 		return nil, fmt.Errorf("io_uring_setup(entries=%d, flags=%#x): %w", entries, flags, errno)
 	}
-	r := &ring{fd: int(fd), sqeSize: 64}
+	r := &ring{fd: int(fd), sqeSize: 64, deferTaskrun: flags&ioringSetupDeferTaskrun != 0, extArg: p.Features&ioringFeatExtArg != 0}
 	if flags&ioringSetupSQE128 != 0 {
 		r.sqeSize = 128
 	}
@@ -244,6 +262,30 @@ func (r *ring) submit(wait uint32) error {
 		}
 		return fmt.Errorf("io_uring_enter: %w", errno)
 	}
+}
+
+// submitTimeout is submit(1) that returns after timeout even if nothing
+// completed (then the CQ is empty). Needs r.extArg.
+func (r *ring) submitTimeout(timeout time.Duration) error {
+	atomic.StoreUint32(r.sqTail, r.tail)
+	r.waitTS = unix.NsecToTimespec(timeout.Nanoseconds())
+	r.waitArg = getEventsArg{ts: uint64(uintptr(unsafe.Pointer(&r.waitTS)))}
+	for {
+		_, _, errno := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(r.pending()), 1,
+			ioringEnterGetEvents|ioringEnterExtArg, uintptr(unsafe.Pointer(&r.waitArg)), unsafe.Sizeof(r.waitArg))
+		switch errno {
+		case 0, unix.ETIME:
+			return nil
+		case unix.EINTR:
+			continue
+		}
+		return fmt.Errorf("io_uring_enter: %w", errno)
+	}
+}
+
+// ready reports how many CQEs wait to be reaped.
+func (r *ring) ready() uint32 {
+	return cqReady(atomic.LoadUint32(r.cqHead), atomic.LoadUint32(r.cqTail))
 }
 
 // reap calls fn for each completed CQE, in order, and releases its slot first so

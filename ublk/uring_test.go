@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -119,7 +120,9 @@ func TestRingEventfdWake(t *testing.T) {
 	if err := r.submit(0); err != nil {
 		t.Fatal(err)
 	}
-	go q.finish(nil, 7, 4096)
+	q.running = 1 // as dispatch would have
+	q.calls.Add(1)
+	go q.finish(7, 4096)
 	var got cqe
 	for n := 0; n == 0; {
 		if err := r.submit(1); err != nil {
@@ -162,8 +165,7 @@ func BenchmarkWorkerHandoff(b *testing.B) {
 	defer unix.Munmap(bufs)
 	descs := make([]byte, descSize) // one FLUSH descriptor (op 2) for tag 0
 	descs[0] = opFlush
-	q := &queue{ring: r, efd: efd, bufs: bufs, depth: 1, bufSize: 4096, descs: descs, be: newBackend(newMemTarget(4096))}
-	q.startWorkers(1)
+	q := &queue{ring: r, efd: efd, bufs: bufs, depth: 1, bufSize: 4096, descs: descs, be: newBackend(newMemTarget(4096)), workers: 1}
 	defer q.stopWorkers()
 
 	start := time.Now()
@@ -205,4 +207,70 @@ func BenchmarkWorkerHandoff(b *testing.B) {
 	b.ReportMetric(float64(handoff.Nanoseconds())/float64(b.N), "handoff-ns")
 	b.ReportMetric(float64(baseline.Nanoseconds())/float64(b.N), "chan-pingpong-ns")
 	b.ReportMetric(float64(handoff)/float64(baseline), "x-vs-pingpong")
+}
+
+// submitTimeout returns with an empty CQ once the timeout passed with nothing
+// to complete: the idle wait after which a queue releases its buffers.
+func TestRingSubmitTimeout(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	r, err := newRing(8, ioringSetupSingleIssuer|ioringSetupDeferTaskrun)
+	if err != nil {
+		t.Skip("no DEFER_TASKRUN rings here:", err)
+	}
+	defer r.close()
+	if !r.extArg || !r.deferTaskrun {
+		t.Skipf("ring features: ext arg %v, defer taskrun %v", r.extArg, r.deferTaskrun)
+	}
+	start := time.Now()
+	if err := r.submitTimeout(20 * time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < 10*time.Millisecond || r.ready() != 0 {
+		t.Fatalf("idle wait returned after %v with %d CQEs", took, r.ready())
+	}
+	if _, err := r.getSQE(); err != nil { // a NOP completes at once
+		t.Fatal(err)
+	}
+	if err := r.submitTimeout(time.Minute); err != nil || r.ready() != 1 {
+		t.Fatalf("NOP: %v, %d CQEs", err, r.ready())
+	}
+}
+
+// releaseBuffers returns the tag buffers' pages: resident memory drops, the
+// buffers read as zeros.
+func TestQueueReleaseBuffers(t *testing.T) {
+	const depth, bufSize = 8, 1 << 20
+	bufs, err := unix.Mmap(-1, 0, depth*bufSize+4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(bufs)
+	q := &queue{depth: depth, bufSize: bufSize, bufs: bufs}
+	resident := func() int { return residentPages(t, bufs) }
+	for i := range bufs[:depth*bufSize] {
+		bufs[i] = 0xEE
+	}
+	before := resident()
+	q.releaseBuffers()
+	after := resident()
+	if before < depth*bufSize/4096 || after > 1 {
+		t.Fatalf("resident pages: %d before the release, %d after", before, after)
+	}
+	if q.buf(3)[100] != 0 {
+		t.Fatal("released buffer still holds data")
+	}
+}
+
+// residentPages counts the pages of b in memory (mincore).
+func residentPages(t *testing.T, b []byte) int {
+	vec := make([]byte, (len(b)+4095)/4096)
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		t.Fatal(errno)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
 }

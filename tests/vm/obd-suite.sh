@@ -2,6 +2,7 @@
 # obd-suite.sh - the daemon's real-kernel suite (tests/vmsuite): the real obd binary
 # serves the golden images as /dev/ublkbN inside a QEMU guest with ublk_drv.
 # Covers attach/mount/read, a writable upper + commit, kill -9 recovery, 64 devices,
+# 256 devices (threads and RSS measured, with a kill -9 recovery of all),
 # attach by image reference from a registry on the guest loopback,
 # bad configs. The last line is "N passed, N failed"; exit status non-zero on failure.
 #
@@ -28,9 +29,9 @@ tar -xzf testdata/golden/ext4_64.tar.gz -C "$W" ext4_64
 cp testdata/golden/hello-world-oci/blobs/sha256/022231c3f1af70e0cc42f0c3781eabf174cff608210585bf93fc83e16d33672d "$W/hello.blob"
 
 rc=0
-tests/vm/run-in-vm.sh "${VMARGS[@]}" -m 3072 -t 1500 -b "$MKFS" \
+tests/vm/run-in-vm.sh "${VMARGS[@]}" -m 3072 -t 2400 -b "$MKFS" \
 	"$W/obd" "$W/vmsuite.test" "$W/ext4_64" "$W/hello.blob" testdata/golden/hello-world-oci -- \
-	"./vmsuite.test -test.v -test.count=1 -test.timeout=1400s -test.run '$RUN'" 2>&1 | tee "$W/out" || rc=$?
+	"./vmsuite.test -test.v -test.count=1 -test.timeout=2300s -test.run '$RUN'" 2>&1 | tee "$W/out" || rc=$?
 
 passed=$(grep -c '^--- PASS' "$W/out" || true)
 failed=$(grep -c '^--- FAIL' "$W/out" || true)

@@ -106,7 +106,7 @@ func (d *daemon) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	log.Close()
-	for i := 0; i < 300; i++ {
+	for i := 0; i < 3000; i++ { // up to 5 min: a restart recovers every device first
 		if _, err := d.obd("list"); err == nil {
 			return
 		}

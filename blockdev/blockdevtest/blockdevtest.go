@@ -5,7 +5,8 @@
 // Run checks, against a byte-array model of the device: ReadAt, WriteAt, Flush and
 // the capability helpers (blockdev.Discard, blockdev.WriteZeroes) at random
 // 512-aligned offsets and lengths; zero-length operations; out-of-range requests
-// (an error, never a silent short transfer); that read-only targets refuse writes
+// (an error, never a silent short transfer; or, for a target that grows, a write
+// that lands); that read-only targets refuse writes
 // with blockdev.ErrReadOnly and keep their bytes; that CapsOf is consistent with
 // what the helpers do; and concurrent use from several goroutines (run it under
 // -race). With Options.Reopen it also checks that flushed data survives a reopen.
@@ -39,6 +40,10 @@ type Options struct {
 	// Span limits the model to the first Span bytes of the device (default: the
 	// whole device, at most 64 MiB), so large devices stay cheap to check.
 	Span int64
+	// Grows declares a target whose writes past Size extend it (an LSMT writable
+	// layer, as the reference's); the suite then checks that such a write lands and
+	// grows Size instead of expecting an error.
+	Grows bool
 	// Seed makes the random operations reproducible (default 1).
 	Seed uint64
 	// Reopen, if set, is called after a Flush with the target; it closes it and
@@ -258,22 +263,6 @@ func testOutOfRange(t *testing.T, tgt blockdev.Target, opts Options) {
 	} else if n == size && !bytes.Equal(buf[:got], model[size-Sector:size-Sector+int64(got)]) {
 		t.Errorf("ReadAt across the end: the in-range bytes differ from the model")
 	}
-	if got, err := tgt.WriteAt(buf[:Sector], size); err == nil {
-		t.Errorf("WriteAt(%d bytes at size %d) = %d, nil; want an error", Sector, size, got)
-	}
-	if got, err := tgt.WriteAt(bytes.Repeat([]byte{0xa5}, 2*Sector), size-Sector); err == nil {
-		t.Errorf("WriteAt(%d bytes at %d, size %d) = %d, nil; want an error", 2*Sector, size-Sector, size, got)
-	}
-	if n == size { // the last sector may hold either its old or the new bytes
-		last := make([]byte, Sector)
-		if _, err := tgt.ReadAt(last, size-Sector); err != nil {
-			t.Fatalf("ReadAt(last sector): %v", err)
-		}
-		if !bytes.Equal(last, model[size-Sector:]) && !bytes.Equal(last, bytes.Repeat([]byte{0xa5}, Sector)) {
-			t.Errorf("a failed write across the end left the last sector neither old nor new")
-		}
-		copy(model[size-Sector:], last)
-	}
 	for _, r := range [][2]int64{{size, Sector}, {size - Sector, 2 * Sector}, {-Sector, Sector}} {
 		if err := blockdev.WriteZeroes(tgt, r[0], r[1]); err == nil {
 			t.Errorf("WriteZeroes(%d, %d) of a %d-byte device succeeded", r[0], r[1], size)
@@ -282,12 +271,31 @@ func testOutOfRange(t *testing.T, tgt blockdev.Target, opts Options) {
 			t.Errorf("Discard(%d, %d) of a %d-byte device succeeded", r[0], r[1], size)
 		}
 	}
-	if !caps.ReadOnly {
-		// The capability's own method, as a frontend that skipped the helper would call it.
-		if d, ok := tgt.(blockdev.Discarder); ok && caps.Discard {
-			if err := d.Discard(size, Sector); err == nil {
-				t.Errorf("Discarder.Discard(%d, %d) of a %d-byte device succeeded", size, Sector, size)
+	if opts.Grows && !caps.ReadOnly {
+		p := bytes.Repeat([]byte{0xa5}, Sector)
+		if got, err := tgt.WriteAt(p, size); err != nil || got != Sector {
+			t.Errorf("WriteAt(%d bytes at size %d) of a growing target = %d, %v", Sector, size, got, err)
+		} else if tgt.Size() != size+Sector {
+			t.Errorf("Size after a write past the end = %d, want %d", tgt.Size(), size+Sector)
+		} else if err := checkRange(tgt, p, size); err != nil {
+			t.Errorf("the write past the end: %v", err)
+		}
+	} else {
+		if got, err := tgt.WriteAt(buf[:Sector], size); err == nil {
+			t.Errorf("WriteAt(%d bytes at size %d) = %d, nil; want an error", Sector, size, got)
+		}
+		if got, err := tgt.WriteAt(bytes.Repeat([]byte{0xa5}, 2*Sector), size-Sector); err == nil {
+			t.Errorf("WriteAt(%d bytes at %d, size %d) = %d, nil; want an error", 2*Sector, size-Sector, size, got)
+		}
+		if n == size { // the last sector may hold either its old or the new bytes
+			last := make([]byte, Sector)
+			if _, err := tgt.ReadAt(last, size-Sector); err != nil {
+				t.Fatalf("ReadAt(last sector): %v", err)
 			}
+			if !bytes.Equal(last, model[size-Sector:]) && !bytes.Equal(last, bytes.Repeat([]byte{0xa5}, Sector)) {
+				t.Errorf("a failed write across the end left the last sector neither old nor new")
+			}
+			copy(model[size-Sector:], last)
 		}
 	}
 	if err := checkRange(tgt, model, 0); err != nil {

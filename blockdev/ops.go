@@ -108,32 +108,27 @@ func checkRange(op string, t Target, off, n int64) error {
 	return nil
 }
 
-// discarderOf returns the Discarder that serves t's discards, or nil (see Unwrapper).
-func discarderOf(t Target) Discarder {
-	d, has := t.(Discarder)
-	u, wraps := t.(Unwrapper)
-	switch {
-	case !wraps:
-		return d // nil unless has
-	case !has:
-		return discarderOf(u.Unwrap())
-	case discarderOf(u.Unwrap()) != nil:
-		return d
-	}
-	return nil
-}
+// discarderOf returns the Discarder that serves t's discards, or nil.
+func discarderOf(t Target) Discarder { d, _ := capability[Discarder](t); return d }
 
 // zeroWriterOf returns the ZeroWriter that serves t's write-zeroes, or nil.
-func zeroWriterOf(t Target) ZeroWriter {
-	z, has := t.(ZeroWriter)
+func zeroWriterOf(t Target) ZeroWriter { z, _ := capability[ZeroWriter](t); return z }
+
+// capability finds the implementation of the optional interface C that serves t,
+// following Unwrapper: a wrapper's own method counts only if its inner target has
+// the capability too (see Unwrapper).
+func capability[C any](t Target) (C, bool) {
+	c, has := t.(C)
 	u, wraps := t.(Unwrapper)
 	switch {
 	case !wraps:
-		return z
+		return c, has
 	case !has:
-		return zeroWriterOf(u.Unwrap())
-	case zeroWriterOf(u.Unwrap()) != nil:
-		return z
+		return capability[C](u.Unwrap())
 	}
-	return nil
+	if _, inner := capability[C](u.Unwrap()); inner {
+		return c, true
+	}
+	var none C
+	return none, false
 }

@@ -329,8 +329,8 @@ func testReadOnly(t *testing.T, tgt blockdev.Target, opts Options) {
 }
 
 // testConcurrent runs workers on disjoint regions (adjacent, so they share the
-// target's blocks and locks) all at once, each worker checking its
-// own region against its part of the model.
+// target's blocks and locks) all at once, each checking its region against its part
+// of the model.
 func testConcurrent(t *testing.T, tgt blockdev.Target, opts Options) {
 	const workers = 4
 	caps := blockdev.CapsOf(tgt)

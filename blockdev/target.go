@@ -1,8 +1,11 @@
 // Package blockdev defines what a virtual block device serves: a Target.
 //
 // Frontends (ublk, the FUSE fallback) serve any Target; image assembly produces one.
-// Optional capabilities are small extra interfaces found by type assertion, in the
-// style of go-fuse's fs package: a Target that can discard implements Discarder.
+// Optional capabilities are small extra interfaces, in the style of go-fuse's fs
+// package: a Target that can discard implements Discarder. Callers reach them only
+// through the helpers in ops.go (CapsOf, Discard, WriteZeroes, IsReadOnly), which
+// hold the one fallback rule and see through wrappers that implement Unwrapper.
+// Package blockdevtest is the conformance suite every Target and wrapper runs.
 package blockdev
 
 import "errors"
@@ -29,7 +32,8 @@ type Discarder interface {
 }
 
 // ZeroWriter is implemented by targets that can write zeros without a data buffer.
-// Frontends fall back to Discard, then to WriteAt with a zero buffer.
+// Without it, the WriteZeroes helper falls back to Discard, then to WriteAt with a
+// zero buffer.
 type ZeroWriter interface {
 	WriteZeroes(off, length int64) error
 }
@@ -42,9 +46,3 @@ type ReadOnlyer interface {
 
 // ErrReadOnly is returned by WriteAt and Discard of a read-only target.
 var ErrReadOnly = errors.New("blockdev: read-only target")
-
-// IsReadOnly reports whether t declares itself read-only.
-func IsReadOnly(t Target) bool {
-	r, ok := t.(ReadOnlyer)
-	return ok && r.ReadOnly()
-}

@@ -14,7 +14,7 @@ const (
 	digestB = "sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
 )
 
-// specImageConfig is the example of overlaybd-format.md §6 with concrete digests.
+// specImageConfig is the example of docs/overlaybd-format.md §6 with concrete digests.
 const specImageConfig = `{
   "repoBlobUrl": "https://registry-1.docker.io/v2/overlaybd/redis/blobs",
   "lowers": [ { "file": "/l/file", "dir": "/l/dir", "digest": "` + digestA + `", "size": 4739584,
@@ -26,7 +26,7 @@ const specImageConfig = `{
   "recordTracePath": ""
 }`
 
-// specGlobalConfig is the installed example of overlaybd-format.md §7.
+// specGlobalConfig is the installed example of docs/overlaybd-format.md §7.
 const specGlobalConfig = `{ "logConfig": {"logLevel":1,"logPath":"/var/log/overlaybd.log"},
   "cacheConfig": {"cacheType":"file","cacheDir":"/opt/overlaybd/registry_cache","cacheSizeGB":4},
   "gzipCacheConfig": {"enable":true,"cacheDir":"/opt/overlaybd/gzip_cache","cacheSizeGB":4},

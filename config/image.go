@@ -27,7 +27,7 @@ const (
 	TraceFileName        = "trace"            // prefetch trace of an acceleration layer
 )
 
-// Download configures the background full download of remote layers (§10).
+// Download configures the background full download of remote layers (docs/overlaybd-format.md §10).
 type Download struct {
 	// Enable turns background download on for remote layers that have a Dir.
 	Enable bool

@@ -287,7 +287,7 @@ func (m *Manager) start(d *device) error {
 }
 
 func (d *device) status() Status {
-	return Status{Record: d.rec, State: "live", Size: d.target.Size(), ReadOnly: d.target.ReadOnly(),
+	return Status{Record: d.rec, State: "live", Size: d.target.Size(), ReadOnly: d.target.readOnly(),
 		BytesRead: d.target.read.Load(), BytesWritten: d.target.written.Load(),
 		ReadErrors: d.target.readErrs.Load(), WriteErrors: d.target.writeErrs.Load(), Downloads: d.img.Downloads()}
 }

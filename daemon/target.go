@@ -11,18 +11,21 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// countingTarget counts a device's I/O for `obd list`, forwarding every capability of
-// the target it wraps.
+// countingTarget counts a device's I/O for `obd list`. It intercepts only the Target
+// methods; its Unwrap lets the blockdev helpers find the wrapped target's real
+// capabilities (discard, write-zeroes, read-only), whose zero-buffer fallback
+// writes still come through WriteAt and are counted.
 type countingTarget struct {
-	t                     blockdev.Target
-	id                    int         // device id, for the log
-	lg                    *zap.Logger // rate-limited; nil: errors are only counted
-	read, written         atomic.Int64
-	readErrs, writeErrs   atomic.Int64
-	flushes, discardBytes atomic.Int64
+	t                   blockdev.Target
+	id                  int         // device id, for the log
+	lg                  *zap.Logger // rate-limited; nil: errors are only counted
+	read, written       atomic.Int64
+	readErrs, writeErrs atomic.Int64
+	flushes             atomic.Int64
 }
 
-var errNoDiscard = errors.New("discard not supported by this target")
+// Unwrap implements blockdev.Unwrapper.
+func (c *countingTarget) Unwrap() blockdev.Target { return c.t }
 
 func (c *countingTarget) ReadAt(p []byte, off int64) (int, error) {
 	n, err := c.t.ReadAt(p, off)
@@ -51,31 +54,8 @@ func (c *countingTarget) Flush() error {
 
 func (c *countingTarget) Size() int64 { return c.t.Size() }
 
-func (c *countingTarget) ReadOnly() bool { return blockdev.IsReadOnly(c.t) }
-
-func (c *countingTarget) Discard(off, n int64) error {
-	d, ok := c.t.(blockdev.Discarder)
-	if !ok {
-		return errNoDiscard
-	}
-	c.discardBytes.Add(n)
-	return d.Discard(off, n)
-}
-
-func (c *countingTarget) WriteZeroes(off, n int64) error {
-	if z, ok := c.t.(blockdev.ZeroWriter); ok {
-		return z.WriteZeroes(off, n)
-	}
-	buf := make([]byte, min(n, 1<<20))
-	for n > 0 {
-		k := min(n, int64(len(buf)))
-		if _, err := c.WriteAt(buf[:k], off); err != nil {
-			return err
-		}
-		off, n = off+k, n-k
-	}
-	return nil
-}
+// readOnly is the wrapped target's read-only flag, for `obd list`.
+func (c *countingTarget) readOnly() bool { return blockdev.IsReadOnly(c.t) }
 
 // ioErrorLogger is lg sampled per message: in each second the first 10 I/O error
 // lines are logged, then every 100th, so a failing device cannot flood the log

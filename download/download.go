@@ -1,5 +1,5 @@
 // Package download fetches whole remote layer blobs into their layer directories
-// in the background (the reference's download.enable, format spec §10): after a
+// in the background (the reference's download.enable, docs/overlaybd-format.md §10): after a
 // delay, chunk by chunk (in parallel, rate-limited over all downloads, resumable
 // through the holes of a sparse ".download" file), then verifies the sha256
 // digest and renames the file to "overlaybd.commit". Callers switch a layer's

@@ -266,13 +266,12 @@ func (f *deviceFile) Allocate(ctx context.Context, fh fs.FileHandle, off, size u
 		if mode&unix.FALLOC_FL_KEEP_SIZE == 0 {
 			return syscall.EINVAL // fallocate(2) requires KEEP_SIZE with PUNCH_HOLE
 		}
-		d, ok := f.t.(blockdev.Discarder)
-		if !ok {
+		if !blockdev.CapsOf(f.t).Discard {
 			return syscall.EOPNOTSUPP
 		}
-		return f.clearRange(start, length, func(o, l int64) error { return d.Discard(o, l) })
+		return f.clearRange(start, length, func(o, l int64) error { return blockdev.Discard(f.t, o, l) })
 	case unix.FALLOC_FL_ZERO_RANGE:
-		return f.clearRange(start, length, f.zeroAligned)
+		return f.clearRange(start, length, func(o, l int64) error { return blockdev.WriteZeroes(f.t, o, l) })
 	default:
 		return syscall.EOPNOTSUPP
 	}
@@ -306,28 +305,4 @@ func (f *deviceFile) clearRange(off, length int64, clear func(off, length int64)
 		return f.writeErrno("discard", alignedStart, int(alignedEnd-alignedStart), err)
 	}
 	return 0
-}
-
-// zeroChunk bounds the buffer of the last-resort zero writes.
-const zeroChunk = 1 << 20
-
-// zeroAligned zeroes a sector-aligned range with the cheapest capability the Target
-// has, in blockdev's documented order: WriteZeroes, Discard, then WriteAt.
-func (f *deviceFile) zeroAligned(off, length int64) error {
-	if z, ok := f.t.(blockdev.ZeroWriter); ok {
-		return z.WriteZeroes(off, length)
-	}
-	if d, ok := f.t.(blockdev.Discarder); ok {
-		return d.Discard(off, length)
-	}
-	zeros := make([]byte, min(length, zeroChunk))
-	for length > 0 {
-		n := min(length, int64(len(zeros)))
-		if _, err := f.t.WriteAt(zeros[:n], off); err != nil {
-			return err
-		}
-		off += n
-		length -= n
-	}
-	return nil
 }

@@ -141,8 +141,9 @@ func (s *swapBlob) Close() error {
 }
 
 // startDownload starts the background download of the remote layers that have a
-// Dir (§10). Not while recording a trace: the reference disables it then, since
-// reads served locally would leave the trace describing a warm start.
+// Dir (docs/overlaybd-format.md §10). Not while recording a trace: the reference
+// disables it then, since reads served locally would leave the trace describing a
+// warm start.
 func (im *Image) startDownload(cfg *config.ImageConfig, lowers []config.Layer, swaps []*swapBlob, opts Options, lg *zap.Logger) {
 	if !cfg.Download.Enable {
 		return

@@ -34,8 +34,8 @@ func OpenLayer(r io.ReaderAt, size int64) (*Layer, error) {
 	return l, nil
 }
 
-// openSealed validates header, trailer and index bounds (§3.4 steps 1-5) and returns
-// the layer with its valid entries, tags as stored.
+// openSealed validates header, trailer and index bounds (docs/overlaybd-format.md
+// §3.4 steps 1-5) and returns the layer with its valid entries, tags as stored.
 func openSealed(r io.ReaderAt, size int64) (*Layer, error) {
 	l := &Layer{r: r, size: size}
 	if size < 2*HeaderSize {

@@ -5,25 +5,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// backend is a Target with its optional capabilities resolved once, so the
-// per-request path does no type assertions.
+// backend is a Target with its optional capabilities resolved once (through
+// wrappers, see blockdev.Unwrapper), to choose the device parameters.
 type backend struct {
 	t        blockdev.Target
 	size     int64
 	readOnly bool
-	discard  blockdev.Discarder  // nil if unsupported
-	zeroes   blockdev.ZeroWriter // nil if unsupported
+	caps     blockdev.Caps
 }
 
 func newBackend(t blockdev.Target) *backend {
-	b := &backend{t: t, size: t.Size(), readOnly: blockdev.IsReadOnly(t)}
-	b.discard, _ = t.(blockdev.Discarder)
-	b.zeroes, _ = t.(blockdev.ZeroWriter)
-	return b
+	caps := blockdev.CapsOf(t)
+	return &backend{t: t, size: t.Size(), readOnly: caps.ReadOnly, caps: caps}
 }
-
-// zeroChunk is the source for WRITE_ZEROES on targets that can only WriteAt.
-var zeroChunk = make([]byte, 256<<10)
 
 const (
 	errIO         = -int32(unix.EIO)
@@ -71,10 +65,10 @@ func (b *backend) serve(d ioDesc, buf []byte) int32 {
 		}
 		return 0
 	case opDiscard:
-		if b.discard == nil {
+		if !b.caps.Discard {
 			return errNotSupp
 		}
-		if b.discard.Discard(off, n) != nil {
+		if blockdev.Discard(b.t, off, n) != nil {
 			return errIO
 		}
 		return 0
@@ -82,32 +76,12 @@ func (b *backend) serve(d ioDesc, buf []byte) int32 {
 		if b.readOnly {
 			return errIO
 		}
-		if b.writeZeroes(off, n) != nil {
+		if blockdev.WriteZeroes(b.t, off, n) != nil {
 			return errIO
 		}
 		return 0
 	}
 	return errNotSupp
-}
-
-// writeZeroes prefers the target's ZeroWriter, then Discard (a discarded range
-// reads as zeros), then plain writes of a zero buffer.
-func (b *backend) writeZeroes(off, n int64) error {
-	if b.zeroes != nil {
-		return b.zeroes.WriteZeroes(off, n)
-	}
-	if b.discard != nil {
-		return b.discard.Discard(off, n)
-	}
-	for n > 0 {
-		c := min(n, int64(len(zeroChunk)))
-		if _, err := b.t.WriteAt(zeroChunk[:c], off); err != nil {
-			return err
-		}
-		off += c
-		n -= c
-	}
-	return nil
 }
 
 // deviceParams are the block-device parameters for b: 512-byte logical and
@@ -128,10 +102,10 @@ func deviceParams(b *backend, maxIOBytes int) params {
 	} else {
 		p.Basic.Attrs |= attrVolatileCache | attrFUA
 	}
-	if !b.readOnly && (b.discard != nil || b.zeroes != nil) {
+	if !b.readOnly && (b.caps.Discard || b.caps.WriteZeroes) {
 		p.Types |= paramTypeDiscard
 		p.Discard = paramDiscard{Granularity: 4096, MaxDiscardSegments: 1, MaxWriteZeroesSectors: 1 << 22}
-		if b.discard != nil {
+		if b.caps.Discard {
 			p.Discard.MaxDiscardSectors = 1 << 22
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/obd-project/obd/blockdev"
 	"golang.org/x/sys/unix"
 )
 
@@ -74,7 +75,7 @@ func (z zeroTarget) WriteZeroes(off, n int64) error {
 type roTarget struct{ *memTarget }
 
 func (roTarget) ReadOnly() bool                           { return true }
-func (roTarget) WriteAt(p []byte, off int64) (int, error) { return 0, errors.New("read-only") }
+func (roTarget) WriteAt(p []byte, off int64) (int, error) { return 0, blockdev.ErrReadOnly }
 
 // badTarget fails every read and write that touches [badOff, badOff+badLen).
 type badTarget struct {
@@ -119,9 +120,17 @@ func openFileTarget(path string, size int64) (*fileTarget, error) {
 }
 
 func (f *fileTarget) ReadAt(p []byte, off int64) (int, error)  { return f.f.ReadAt(p, off) }
-func (f *fileTarget) WriteAt(p []byte, off int64) (int, error) { return f.f.WriteAt(p, off) }
+func (f *fileTarget) WriteAt(p []byte, off int64) (int, error) { return f.writeIn(p, off) }
 func (f *fileTarget) Flush() error                             { return f.f.Sync() }
 func (f *fileTarget) Size() int64                              { return f.size }
 func (f *fileTarget) Discard(off, n int64) error {
 	return unix.Fallocate(int(f.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+}
+
+// writeIn refuses writes past the device end, which would grow the file.
+func (f *fileTarget) writeIn(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > f.size {
+		return 0, errors.New("fileTarget: write out of range")
+	}
+	return f.f.WriteAt(p, off)
 }

@@ -191,7 +191,7 @@ func TestGoldenTarD0(t *testing.T) {
 	}
 }
 
-// lsmtVdiskSHA renders the virtual disk of one sealed LSMT layer (docs §3) and
+// lsmtVdiskSHA renders the virtual disk of one sealed LSMT layer (docs/overlaybd-format.md §3) and
 // returns its sha256: a minimal independent reader, enough for golden checks.
 func lsmtVdiskSHA(t testing.TB, b []byte) string {
 	t.Helper()

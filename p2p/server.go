@@ -159,7 +159,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.release(digest, h)
 	buf := make([]byte, last-first+1)
-	if n, err := h.blob.ReadAt(buf, first); n < len(buf) {
+	// Exactly the asked chunk: the requester's own cache reads ahead for its
+	// reader (chunk by chunk, each from its owner). Peers asking for the same
+	// chunk one after another would look like a stream here, and read-ahead
+	// would fetch chunks nobody asked for from the registry.
+	if n, err := h.blob.ReadAtContext(serveCtx, buf, first); n < len(buf) {
 		s.o.Logger.Debug("p2p serve failed", zap.String("blob", digest), zap.Int64("off", first), zap.Error(err))
 		http.Error(w, fmt.Sprintf("read: %v", err), http.StatusBadGateway)
 		return
@@ -173,6 +177,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.o.Metrics.Uploaded.Add(float64(n))
 	}
 }
+
+var serveCtx = cache.WithoutReadAhead(context.Background())
 
 func (s *Server) authorized(r *http.Request) bool {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")

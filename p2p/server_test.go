@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -145,3 +146,55 @@ func TestServerCloseDoesNotStallOthers(t *testing.T) {
 }
 
 func digestOf(i int) string { return fmt.Sprintf("sha256:%x", sha256.Sum256([]byte{byte(i)})) }
+
+// recordSource serves zeros and records the offsets it is asked for.
+type recordSource struct {
+	size int64
+	mu   sync.Mutex
+	offs []int64
+}
+
+func (s *recordSource) Size() int64 { return s.size }
+func (s *recordSource) ReadAt(p []byte, off int64) (int, error) {
+	s.mu.Lock()
+	s.offs = append(s.offs, off)
+	s.mu.Unlock()
+	clear(p)
+	return len(p), nil
+}
+
+// TestServerNoReadAhead: a peer asking for consecutive chunks (its reader
+// streams, or several peers ask one after another) gets exactly those chunks;
+// the server's cache does not read ahead of them, which would fetch chunks
+// nobody asked for from the registry (each node reads ahead for its own reader).
+func TestServerNoReadAhead(t *testing.T) {
+	const us = 256 << 10
+	ca, err := cache.Open(t.TempDir(), cache.Options{RefillSize: us, MaxFetchSize: us, ReadAhead: 8 << 20, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &recordSource{size: 64 * us}
+	s, err := NewServer(ServerOptions{Cache: ca, Token: "secret", Logger: zap.NewNop(),
+		Open: func(string, string, int64) (cache.Source, error) { return src, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const d = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+	for c := int64(0); c < 6; c++ {
+		r := httptest.NewRequest(http.MethodGet, blobPath+d, nil)
+		r.Header = http.Header{"Authorization": {"Bearer secret"}, "Range": {fmt.Sprintf("bytes=%d-%d", c*us, (c+1)*us-1)},
+			HeaderBlobURL: {"http://127.0.0.1:1/v2/r/blobs/" + d}, HeaderBlobSize: {fmt.Sprint(src.size)}}
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		if w.Code != http.StatusPartialContent {
+			t.Fatalf("chunk %d: HTTP %d", c, w.Code)
+		}
+	}
+	s.Close() // waits for fills (read-ahead included)
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	if len(src.offs) != 6 {
+		t.Errorf("6 chunks asked, the source was read at %v (read-ahead beyond what peers asked)", src.offs)
+	}
+}

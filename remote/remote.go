@@ -344,14 +344,15 @@ func (o *Opener) openBlob(ctx context.Context, url string, l config.Layer, lazy 
 	// warm attach makes no request and works with the registry down. A cold
 	// open of a blob of known size reads its head (below) instead of probing
 	// one byte: the same round trip surfaces auth and not-found errors and
-	// brings the bytes the layer's open reads first. Only a blob of unknown
-	// size is probed.
+	// brings the bytes the layer's open reads first. A blob of unknown size is
+	// probed, and so is every blob in the proxy modes: the registry client
+	// sends a blob's first request directly, to learn whether the registry
+	// serves it or redirects, and that should cost one byte, not the head.
 	var src *registry.Blob
 	var err error
 	size := int64(l.Size)
-	cold := false
-	if size > 0 {
-		cold = !lazy && !o.cached(l.Digest, size)
+	cold := size > 0 && !lazy && !o.cached(l.Digest, size)
+	if size > 0 && (!cold || o.proxy == nil) {
 		src, err = o.client.LazyBlob(url, size)
 	} else {
 		src, err = o.client.OpenBlob(ctx, url, size)

@@ -86,8 +86,6 @@ func TestDragonflyPriority(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	// The open reads the blob's tail in the background: wait for it.
-	read(b, 6<<20-unit, unit)
 	_, n = priorities(0) // OpenBlob's probe and its reads of head and tail
 
 	// A sequential reader: its own reads on demand, the read-ahead as prefetch.

@@ -86,9 +86,6 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 func (s *shaper) serve(w http.ResponseWriter, r *http.Request) {
 	s.reqs.Add(1)
-	if os.Getenv("SHAPER_TRACE") != "" {
-		println(time.Now().Format("05.000"), r.Method, r.URL.Path, r.Header.Get("Range"))
-	}
 	delay := s.rtt
 	if used, ok := r.Context().Value(connKey{}).(*atomic.Bool); ok && !used.Swap(true) {
 		delay += s.handshake

@@ -93,7 +93,6 @@ func TestColdOpenRoundTrips(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	// The tail is read in the background: read it to wait for its fill.
 	tail := make([]byte, openTail)
 	if _, err := b.ReadAt(tail, int64(base.Size)-openTail); err != nil || !bytes.Equal(tail, blobs[0][int64(base.Size)-openTail:]) {
 		t.Fatalf("tail: %v", err)

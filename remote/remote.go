@@ -395,21 +395,27 @@ const (
 // exactCtx: reads of the open, which know what they want (no read-ahead).
 var exactCtx = cache.WithoutReadAhead(context.Background())
 
-// warmOpen reads the blob's head into the cache and starts reading its tail;
-// the head read's error (auth, not found, size) is the open's.
+// warmOpen reads the blob's head and tail into the cache, at once, and waits
+// for both (the layer's open needs both next); the head read's error (auth,
+// not found, size) is the open's. A failed tail read is left to the layer's own
+// read of it, which retries and reports it.
 func (b *cachedBlob) warmOpen() error {
 	size := b.Size()
 	head := min(size, openHead)
 	if size <= smallBlob {
 		head = size
 	}
+	done := make(chan struct{})
 	if tail := max(head, size-openTail); tail < size {
 		go func() {
-			buf := make([]byte, size-tail)
-			b.Blob.ReadAtContext(exactCtx, buf, tail) // an error shows again in the layer's own read
+			defer close(done)
+			b.Blob.ReadAtContext(exactCtx, make([]byte, size-tail), tail)
 		}()
+	} else {
+		close(done)
 	}
 	_, err := b.Blob.ReadAtContext(exactCtx, make([]byte, head), 0)
+	<-done
 	return err
 }
 

@@ -25,7 +25,7 @@ type node struct {
 
 // startFleet starts n nodes on 127.0.0.1, each with its own cache directory and
 // peer server, all listing all.
-func startFleet(t *testing.T, n int, token string, fanOut int) []*node {
+func startFleet(t testing.TB, n int, token string, fanOut int) []*node {
 	t.Helper()
 	lns := make([]interface{ Close() error }, n)
 	nodes := make([]*node, n)

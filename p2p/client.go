@@ -24,14 +24,17 @@ import (
 // (so that the owner can fetch a chunk it does not hold). Answer: 206 with
 // Content-Range "bytes <first>-<last>/<size>" and exactly that many bytes.
 const (
-	blobPath         = "/obd/p2p/v1/blobs/"
-	HeaderBlobURL    = "X-Obd-Blob-Url"
-	HeaderBlobSize   = "X-Obd-Blob-Size"
-	defaultPeerTries = 2
-	defaultFanOut    = 8
-	defaultParallel  = 8
-	defaultTimeout   = 15 * time.Second
-	defaultDialPeer  = 2 * time.Second
+	blobPath       = "/obd/p2p/v1/blobs/"
+	HeaderBlobURL  = "X-Obd-Blob-Url"
+	HeaderBlobSize = "X-Obd-Blob-Size"
+	// HeaderUpstreamError marks a peer's answer (502) saying that the peer is
+	// fine but could not get the chunk itself (from the registry or its parent).
+	HeaderUpstreamError = "X-Obd-Upstream-Error"
+	defaultPeerTries    = 2
+	defaultFanOut       = 8
+	defaultParallel     = 8
+	defaultTimeout      = 15 * time.Second
+	defaultDialPeer     = 2 * time.Second
 	// maxPeerWait bounds one peer request however often the peer says it is
 	// still at it: several times the registry's own deadline for one read.
 	maxPeerWait = 2 * time.Minute
@@ -276,6 +279,16 @@ func (s *Source) readChunk(p []byte, off, chunk int64) error {
 			reason = pe.reason
 		}
 		s.c.o.Metrics.peerError(reason)
+		if reason == "upstream" {
+			// The peer could not fetch it (a missing blob, a registry
+			// refusing it): not the peer's fault, and the peers above it
+			// would fare no better. Ask the registry, whose error this node
+			// then reports as its own.
+			s.c.o.Metrics.fallback("peer", "registry")
+			s.c.o.Logger.Debug("p2p peer could not fetch the chunk", zap.String("peer", peer), zap.String("blob", s.digest),
+				zap.Int64("off", off), zap.Error(err))
+			break
+		}
 		s.c.o.Metrics.fallback("peer", "next")
 		set.Penalise(peer, err.Error())
 		s.c.o.Logger.Debug("p2p peer read failed", zap.String("peer", peer), zap.String("blob", s.digest),
@@ -362,7 +375,11 @@ func (s *Source) fromPeer(peer string, p []byte, off int64) error {
 	silence.Reset(s.c.o.Timeout)
 	if resp.StatusCode != http.StatusPartialContent {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
-		return perr("status", "peer %s: HTTP %d: %q", peer, resp.StatusCode, msg)
+		reason := "status"
+		if resp.StatusCode == http.StatusBadGateway && resp.Header.Get(HeaderUpstreamError) != "" {
+			reason = "upstream"
+		}
+		return perr(reason, "peer %s: HTTP %d: %q", peer, resp.StatusCode, msg)
 	}
 	cr, err := registry.ParseContentRange(resp.Header.Get("Content-Range"))
 	if err != nil {

@@ -156,7 +156,7 @@ func sumVec(t testing.TB, m *p2p.Metrics, which string) float64 {
 	var total float64
 	switch which {
 	case "peerErrors":
-		for _, r := range []string{"connect", "timeout", "status", "framing", "bad-data", "request", "other", "proxy"} {
+		for _, r := range []string{"connect", "timeout", "status", "framing", "bad-data", "request", "other", "proxy", "upstream"} {
 			total += value(m.PeerErrors.WithLabelValues(r))
 		}
 	case "fallbacks":

@@ -162,6 +162,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return // the requester left
 	}
 	if code != 0 {
+		if code == http.StatusBadGateway {
+			w.Header().Set(HeaderUpstreamError, "1")
+		}
 		http.Error(w, msg, code)
 		return
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/obd-project/obd/cache"
 	"github.com/obd-project/obd/config"
@@ -115,5 +116,34 @@ func TestColdOpenRoundTrips(t *testing.T) {
 			b.Close()
 		}
 		t.Errorf("open of a missing blob: %v, want ErrNotFound", err)
+	}
+}
+
+// TestColdOpenCancelled: a cold open whose registry does not answer ends when
+// its context does (an attach given up), not when the registry's retry budget
+// runs out.
+func TestColdOpenCancelled(t *testing.T) {
+	hang := make(chan struct{})
+	defer close(hang)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	op := newOpener(t, t.TempDir(), cache.Options{ReadAhead: -1})
+	defer op.Close()
+	d := "sha256:" + strings.Repeat("ef", 32)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	b, err := op.OpenBlob(ctx, srv.URL+"/v2/app/blobs/"+d, config.Layer{Digest: d, Size: 4 << 20})
+	if err == nil {
+		b.Close()
+		t.Fatal("open succeeded against a registry that never answers")
+	}
+	if took := time.Since(start); !errors.Is(err, context.DeadlineExceeded) || took > 5*time.Second {
+		t.Errorf("open took %v and failed with %v; want the context's error within 5 s (the registry's retry deadline is 20 s)", took, err)
 	}
 }

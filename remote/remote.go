@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/obd-project/obd/cache"
@@ -373,7 +374,10 @@ func (o *Opener) openBlob(ctx context.Context, url string, l config.Layer, lazy 
 	}
 	cb := &cachedBlob{Blob: b, src: src, peers: ps}
 	if cold {
-		if err := cb.warmOpen(); err != nil {
+		if err := cb.warmOpen(ctx); err != nil {
+			// The registry side first: closing the cache handle waits for
+			// its fills, which a cancelled attach must not wait out.
+			src.Close()
 			cb.Close()
 			return nil, fmt.Errorf("open blob %s: %w", src.URL(), err)
 		}
@@ -396,27 +400,29 @@ const (
 var exactCtx = cache.WithoutReadAhead(context.Background())
 
 // warmOpen reads the blob's head and tail into the cache, at once, and waits
-// for both (the layer's open needs both next); the head read's error (auth,
-// not found, size) is the open's. A failed tail read is left to the layer's own
-// read of it, which retries and reports it.
-func (b *cachedBlob) warmOpen() error {
+// for both (the layer's open needs both next), or for ctx; the head read's
+// error (auth, not found, size) is the open's. A failed tail read is left to
+// the layer's own read of it, which retries and reports it.
+func (b *cachedBlob) warmOpen(ctx context.Context) error {
 	size := b.Size()
 	head := min(size, openHead)
 	if size <= smallBlob {
 		head = size
 	}
-	done := make(chan struct{})
+	var wg sync.WaitGroup
 	if tail := max(head, size-openTail); tail < size {
-		go func() {
-			defer close(done)
-			b.Blob.ReadAtContext(exactCtx, make([]byte, size-tail), tail)
-		}()
-	} else {
-		close(done)
+		wg.Go(func() { b.Blob.ReadAtContext(exactCtx, make([]byte, size-tail), tail) })
 	}
-	_, err := b.Blob.ReadAtContext(exactCtx, make([]byte, head), 0)
-	<-done
-	return err
+	var err error
+	wg.Go(func() { _, err = b.Blob.ReadAtContext(exactCtx, make([]byte, head), 0) })
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // cachedBlob closes the registry side with the cache handle. It keeps the cache's

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"slices"
 	"strconv"
 	"sync"
@@ -22,14 +24,20 @@ import (
 // (so that the owner can fetch a chunk it does not hold). Answer: 206 with
 // Content-Range "bytes <first>-<last>/<size>" and exactly that many bytes.
 const (
-	blobPath         = "/obd/p2p/v1/blobs/"
-	HeaderBlobURL    = "X-Obd-Blob-Url"
-	HeaderBlobSize   = "X-Obd-Blob-Size"
-	defaultPeerTries = 2
-	defaultFanOut    = 8
-	defaultParallel  = 8
-	defaultTimeout   = 15 * time.Second
-	defaultDialPeer  = 2 * time.Second
+	blobPath       = "/obd/p2p/v1/blobs/"
+	HeaderBlobURL  = "X-Obd-Blob-Url"
+	HeaderBlobSize = "X-Obd-Blob-Size"
+	// HeaderUpstreamError marks a peer's answer (502) saying that the peer is
+	// fine but could not get the chunk itself (from the registry or its parent).
+	HeaderUpstreamError = "X-Obd-Upstream-Error"
+	defaultPeerTries    = 2
+	defaultFanOut       = 8
+	defaultParallel     = 8
+	defaultTimeout      = 15 * time.Second
+	defaultDialPeer     = 2 * time.Second
+	// maxPeerWait bounds one peer request however often the peer says it is
+	// still at it: several times the registry's own deadline for one read.
+	maxPeerWait = 2 * time.Minute
 )
 
 // ClientOptions configure a Client.
@@ -54,8 +62,11 @@ type ClientOptions struct {
 	// whose peer slots are all taken can still serve the chunks it owns, so
 	// nodes waiting on each other cannot deadlock.
 	MaxPeerRequests, MaxRegistryReads int
-	// Timeout bounds one peer request, including the owner's own registry fetch
-	// (default 15 s).
+	// Timeout is how long a peer may stay silent during a request (default
+	// 15 s). A peer waiting for the chunk itself (its registry fetch, or its
+	// parent) says so every few seconds (102 Processing, ServerOptions.Heartbeat),
+	// so a slow registry makes this node wait for the owner's one fetch rather
+	// than fetch the chunk again; maxPeerWait bounds the whole request.
 	Timeout time.Duration
 	Metrics *Metrics
 	Logger  *zap.Logger
@@ -108,7 +119,7 @@ func NewClient(o ClientOptions) (*Client, error) {
 	tr.MaxIdleConnsPerHost = 16
 	tr.DialContext = (&netDialer{timeout: defaultDialPeer}).DialContext
 	return &Client{o: o, peerSem: make(chan struct{}, o.MaxPeerRequests), regSem: make(chan struct{}, o.MaxRegistryReads),
-		http: &http.Client{Transport: tr, Timeout: o.Timeout,
+		http: &http.Client{Transport: tr,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}, nil
 }
 
@@ -268,6 +279,16 @@ func (s *Source) readChunk(p []byte, off, chunk int64) error {
 			reason = pe.reason
 		}
 		s.c.o.Metrics.peerError(reason)
+		if reason == "upstream" {
+			// The peer could not fetch it (a missing blob, a registry
+			// refusing it): not the peer's fault, and the peers above it
+			// would fare no better. Ask the registry, whose error this node
+			// then reports as its own.
+			s.c.o.Metrics.fallback("peer", "registry")
+			s.c.o.Logger.Debug("p2p peer could not fetch the chunk", zap.String("peer", peer), zap.String("blob", s.digest),
+				zap.Int64("off", off), zap.Error(err))
+			break
+		}
 		s.c.o.Metrics.fallback("peer", "next")
 		set.Penalise(peer, err.Error())
 		s.c.o.Logger.Debug("p2p peer read failed", zap.String("peer", peer), zap.String("blob", s.digest),
@@ -321,8 +342,18 @@ func perr(reason, format string, args ...any) error {
 }
 
 func (s *Source) fromPeer(peer string, p []byte, off int64) error {
-	ctx, cancel := context.WithTimeout(context.Background(), s.c.o.Timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), maxPeerWait)
 	defer cancel()
+	// The request ends when the peer is silent for Timeout: its heartbeats
+	// and its answer restart the clock.
+	silence := time.AfterFunc(s.c.o.Timeout, cancel)
+	defer silence.Stop()
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		Got1xxResponse: func(int, textproto.MIMEHeader) error {
+			silence.Reset(s.c.o.Timeout)
+			return nil
+		},
+	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, peer+blobPath+s.digest, nil)
 	if err != nil {
 		return perr("request", "peer %s: %v", peer, err)
@@ -341,9 +372,14 @@ func (s *Source) fromPeer(peer string, p []byte, off int64) error {
 		return perr(reason, "peer %s: %v", peer, err)
 	}
 	defer resp.Body.Close()
+	silence.Reset(s.c.o.Timeout)
 	if resp.StatusCode != http.StatusPartialContent {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
-		return perr("status", "peer %s: HTTP %d: %q", peer, resp.StatusCode, msg)
+		reason := "status"
+		if resp.StatusCode == http.StatusBadGateway && resp.Header.Get(HeaderUpstreamError) != "" {
+			reason = "upstream"
+		}
+		return perr(reason, "peer %s: HTTP %d: %q", peer, resp.StatusCode, msg)
 	}
 	cr, err := registry.ParseContentRange(resp.Header.Get("Content-Range"))
 	if err != nil {

@@ -1,8 +1,11 @@
 package p2p_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +14,7 @@ import (
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/image"
 	"github.com/obd-project/obd/p2p"
+	"github.com/obd-project/obd/registry"
 	"github.com/obd-project/obd/registry/registrytest"
 	"github.com/obd-project/obd/remote"
 )
@@ -25,7 +29,7 @@ type node struct {
 
 // startFleet starts n nodes on 127.0.0.1, each with its own cache directory and
 // peer server, all listing all.
-func startFleet(t *testing.T, n int, token string, fanOut int) []*node {
+func startFleet(t testing.TB, n int, token string, fanOut int) []*node {
 	t.Helper()
 	lns := make([]interface{ Close() error }, n)
 	nodes := make([]*node, n)
@@ -126,5 +130,36 @@ func testFleet(t *testing.T, fanOut int) {
 		ws2, egress2, float64(egress2)/float64(ws2), fallbacks, perr)
 	if fallbacks == 0 || perr == 0 {
 		t.Errorf("two peers died, yet the survivors counted %.0f fallbacks and %.0f peer errors", fallbacks, perr)
+	}
+}
+
+// TestFleetMissingBlob: a node opens a blob the registry does not have. The
+// open's first read goes to the chunk's owner, which cannot fetch it either:
+// the open fails with not-found, and the owner, which did nothing wrong, is
+// not penalised (that would send every chunk it owns to the registry for a while).
+func TestFleetMissingBlob(t *testing.T) {
+	reg := registrytest.New(t)
+	data := randomData(5, 1<<20)
+	l := pushBlob(t, reg, "fleet/app", data)
+	nodes := startFleet(t, 3, "fleet-secret", 8)
+	missing := config.Layer{Digest: "sha256:" + strings.Repeat("cd", 32), Size: l.Size}
+	// A node that does not own the first chunk.
+	var addrs []string
+	for _, nd := range nodes {
+		addrs = append(addrs, "http://"+nd.addr)
+	}
+	nd := nodes[0]
+	if p2p.Rank(addrs, p2p.ChunkKey(missing.Digest, 0))[0] == "http://"+nd.addr {
+		nd = nodes[1]
+	}
+	_, err := nd.op.OpenBlob(context.Background(), reg.URL+"/v2/fleet/app/blobs/"+missing.Digest, missing)
+	if !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("open of a missing blob: %v, want ErrNotFound", err)
+	}
+	if perr := sumVec(t, nd.m, "peerErrors") - counterValue(t, nd.m, "peerErrors", "upstream"); perr != 0 {
+		t.Errorf("%.0f peer errors other than upstream ones: a peer was blamed for the registry's answer", perr)
+	}
+	if counterValue(t, nd.m, "peerErrors", "upstream") == 0 {
+		t.Error("no upstream error counted: the open did not ask the owner")
 	}
 }

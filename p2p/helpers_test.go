@@ -54,9 +54,15 @@ func randomData(seed uint64, n int) []byte {
 
 func newOpener(t testing.TB, dir string, pc config.P2PConfig, m *p2p.Metrics) *remote.Opener {
 	t.Helper()
+	return newOpenerCache(t, dir, pc, m, cache.Options{RefillSize: unit, ReadAhead: -1, Logger: zap.NewNop()})
+}
+
+// newOpenerCache is newOpener with these cache options.
+func newOpenerCache(t testing.TB, dir string, pc config.P2PConfig, m *p2p.Metrics, co cache.Options) *remote.Opener {
+	t.Helper()
 	op, err := remote.NewOpener(remote.Options{
 		Registry: registry.Options{Retry: fastRetry, Logger: zap.NewNop()},
-		CacheDir: dir, Cache: cache.Options{RefillSize: unit, ReadAhead: -1, Logger: zap.NewNop()},
+		CacheDir: dir, Cache: co,
 		P2P: pc, P2PMetrics: m, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +156,7 @@ func sumVec(t testing.TB, m *p2p.Metrics, which string) float64 {
 	var total float64
 	switch which {
 	case "peerErrors":
-		for _, r := range []string{"connect", "timeout", "status", "framing", "bad-data", "request", "other", "proxy"} {
+		for _, r := range []string{"connect", "timeout", "status", "framing", "bad-data", "request", "other", "proxy", "upstream"} {
 			total += value(m.PeerErrors.WithLabelValues(r))
 		}
 	case "fallbacks":

@@ -9,7 +9,9 @@ type Metrics struct {
 	// (directly), "peer" or "proxy".
 	Bytes *prometheus.CounterVec
 	// PeerErrors counts failed peer requests, by reason (connect, status,
-	// framing, timeout, bad-data: a chunk a peer served later failed its check).
+	// framing, timeout, bad-data: a chunk a peer served later failed its check;
+	// upstream: the peer could not fetch the chunk itself, which is not held
+	// against it).
 	PeerErrors *prometheus.CounterVec
 	// Fallbacks counts requests that went on to the next source, by what failed
 	// ("proxy", "peer") and where they went ("peer", "registry").

@@ -1,6 +1,8 @@
 package p2p_test
 
 import (
+	"archive/tar"
+	"compress/gzip"
 	"context"
 	"io"
 	"os"
@@ -84,7 +86,7 @@ func TestDragonflyPriority(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	_, n = priorities(0) // OpenBlob's probe is not a data read
+	_, n = priorities(0) // OpenBlob's probe and its reads of head and tail
 
 	// A sequential reader: its own reads on demand, the read-ahead as prefetch.
 	for off := int64(0); off < 4*unit; off += unit {
@@ -100,7 +102,7 @@ func TestDragonflyPriority(t *testing.T) {
 	if !ok {
 		t.Fatal("a remote blob has no prefetch view")
 	}
-	read(pb.PrefetchReader(), 5<<20, unit)
+	read(pb.PrefetchReader(), 4<<20+2*unit, unit)
 	sb, ok := b.(image.SourceBlob)
 	if !ok {
 		t.Fatal("a remote blob has no source")
@@ -111,7 +113,7 @@ func TestDragonflyPriority(t *testing.T) {
 	}
 
 	// A random read (no stream): on demand.
-	read(b, 5<<20+3*unit, 4096)
+	read(b, 3<<20+2*unit, 4096)
 	if got, _ = priorities(n); got[onDemand] != 1 || len(got) != 1 {
 		t.Errorf("a random read: priorities %v; want one %s", got, onDemand)
 	}
@@ -122,15 +124,17 @@ func TestDragonflyPriority(t *testing.T) {
 // priority, while the image's own reads (opening the layer) stay on demand.
 func TestDragonflyPriorityTraceReplay(t *testing.T) {
 	reg := registrytest.New(t)
-	reg.PushLayout(t, "../testdata/golden/hello-world-oci", "hello-world")
-	ref := reg.Ref("hello-world:amd64-converted")
-	// Replay the first 4 MiB of the layer's LSMT file.
+	// The ext4 base layer (4.5 MiB): a cold open fetches the head and the last
+	// MiB of a blob this size, so that the replay has something left to fetch.
+	reg.PushImage(t, "base", "v1", registrytest.LayersImage(t, goldenBase(t)))
+	ref := reg.Ref("base:v1")
+	// Replay the first 32 MiB of the layer's LSMT file.
 	tr := filepath.Join(t.TempDir(), "trace")
 	f, err := os.Create(tr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := trace.WriteTrace(f, []trace.Record{{Op: trace.OpRead, Layer: 0, Offset: 0, Count: 4 << 20}}); err != nil {
+	if err := trace.WriteTrace(f, []trace.Record{{Op: trace.OpRead, Layer: 0, Offset: 0, Count: 32 << 20}}); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
@@ -174,5 +178,33 @@ func TestDragonflyPriorityTraceReplay(t *testing.T) {
 	if plain[onDemand] == 0 || replayed[onDemand] != plain[onDemand] || replayed[prefetch] == 0 || len(replayed) != 2 {
 		t.Errorf("priorities: opening the image %v, opening it and replaying a trace %v; want the replay's requests at %s, the rest at %s",
 			plain, replayed, prefetch, onDemand)
+	}
+}
+
+// goldenBase is the golden ext4 base layer (a ZFile).
+func goldenBase(t *testing.T) []byte {
+	t.Helper()
+	f, err := os.Open("../testdata/golden/ext4_64.tar.gz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			t.Fatalf("ext4_64 in ext4_64.tar.gz: %v", err)
+		}
+		if strings.HasSuffix(h.Name, "ext4_64") {
+			b, err := io.ReadAll(tr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
 	}
 }

@@ -23,6 +23,7 @@ const (
 	maxServeRange     = cache.MaxRefillSize // one chunk at most (the largest refill unit)
 	defaultMaxServing = 32
 	maxOpenBlobs      = 64
+	defaultHeartbeat  = 2 * time.Second
 )
 
 // ServerOptions configure a Server.
@@ -37,8 +38,12 @@ type ServerOptions struct {
 	Token string
 	// MaxServing bounds concurrent requests; more wait (default 32).
 	MaxServing int
-	Metrics    *Metrics
-	Logger     *zap.Logger
+	// Heartbeat is how often a request waiting for its chunk is told (102
+	// Processing) that this node is alive and working on it (default 2 s,
+	// well below the requesters' silence timeout, ClientOptions.Timeout).
+	Heartbeat time.Duration
+	Metrics   *Metrics
+	Logger    *zap.Logger
 }
 
 // Server serves blob ranges from the local cache to peers, fetching a missing
@@ -71,6 +76,9 @@ func NewServer(o ServerOptions) (*Server, error) {
 	}
 	if o.MaxServing <= 0 {
 		o.MaxServing = defaultMaxServing
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = defaultHeartbeat
 	}
 	if o.Logger == nil {
 		o.Logger = zap.L()
@@ -143,25 +151,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.StatusRequestedRangeNotSatisfiable)
 		return
 	}
-	// Wait for a slot rather than refuse: a refused peer would be penalised and
-	// go to the registry, which is what peer mode is there to avoid. The
-	// requester's timeout bounds the wait.
-	select {
-	case s.sem <- struct{}{}:
-		defer func() { <-s.sem }()
-	case <-r.Context().Done():
-		return
+	// While the chunk is on its way (a slot, the blob's open, the fill from the
+	// registry or this node's parent), tell the requester this node is at it:
+	// it then waits for the owner, however slow the registry, instead of giving
+	// up on a timer and fetching the chunk itself (a second registry fetch).
+	stopBeat := s.heartbeat(w)
+	buf, code, msg := s.fetchRange(r.Context(), digest, url, size, first, last)
+	stopBeat()
+	if code < 0 {
+		return // the requester left
 	}
-	h, err := s.acquire(digest, url, size)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusConflict)
-		return
-	}
-	defer s.release(digest, h)
-	buf := make([]byte, last-first+1)
-	if n, err := h.blob.ReadAt(buf, first); n < len(buf) {
-		s.o.Logger.Debug("p2p serve failed", zap.String("blob", digest), zap.Int64("off", first), zap.Error(err))
-		http.Error(w, fmt.Sprintf("read: %v", err), http.StatusBadGateway)
+	if code != 0 {
+		if code == http.StatusBadGateway {
+			w.Header().Set(HeaderUpstreamError, "1")
+		}
+		http.Error(w, msg, code)
 		return
 	}
 	w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, last, size))
@@ -172,6 +176,58 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.o.Metrics != nil {
 		s.o.Metrics.Uploaded.Add(float64(n))
 	}
+}
+
+// fetchRange reads [first, last] of the blob through the cache. It returns an
+// HTTP status and message on failure, -1 if ctx ended first.
+func (s *Server) fetchRange(ctx context.Context, digest, url string, size, first, last int64) ([]byte, int, string) {
+	// Wait for a slot rather than refuse: a refused peer would be penalised and
+	// go to the registry, which is what peer mode is there to avoid. The
+	// requester's timeout bounds the wait.
+	select {
+	case s.sem <- struct{}{}:
+		defer func() { <-s.sem }()
+	case <-ctx.Done():
+		return nil, -1, ""
+	}
+	h, err := s.acquire(digest, url, size)
+	if err != nil {
+		return nil, http.StatusConflict, err.Error()
+	}
+	defer s.release(digest, h)
+	buf := make([]byte, last-first+1)
+	// Exactly the asked chunk: the requester's own cache reads ahead for its
+	// reader (chunk by chunk, each from its owner). Peers asking for the same
+	// chunk one after another would look like a stream here, and read-ahead
+	// would fetch chunks nobody asked for from the registry.
+	if n, err := h.blob.ReadAtContext(serveCtx, buf, first); n < len(buf) {
+		s.o.Logger.Debug("p2p serve failed", zap.String("blob", digest), zap.Int64("off", first), zap.Error(err))
+		return nil, http.StatusBadGateway, fmt.Sprintf("read: %v", err)
+	}
+	return buf, 0, ""
+}
+
+var serveCtx = cache.WithoutReadAhead(context.Background())
+
+// heartbeat sends a 102 Processing to the requester every Heartbeat until
+// stop is called (which returns once no more can be sent, so the handler may
+// write its answer).
+func (s *Server) heartbeat(w http.ResponseWriter) (stop func()) {
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(s.o.Heartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				w.WriteHeader(http.StatusProcessing)
+			}
+		}
+	}()
+	return func() { close(done); <-exited }
 }
 
 func (s *Server) authorized(r *http.Request) bool {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -81,8 +82,9 @@ func (s *stallSource) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// Closing an idle blob whose read-ahead fill hangs (the server keeps at most
-// maxOpenBlobs open) must not stall requests for other blobs.
+// A request whose fill hangs (a stalled registry) must not stall requests for
+// other blobs, even when the server has to close blobs (it keeps at most
+// maxOpenBlobs open) while it waits.
 func TestServerCloseDoesNotStallOthers(t *testing.T) {
 	const unit = 16 << 10
 	ca, err := cache.Open(t.TempDir(), cache.Options{RefillSize: unit, MaxFetchSize: unit, ReadAhead: 4 * unit, Logger: zap.NewNop()})
@@ -112,16 +114,16 @@ func TestServerCloseDoesNotStallOthers(t *testing.T) {
 		s.ServeHTTP(w, r)
 		return w.Code
 	}
-	// A stream over blob 0 starts a read-ahead fill, which hangs.
 	for u := int64(0); u < 3; u++ {
 		if code := get(0, u*unit); code != http.StatusPartialContent {
 			t.Fatalf("blob 0 chunk %d: HTTP %d", u, code)
 		}
 	}
+	go get(0, 3*unit) // its fill hangs until the test ends
 	select {
 	case <-first.stalled:
 	case <-time.After(10 * time.Second):
-		t.Fatal("no read-ahead fill started")
+		t.Fatal("the fill of blob 0 chunk 3 did not start")
 	}
 	// Enough other blobs to close blob 0, the least recently used, and more.
 	done := make(chan int)
@@ -145,3 +147,55 @@ func TestServerCloseDoesNotStallOthers(t *testing.T) {
 }
 
 func digestOf(i int) string { return fmt.Sprintf("sha256:%x", sha256.Sum256([]byte{byte(i)})) }
+
+// recordSource serves zeros and records the offsets it is asked for.
+type recordSource struct {
+	size int64
+	mu   sync.Mutex
+	offs []int64
+}
+
+func (s *recordSource) Size() int64 { return s.size }
+func (s *recordSource) ReadAt(p []byte, off int64) (int, error) {
+	s.mu.Lock()
+	s.offs = append(s.offs, off)
+	s.mu.Unlock()
+	clear(p)
+	return len(p), nil
+}
+
+// TestServerNoReadAhead: a peer asking for consecutive chunks (its reader
+// streams, or several peers ask one after another) gets exactly those chunks;
+// the server's cache does not read ahead of them, which would fetch chunks
+// nobody asked for from the registry (each node reads ahead for its own reader).
+func TestServerNoReadAhead(t *testing.T) {
+	const us = 256 << 10
+	ca, err := cache.Open(t.TempDir(), cache.Options{RefillSize: us, MaxFetchSize: us, ReadAhead: 8 << 20, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &recordSource{size: 64 * us}
+	s, err := NewServer(ServerOptions{Cache: ca, Token: "secret", Logger: zap.NewNop(),
+		Open: func(string, string, int64) (cache.Source, error) { return src, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const d = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+	for c := int64(0); c < 6; c++ {
+		r := httptest.NewRequest(http.MethodGet, blobPath+d, nil)
+		r.Header = http.Header{"Authorization": {"Bearer secret"}, "Range": {fmt.Sprintf("bytes=%d-%d", c*us, (c+1)*us-1)},
+			HeaderBlobURL: {"http://127.0.0.1:1/v2/r/blobs/" + d}, HeaderBlobSize: {fmt.Sprint(src.size)}}
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		if w.Code != http.StatusPartialContent {
+			t.Fatalf("chunk %d: HTTP %d", c, w.Code)
+		}
+	}
+	s.Close() // waits for fills (read-ahead included)
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	if len(src.offs) != 6 {
+		t.Errorf("6 chunks asked, the source was read at %v (read-ahead beyond what peers asked)", src.offs)
+	}
+}

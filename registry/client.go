@@ -269,22 +269,47 @@ func (c *Client) authTransport(ctx context.Context, repo name.Repository) (http.
 	if err != nil {
 		return nil, fmt.Errorf("credentials for %s: %w", repo.Name(), err)
 	}
-	// Ping first to learn which scheme the registry answered on (a loopback
-	// registry may speak TLS); NewWithContext pings again for the challenge.
-	pr, err := transport.Ping(ctx, repo.Registry, c)
-	if err != nil {
-		return nil, classify(fmt.Errorf("registry %s: %w", repo.RegistryStr(), redactErr(err)))
-	}
-	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, c, []string{repo.Scope(transport.PullScope)})
+	// NewWithContext pings for the challenge; the scheme its ping got an answer
+	// on (a loopback registry may speak TLS) is noted on the way, so that the
+	// handshake costs one ping, not two: a round trip of every cold start.
+	ps := &pingScheme{inner: c}
+	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, ps, []string{repo.Scope(transport.PullScope)})
 	if err != nil {
 		return nil, classify(fmt.Errorf("registry %s: %w", repo.RegistryStr(), redactErr(err)))
 	}
 	e.rt = rt
 	e.scheme = "https"
-	if pr.Insecure {
+	if ps.answered() == "http" {
 		e.scheme = "http"
 	}
 	return rt, nil
+}
+
+// pingScheme passes requests on and notes the scheme of the first ping
+// (GET /v2/) that got an answer the handshake accepts (200 or 401), which is the
+// one go-containerregistry's ping picks: it takes the first good answer.
+type pingScheme struct {
+	inner  http.RoundTripper
+	mu     sync.Mutex
+	scheme string
+}
+
+func (p *pingScheme) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := p.inner.RoundTrip(r)
+	if err == nil && r.URL.Path == "/v2/" && (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized) {
+		p.mu.Lock()
+		if p.scheme == "" {
+			p.scheme = r.URL.Scheme
+		}
+		p.mu.Unlock()
+	}
+	return resp, err
+}
+
+func (p *pingScheme) answered() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.scheme
 }
 
 // schemeOf is the scheme a repository's registry answered on ("" before the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -35,12 +36,24 @@ type shaper struct {
 	next time.Time
 
 	blobBytes, blobReqs atomic.Int64
+	reqs, conns         atomic.Int64
+	// handshake, when set, delays the first request of every connection by
+	// that much more (TCP's handshake: a reused connection saves it).
+	handshake time.Duration
 }
+
+// connKey marks a connection whose first request has been served.
+type connKey struct{}
 
 func newShaper(b *testing.B, target string, rtt time.Duration, bw float64) *shaper {
 	s := &shaper{target: strings.TrimSuffix(target, "/"), rtt: rtt, bw: bw,
 		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
-	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+	s.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+		s.conns.Add(1)
+		return context.WithValue(ctx, connKey{}, new(atomic.Bool))
+	}
+	s.Start()
 	b.Cleanup(func() { s.Close(); s.client.CloseIdleConnections() })
 	return s
 }
@@ -72,7 +85,12 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 }
 
 func (s *shaper) serve(w http.ResponseWriter, r *http.Request) {
-	if !sleepCtx(r.Context(), s.rtt) {
+	s.reqs.Add(1)
+	delay := s.rtt
+	if used, ok := r.Context().Value(connKey{}).(*atomic.Bool); ok && !used.Swap(true) {
+		delay += s.handshake
+	}
+	if !sleepCtx(r.Context(), delay) {
 		return
 	}
 	out, err := http.NewRequestWithContext(r.Context(), r.Method, s.target+r.URL.RequestURI(), nil)

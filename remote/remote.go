@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/obd-project/obd/cache"
@@ -341,11 +342,18 @@ func (o *Opener) openBlob(ctx context.Context, url string, l config.Layer, lazy 
 	}
 	// A blob the cache already holds (part of) needs no probe: it exists, and
 	// the registry is asked only for what is missing or fails its check, so a
-	// warm attach makes no request and works with the registry down. (A cold
-	// open probes one byte so that auth or not-found errors fail the attach.)
+	// warm attach makes no request and works with the registry down. A cold
+	// open of a blob of known size reads its head (below) instead of probing
+	// one byte: the same round trip surfaces auth and not-found errors and
+	// brings the bytes the layer's open reads first. A blob of unknown size is
+	// probed, and so is every blob in the proxy modes: the registry client
+	// sends a blob's first request directly, to learn whether the registry
+	// serves it or redirects, and that should cost one byte, not the head.
 	var src *registry.Blob
 	var err error
-	if size := int64(l.Size); size > 0 && (lazy || o.cached(l.Digest, size)) {
+	size := int64(l.Size)
+	cold := size > 0 && !lazy && !o.cached(l.Digest, size)
+	if size > 0 && (!cold || o.proxy == nil) {
 		src, err = o.client.LazyBlob(url, size)
 	} else {
 		src, err = o.client.OpenBlob(ctx, url, size)
@@ -364,7 +372,57 @@ func (o *Opener) openBlob(ctx context.Context, url string, l config.Layer, lazy 
 		src.Close()
 		return nil, err
 	}
-	return &cachedBlob{Blob: b, src: src, peers: ps}, nil
+	cb := &cachedBlob{Blob: b, src: src, peers: ps}
+	if cold {
+		if err := cb.warmOpen(ctx); err != nil {
+			// The registry side first: closing the cache handle waits for
+			// its fills, which a cancelled attach must not wait out.
+			src.Close()
+			cb.Close()
+			return nil, fmt.Errorf("open blob %s: %w", src.URL(), err)
+		}
+	}
+	return cb, nil
+}
+
+// What a cold open fetches before the layer's own open reads: the head (tar
+// header, ZFile and LSMT headers) and, at the same time, the tail (ZFile
+// trailer and jump table, LSMT index and trailer), so that those reads, which
+// otherwise follow one another (header, then trailer, then index), cost one
+// round trip. A blob up to smallBlob is read whole, in one request.
+const (
+	openHead  = 256 << 10
+	openTail  = 1 << 20
+	smallBlob = 2 << 20
+)
+
+// exactCtx: reads of the open, which know what they want (no read-ahead).
+var exactCtx = cache.WithoutReadAhead(context.Background())
+
+// warmOpen reads the blob's head and tail into the cache, at once, and waits
+// for both (the layer's open needs both next), or for ctx; the head read's
+// error (auth, not found, size) is the open's. A failed tail read is left to
+// the layer's own read of it, which retries and reports it.
+func (b *cachedBlob) warmOpen(ctx context.Context) error {
+	size := b.Size()
+	head := min(size, openHead)
+	if size <= smallBlob {
+		head = size
+	}
+	var wg sync.WaitGroup
+	if tail := max(head, size-openTail); tail < size {
+		wg.Go(func() { b.Blob.ReadAtContext(exactCtx, make([]byte, size-tail), tail) })
+	}
+	var err error
+	wg.Go(func() { _, err = b.Blob.ReadAtContext(exactCtx, make([]byte, head), 0) })
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // cachedBlob closes the registry side with the cache handle. It keeps the cache's

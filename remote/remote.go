@@ -389,12 +389,21 @@ func (o *Opener) openBlob(ctx context.Context, url string, l config.Layer, lazy 
 // header, ZFile and LSMT headers) and, at the same time, the tail (ZFile
 // trailer and jump table, LSMT index and trailer), so that those reads, which
 // otherwise follow one another (header, then trailer, then index), cost one
-// round trip. A blob up to smallBlob is read whole, in one request.
+// round trip. The tail grows with the blob (a jump table or index is a small
+// fraction of it), so a small image stays lazy: the cache fetches whole refill
+// units, and a fixed large tail would fetch most of a small blob that a mount
+// reads only a part of. A tail too short for the index costs one more round
+// trip, never a wrong byte.
 const (
-	openHead  = 256 << 10
-	openTail  = 1 << 20
-	smallBlob = 2 << 20
+	openHead    = 256 << 10
+	openTailMin = 64 << 10
+	openTailMax = 1 << 20
 )
+
+// openTail is how much of the blob's end a cold open fetches.
+func openTail(size int64) int64 {
+	return min(max(size/64, openTailMin), openTailMax)
+}
 
 // exactCtx: reads of the open, which know what they want (no read-ahead).
 var exactCtx = cache.WithoutReadAhead(context.Background())
@@ -406,11 +415,8 @@ var exactCtx = cache.WithoutReadAhead(context.Background())
 func (b *cachedBlob) warmOpen(ctx context.Context) error {
 	size := b.Size()
 	head := min(size, openHead)
-	if size <= smallBlob {
-		head = size
-	}
 	var wg sync.WaitGroup
-	if tail := max(head, size-openTail); tail < size {
+	if tail := max(head, size-openTail(size)); tail < size {
 		wg.Go(func() { b.Blob.ReadAtContext(exactCtx, make([]byte, size-tail), tail) })
 	}
 	var err error

@@ -414,7 +414,7 @@ func TestPartlyCachedBlobOpensOffline(t *testing.T) {
 	op.Close()
 	// A cold open fetches the blob's head and tail: its middle stays uncached.
 	mid := int64(l.Size) / 2
-	if mid < openHead+cache.DefaultRefillSize || mid+4096 > int64(l.Size)-openTail-cache.DefaultRefillSize {
+	if mid < openHead+cache.DefaultRefillSize || mid+4096 > int64(l.Size)-openTail(int64(l.Size))-cache.DefaultRefillSize {
 		t.Fatalf("layer 0 is %d bytes: too small for an uncached unit", l.Size)
 	}
 

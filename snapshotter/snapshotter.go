@@ -609,6 +609,9 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 	var ids map[string]string
 	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
 		ids, err = storage.IDMap(ctx)
+		if errdefs.IsNotFound(err) { // a store that never held a snapshot
+			ids, err = map[string]string{}, nil
+		}
 		return err
 	}); err != nil {
 		return err
@@ -618,7 +621,8 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 		return err
 	}
 	for _, e := range entries {
-		if _, ok := ids[e.Name()]; ok {
+		// new-* are snapshots being created (their transaction is not done yet).
+		if _, ok := ids[e.Name()]; ok || strings.HasPrefix(e.Name(), "new-") {
 			continue
 		}
 		if err := s.releaseDevice(ctx, e.Name()); err != nil {

@@ -374,3 +374,66 @@ func TestLoadBootConfig(t *testing.T) {
 		t.Errorf("truncated JSON: %v", err)
 	}
 }
+
+// TestDirModeAndView: rwMode dir mounts the container's own writable device and
+// binds it; a view of a device layer is a read-only bind of its mount.
+func TestDirModeAndView(t *testing.T) {
+	needRoot(t)
+	sn, devs := newTestSnapshotter(t, func(c *BootConfig) { c.RwMode = RwDir })
+	ctx := context.Background()
+	prepareRemote(t, sn, "", "chain1", "sha256:"+strings.Repeat("1", 64))
+	m, err := sn.Prepare(ctx, "c1", "chain1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := snapshotID(t, sn, "c1")
+	if len(m) != 1 || m[0].Type != "bind" || m[0].Source != sn.mountpoint(id) || hasOption(m[0], "rw") == "" {
+		t.Fatalf("dir mode mounts %+v: want a rw bind of %s", m, sn.mountpoint(id))
+	}
+	if !isMountPoint(sn.mountpoint(id)) {
+		t.Fatalf("%s not mounted", sn.mountpoint(id))
+	}
+	if err := os.WriteFile(filepath.Join(sn.mountpoint(id), "w"), []byte("x"), 0o644); err != nil {
+		t.Errorf("writing into the dir-mode device: %v", err)
+	}
+	v, err := sn.View(ctx, "v1", "chain1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lid := snapshotID(t, sn, "chain1")
+	if len(v) != 1 || v[0].Type != "bind" || v[0].Source != sn.mountpoint(lid) || hasOption(v[0], "ro") == "" {
+		t.Fatalf("view mounts %+v: want a ro bind of %s", v, sn.mountpoint(lid))
+	}
+	if devs.count() != 2 {
+		t.Errorf("%d devices, want 2 (the container's and the layer's)", devs.count())
+	}
+	if err := sn.Commit(ctx, "img2", "c1"); !errdefs.IsNotImplemented(err) {
+		t.Errorf("Commit of a dir-mode layer: %v, want not implemented", err)
+	}
+	for _, k := range []string{"c1", "v1", "chain1"} {
+		if err := sn.Remove(ctx, k); err != nil {
+			t.Fatalf("Remove %s: %v", k, err)
+		}
+	}
+	if devs.count() != 0 {
+		t.Errorf("%d devices after removing everything", devs.count())
+	}
+}
+
+// TestCleanupSkipsSnapshotsInCreation: Cleanup removes directories the metadata
+// does not know, except those of snapshots being created.
+func TestCleanupSkipsSnapshotsInCreation(t *testing.T) {
+	sn, _ := newTestSnapshotter(t, nil)
+	root := filepath.Join(sn.root, "snapshots")
+	os.Mkdir(filepath.Join(root, "new-123"), 0o755)
+	os.Mkdir(filepath.Join(root, "99"), 0o755)
+	if err := sn.Cleanup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "new-123")); err != nil {
+		t.Errorf("Cleanup removed a snapshot in creation: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "99")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Cleanup left an unknown snapshot directory: %v", err)
+	}
+}

@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"encoding/binary"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +44,20 @@ func busyboxLayer(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+func superblockMagic(t *testing.T, dev string) uint16 {
+	t.Helper()
+	f, err := os.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var b [2]byte
+	if _, err := f.ReadAt(b[:], 1080); err != nil {
+		t.Fatal(err)
+	}
+	return binary.LittleEndian.Uint16(b[:])
 }
 
 func withCmd(t *testing.T, img v1.Image, cmd ...string) v1.Image {
@@ -121,6 +137,17 @@ func TestContainerdLifecycle(t *testing.T) {
 	if !strings.Contains(out, "/dev/loop") || !strings.Contains(out, " / ext4 ") {
 		t.Errorf("dev-mode container's root is not the ext4 block device: %q", out)
 	}
+
+	// A writable snapshot without a parent gets a freshly formatted disk (mkfs).
+	snap := []string{"snapshots", "--snapshotter", "overlaybd"}
+	e.mustCtr(t, append(snap, "prepare", "empty1")...)
+	out = e.mustCtr(t, append(snap, "mounts", "/mnt", "empty1")...)
+	if dev := regexp.MustCompile(`-t ext4 (/dev/loop\d+)`).FindStringSubmatch(out); dev == nil {
+		t.Errorf("mounts of a parentless dev-mode snapshot: %q, want an ext4 loop device", out)
+	} else if magic := superblockMagic(t, dev[1]); magic != 0xEF53 {
+		t.Errorf("%s: superblock magic %#x, want ext4's 0xef53 (formatted)", dev[1], magic)
+	}
+	e.mustCtr(t, append(snap, "rm", "empty1")...)
 
 	e.mustCtr(t, "task", "kill", "-s", "KILL", "c1")
 	for i := 0; i < 100; i++ {

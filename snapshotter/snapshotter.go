@@ -387,10 +387,14 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	}
 	if s.cfg.AutoRemoveDev {
 		if used := s.usedBlock(parentIDs); used != "" {
+			// Checked under the device lock: a container being prepared on the layer
+			// either is seen here or attaches the device again after the release.
+			s.mu.Lock()
 			inUse, err := s.blockInUse(ctx, used)
 			if err == nil && !inUse {
-				err = s.releaseDevice(ctx, used)
+				err = s.releaseDeviceLocked(ctx, used)
 			}
+			s.mu.Unlock()
 			if err != nil {
 				errs = append(errs, err)
 			}
@@ -434,6 +438,10 @@ func (s *Snapshotter) blockInUse(ctx context.Context, id string) (bool, error) {
 func (s *Snapshotter) releaseDevice(ctx context.Context, id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.releaseDeviceLocked(ctx, id)
+}
+
+func (s *Snapshotter) releaseDeviceLocked(ctx context.Context, id string) error {
 	rec, err := readDeviceRecord(s.blockDir(id))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil

@@ -437,3 +437,50 @@ func TestCleanupSkipsSnapshotsInCreation(t *testing.T) {
 		t.Errorf("Cleanup left an unknown snapshot directory: %v", err)
 	}
 }
+
+// TestConcurrentContainersShareOneDevice: containers prepared at once on one layer
+// attach its device once; removing them all (autoRemoveDev) detaches it once.
+func TestConcurrentContainersShareOneDevice(t *testing.T) {
+	needRoot(t)
+	sn, devs := newTestSnapshotter(t, func(c *BootConfig) { c.AutoRemoveDev = true })
+	ctx := context.Background()
+	prepareRemote(t, sn, "", "chain1", "sha256:"+strings.Repeat("1", 64))
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, err := sn.Prepare(ctx, fmt.Sprintf("c%d", i), "chain1")
+			errs <- err
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(devs.attaches) != 1 {
+		t.Fatalf("%d attaches for 8 containers on one layer, want 1", len(devs.attaches))
+	}
+	errs = make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs <- sn.Remove(ctx, fmt.Sprintf("c%d", i))
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if devs.count() != 0 {
+		t.Errorf("%d devices after removing every container", devs.count())
+	}
+}

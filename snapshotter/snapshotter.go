@@ -215,7 +215,10 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			s.Remove(context.WithoutCancel(ctx), key)
 		}
 	}()
-	if targetRef == "" && kind == snapshots.KindActive {
+	// A writable device goes on an overlaybd parent (or on nothing); ordinary OCI
+	// images keep overlayfs in every rwMode, as in ACI.
+	onDevice := len(sn.ParentIDs) == 0 || s.isBlock(sn.ParentIDs[0])
+	if targetRef == "" && kind == snapshots.KindActive && onDevice {
 		if mode := s.writableMode(base.Labels); mode != RwOverlayFS {
 			if err := s.prepareWritable(ctx, sn, mode, base.Labels); err != nil {
 				return nil, err
@@ -523,9 +526,6 @@ func (s *Snapshotter) prepareWritable(ctx context.Context, sn storage.Snapshot, 
 	c, err := s.parentConfig(sn)
 	if err != nil {
 		return err
-	}
-	if len(sn.ParentIDs) > 0 && len(c.Lowers) == 0 {
-		return fmt.Errorf("rwMode %s needs an overlaybd parent layer: %w", mode, errdefs.ErrNotImplemented)
 	}
 	vsize := defaultVsizeGB
 	if v := labels[LabelVsize]; v != "" {

@@ -321,7 +321,8 @@ func TestDevModeMountType(t *testing.T) {
 // TestOrdinaryLayersOverlay: plain OCI layers fall back to overlayfs over the
 // layers' directories, as containerd's overlay snapshotter.
 func TestOrdinaryLayersOverlay(t *testing.T) {
-	sn, devs := newTestSnapshotter(t, nil)
+	// rwMode dev too: a writable device goes only on an overlaybd layer.
+	sn, devs := newTestSnapshotter(t, func(c *BootConfig) { c.RwMode = RwDev })
 	ctx := context.Background()
 	m, err := sn.Prepare(ctx, "extract-1 l1", "", snapshots.WithLabels(map[string]string{LabelTargetRef: "l1"}))
 	if err != nil {

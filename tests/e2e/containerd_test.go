@@ -42,7 +42,7 @@ type containerdEnv struct {
 	namespace string
 }
 
-func startContainerdEnv(t *testing.T, snapConfig map[string]any) *containerdEnv {
+func startContainerdEnv(t *testing.T, snapConfig map[string]any, daemonArgs ...string) *containerdEnv {
 	t.Helper()
 	needRoot(t)
 	needContainerd(t)
@@ -50,7 +50,7 @@ func startContainerdEnv(t *testing.T, snapConfig map[string]any) *containerdEnv 
 	e := &containerdEnv{dir: dir, snapSock: filepath.Join(dir, "snap.sock"), snapRoot: filepath.Join(dir, "snroot"),
 		sock: filepath.Join(dir, "containerd.sock"), namespace: "obdtest"}
 	os.Mkdir(filepath.Join(dir, "obd"), 0o755)
-	e.daemon = startDaemon(t, filepath.Join(dir, "obd"), "--cache-dir", filepath.Join(dir, "cache"))
+	e.daemon = startDaemon(t, filepath.Join(dir, "obd"), append([]string{"--cache-dir", filepath.Join(dir, "cache")}, daemonArgs...)...)
 	cfg := map[string]any{"root": e.snapRoot, "address": e.snapSock}
 	for k, v := range snapConfig {
 		cfg[k] = v
@@ -86,8 +86,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		e.ctr(t, "task", "kill", "-s", "KILL", "c1")
 		stopProc(e.ctrd)
 		stopProc(e.snap)
+		// Image layers still attached (a failed test, or autoRemoveDev off): their
+		// mounts and loop devices go first, so that the daemon can stop its devices.
+		exec.Command("sh", "-c", "grep -o ' "+dir+"[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount").Run()
+		exec.Command("sh", "-c", "losetup --list --noheadings --output NAME,BACK-FILE | grep ' "+dir+"' | cut -d' ' -f1 | xargs -r -n1 losetup -d").Run()
 		e.daemon.stop(t)
-		// Whatever the test left mounted under dir goes before t.TempDir's removal.
 		exec.Command("sh", "-c", "grep -o ' "+dir+"[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l").Run()
 	})
 	return e
@@ -260,5 +263,31 @@ func TestContainerdRunLazy(t *testing.T) {
 	e.mustCtr(t, "image", "rm", "--sync", ref)
 	if n := e.waitDevices(t, 0); n != 0 {
 		t.Errorf("%d devices after the image's removal, want 0", n)
+	}
+}
+
+// TestContainerdPrivateRegistry: with a token-protected registry, `obd rpull`
+// takes the credentials from the global config's credentialConfig (as `obd attach
+// REF` and the daemon do) and the container runs; without them the pull is refused.
+func TestContainerdPrivateRegistry(t *testing.T) {
+	const user, pass = "alice", "s3cr3t-pa55w0rd"
+	reg := registrytest.New(t, registrytest.WithTokenAuth(user, pass, 0))
+	reg.PushLayout(t, golden+"/hello-world-oci", "hello-world")
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "cred.json")
+	os.WriteFile(creds, []byte(`{"auths": {"`+reg.Host+`": {"username": "`+user+`", "password": "`+pass+`"}}}`), 0o600)
+	global := filepath.Join(dir, "overlaybd.json")
+	os.WriteFile(global, []byte(`{"credentialConfig": {"mode": "file", "path": "`+creds+`"}}`), 0o644)
+	e := startContainerdEnv(t, nil, "--config", global)
+	ref := reg.Host + "/hello-world:amd64-converted"
+	rpull := []string{"rpull", "--containerd-address", e.sock, "--namespace", e.namespace}
+	if out, err := run(t, 2*time.Minute, bin("obd"), append(rpull, "--config", filepath.Join(dir, "none.json"), ref)...); err == nil {
+		t.Fatalf("rpull without credentials succeeded:\n%s", out)
+	}
+	if out, err := run(t, 2*time.Minute, bin("obd"), append(rpull, "--config", global, ref)...); err != nil {
+		t.Fatalf("obd rpull with credentials: %v\n%s\n%s", err, out, e.logs())
+	}
+	if out := e.mustCtr(t, "run", "--snapshotter", "overlaybd", "--rm", ref, "c1"); !strings.Contains(out, "Hello from Docker!") {
+		t.Fatalf("ctr run printed:\n%s", out)
 	}
 }

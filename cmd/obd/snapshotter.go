@@ -42,7 +42,13 @@ func snapshotterCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			devs := snapshotter.DaemonDevices{Client: daemon.NewClient(c.String("socket")), Frontend: fe}
+			client := daemon.NewClient(c.String("socket"))
+			if _, err := client.List(c.Context); err != nil {
+				// Not fatal: containers of ordinary images need no device, and the
+				// daemon may come up later.
+				zap.L().Warn("obd daemon not reachable: overlaybd layers cannot be attached until it is", zap.Error(err))
+			}
+			devs := snapshotter.DaemonDevices{Client: client, Frontend: fe}
 			sn, err := snapshotter.New(cfg, devs, []string{self, "create"})
 			if err != nil {
 				return err
@@ -72,7 +78,8 @@ func snapshotterCommand() *cli.Command {
 			if err := srv.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				return err
 			}
-			return context.Cause(ctx)
+			zap.L().Info("overlaybd snapshotter stopped", zap.String("reason", context.Cause(ctx).Error()))
+			return nil
 		},
 	}
 }

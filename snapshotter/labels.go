@@ -16,6 +16,7 @@ const (
 	remoteLabelValue      = "remote snapshot"
 	defaultVsizeGB        = 64
 	commitFileName        = "overlaybd.commit"
+	sealedFileName        = "overlaybd.sealed"
 	overlaybdConfigName   = "config.v1.json"
 	resultFileName        = "init-debug.log"
 	writableDataFileName  = "writable_data"

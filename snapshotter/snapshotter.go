@@ -30,15 +30,15 @@ type Snapshotter struct {
 	root string
 	ms   *storage.MetaStore
 	devs Devices
-	// createCmd runs `obd create` for a writable layer: argv prefix.
-	createCmd []string
+	// obdCmd is the argv prefix of obd's layer tools (`create`, `seal` follow).
+	obdCmd []string
 	// mu serialises device attach and detach.
 	mu sync.Mutex
 }
 
-// New opens (or creates) the snapshotter's root. createCmd is the command that
-// creates a writable layer (`obd create`), given DATA INDEX SIZE and flags.
-func New(cfg *BootConfig, devs Devices, createCmd []string) (*Snapshotter, error) {
+// New opens (or creates) the snapshotter's root. obdCmd runs obd's layer tools:
+// obdCmd + "create" makes a writable layer, obdCmd + "seal" seals one.
+func New(cfg *BootConfig, devs Devices, obdCmd []string) (*Snapshotter, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.Root, "snapshots"), 0o700); err != nil {
 		return nil, err
 	}
@@ -46,7 +46,7 @@ func New(cfg *BootConfig, devs Devices, createCmd []string) (*Snapshotter, error
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(cfg.Root, "metadata.db"), err)
 	}
-	return &Snapshotter{cfg: cfg, root: cfg.Root, ms: ms, devs: devs, createCmd: createCmd}, nil
+	return &Snapshotter{cfg: cfg, root: cfg.Root, ms: ms, devs: devs, obdCmd: obdCmd}, nil
 }
 
 func (s *Snapshotter) snDir(id string) string    { return filepath.Join(s.root, "snapshots", id) }
@@ -327,10 +327,13 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		if err != nil {
 			return err
 		}
-		if _, err := readDeviceRecord(s.blockDir(sn.ID)); err == nil {
-			return fmt.Errorf("commit of a dir/dev writable layer (%s): %w", key, errdefs.ErrNotImplemented)
-		}
-		if isOverlaybdBlob(filepath.Join(s.fsDir(sn.ID), commitFileName)) {
+		if _, err := os.Stat(filepath.Join(s.blockDir(sn.ID), writableDataFileName)); err == nil {
+			sealed, err := s.sealWritable(ctx, sn)
+			if err != nil {
+				return fmt.Errorf("commit %s: %w", key, err)
+			}
+			opts = append(opts, withLabel(LabelLocalCommitPath, sealed))
+		} else if isOverlaybdBlob(filepath.Join(s.fsDir(sn.ID), commitFileName)) {
 			c, err := s.parentConfig(sn)
 			if err != nil {
 				return err
@@ -347,6 +350,17 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		_, err = storage.CommitActive(ctx, key, name, snapshots.Usage(du), opts...)
 		return err
 	})
+}
+
+// withLabel adds one label to those of the other options.
+func withLabel(k, v string) snapshots.Opt {
+	return func(info *snapshots.Info) error {
+		if info.Labels == nil {
+			info.Labels = map[string]string{}
+		}
+		info.Labels[k] = v
+		return nil
+	}
 }
 
 // isOverlaybdBlob: the file starts with the LSMT or the ZFile magic.
@@ -535,7 +549,7 @@ func (s *Snapshotter) prepareWritable(ctx context.Context, sn storage.Snapshot, 
 	}
 	data := filepath.Join(s.blockDir(sn.ID), writableDataFileName)
 	index := filepath.Join(s.blockDir(sn.ID), writableIndexFileName)
-	args := append([]string{}, s.createCmd[1:]...)
+	args := []string{"create"}
 	if s.cfg.WritableLayerType == "sparse" {
 		args = append(args, "--sparse")
 	}
@@ -543,8 +557,8 @@ func (s *Snapshotter) prepareWritable(ctx context.Context, sn storage.Snapshot, 
 		args = append(args, "--mkfs")
 	}
 	args = append(args, data, index, fmt.Sprintf("%dGiB", vsize))
-	if out, err := exec.CommandContext(ctx, s.createCmd[0], args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("%s %s: %w: %s", s.createCmd[0], strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	if err := s.runTool(ctx, args...); err != nil {
+		return err
 	}
 	c.Upper = overlaybdUpper{Index: index, Data: data}
 	if err := s.writeConfig(sn.ID, c); err != nil {
@@ -552,6 +566,41 @@ func (s *Snapshotter) prepareWritable(ctx context.Context, sn storage.Snapshot, 
 	}
 	_, err = s.ensureDevice(ctx, sn.ID, false, mode == RwDir)
 	return err
+}
+
+// runTool runs one of obd's layer tools.
+func (s *Snapshotter) runTool(ctx context.Context, args ...string) error {
+	argv := append(append([]string{}, s.obdCmd...), args...)
+	if out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// sealWritable turns a dir/dev container's writable layer into a read-only layer
+// (ACI: overlaybd-commit --seal): the device goes, the sealed data becomes
+// fs/overlaybd.sealed and the config stacks it on the parent's lowers.
+func (s *Snapshotter) sealWritable(ctx context.Context, sn storage.Snapshot) (string, error) {
+	if err := s.releaseDevice(ctx, sn.ID); err != nil {
+		return "", err
+	}
+	data := filepath.Join(s.blockDir(sn.ID), writableDataFileName)
+	index := filepath.Join(s.blockDir(sn.ID), writableIndexFileName)
+	if err := s.runTool(ctx, "seal", data, index); err != nil {
+		return "", err
+	}
+	sealed := filepath.Join(s.fsDir(sn.ID), sealedFileName)
+	if err := os.Rename(data, sealed); err != nil {
+		return "", err
+	}
+	os.Remove(index)
+	c, err := s.parentConfig(sn)
+	if err != nil {
+		return "", err
+	}
+	c.Upper = overlaybdUpper{}
+	c.Lowers = append(c.Lowers, overlaybdLower{Dir: s.fsDir(sn.ID)})
+	return sealed, s.writeConfig(sn.ID, c)
 }
 
 // mounts returns the mounts of an active or view snapshot.

@@ -60,6 +60,14 @@ func (f *fakeDevices) count() int {
 	return len(f.attached)
 }
 
+// fakeObd stands for obd's layer tools: create makes empty DATA and INDEX files,
+// seal leaves them as they are.
+var fakeObd = []string{"sh", "-c", `case "$1" in
+create) shift; while [ "${1#-}" != "$1" ]; do shift; done; : > "$1"; : > "$2";;
+seal) ;;
+*) exit 1;;
+esac`, "obd"}
+
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -84,7 +92,7 @@ func newTestSnapshotter(t *testing.T, mutate func(*BootConfig)) (*Snapshotter, *
 		mutate(cfg)
 	}
 	devs := &fakeDevices{image: img, dir: dir, attached: map[string]string{}}
-	sn, err := New(cfg, devs, []string{"true"})
+	sn, err := New(cfg, devs, fakeObd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +248,7 @@ func TestContainerOnRemoteLayer(t *testing.T) {
 	}
 	// A restarted snapshotter finds the device and the mount.
 	sn.Close()
-	sn2, err := New(sn.cfg, devs, []string{"true"})
+	sn2, err := New(sn.cfg, devs, fakeObd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,10 +416,29 @@ func TestDirModeAndView(t *testing.T) {
 	if devs.count() != 2 {
 		t.Errorf("%d devices, want 2 (the container's and the layer's)", devs.count())
 	}
-	if err := sn.Commit(ctx, "img2", "c1"); !errdefs.IsNotImplemented(err) {
-		t.Errorf("Commit of a dir-mode layer: %v, want not implemented", err)
+	// Commit seals the writable layer into fs/overlaybd.sealed, stacked on the
+	// parent's lowers: a layer new containers sit on.
+	if err := sn.Commit(ctx, "img2", "c1"); err != nil {
+		t.Fatalf("Commit of a dir-mode layer: %v", err)
 	}
-	for _, k := range []string{"c1", "v1", "chain1"} {
+	info, err := sn.Stat(ctx, "img2")
+	if err != nil || info.Labels[LabelLocalCommitPath] != filepath.Join(sn.fsDir(id), "overlaybd.sealed") {
+		t.Errorf("committed labels %v %v, want %s", info.Labels, err, LabelLocalCommitPath)
+	}
+	c, err := sn.readConfig(id)
+	if err != nil || len(c.Lowers) != 2 || c.Lowers[1].Dir != sn.fsDir(id) || c.Upper.Data != "" {
+		t.Errorf("committed config %+v %v: want the parent's lower, then the sealed layer's dir", c, err)
+	}
+	if isMountPoint(sn.mountpoint(id)) || devs.count() != 2-1 {
+		t.Errorf("the committed layer's writable device is still attached (%d devices)", devs.count())
+	}
+	if _, err := sn.Prepare(ctx, "c2", "img2"); err != nil {
+		t.Fatalf("a container on the committed layer: %v", err)
+	}
+	if last := devs.attaches[len(devs.attaches)-1]; filepath.Dir(filepath.Dir(last)) == sn.snDir(id) {
+		t.Errorf("c2 attached the committed layer's own config, want its own writable layer")
+	}
+	for _, k := range []string{"c2", "img2", "v1", "chain1"} {
 		if err := sn.Remove(ctx, k); err != nil {
 			t.Fatalf("Remove %s: %v", k, err)
 		}

@@ -49,7 +49,7 @@ func snapshotterCommand() *cli.Command {
 				zap.L().Warn("obd daemon not reachable: overlaybd layers cannot be attached until it is", zap.Error(err))
 			}
 			devs := snapshotter.DaemonDevices{Client: client, Frontend: fe}
-			sn, err := snapshotter.New(cfg, devs, []string{self, "create"})
+			sn, err := snapshotter.New(cfg, devs, []string{self})
 			if err != nil {
 				return err
 			}

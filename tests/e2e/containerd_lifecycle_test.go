@@ -138,8 +138,30 @@ func TestContainerdLifecycle(t *testing.T) {
 		t.Errorf("dev-mode container's root is not the ext4 block device: %q", out)
 	}
 
-	// A writable snapshot without a parent gets a freshly formatted disk (mkfs).
+	// Commit of a dev-mode container's writable layer: sealed into a read-only layer
+	// that a new snapshot stacks on, with the container's file in it.
 	snap := []string{"snapshots", "--snapshotter", "overlaybd"}
+	e.mustCtr(t, "run", "--snapshotter", "overlaybd", bbRef, "c3", "sh", "-c", "echo committed > /c")
+	e.mustCtr(t, append(snap, "commit", "img-c3", "c3")...)
+	e.mustCtr(t, append(snap, "prepare", "p1", "img-c3")...)
+	out = e.mustCtr(t, append(snap, "mounts", "/mnt", "p1")...)
+	if dev := regexp.MustCompile(`-t ext4 (/dev/loop\d+)`).FindStringSubmatch(out); dev == nil {
+		t.Errorf("mounts of a snapshot on a committed layer: %q, want an ext4 loop device", out)
+	} else {
+		mnt := filepath.Join(e.dir, "mnt-p1")
+		os.Mkdir(mnt, 0o755)
+		mustRun(t, "mount", "-t", "ext4", "-o", "ro", dev[1], mnt)
+		got, err := os.ReadFile(filepath.Join(mnt, "c"))
+		mustRun(t, "umount", mnt)
+		if err != nil || string(got) != "committed\n" {
+			t.Errorf("/c on the committed layer: %q, %v; want \"committed\"", got, err)
+		}
+	}
+	e.mustCtr(t, append(snap, "rm", "p1")...)
+	e.ctr(t, "container", "rm", "c3") // its snapshot is committed already
+	e.mustCtr(t, append(snap, "rm", "img-c3")...)
+
+	// A writable snapshot without a parent gets a freshly formatted disk (mkfs).
 	e.mustCtr(t, append(snap, "prepare", "empty1")...)
 	out = e.mustCtr(t, append(snap, "mounts", "/mnt", "empty1")...)
 	if dev := regexp.MustCompile(`-t ext4 (/dev/loop\d+)`).FindStringSubmatch(out); dev == nil {

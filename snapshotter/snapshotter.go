@@ -42,11 +42,35 @@ func New(cfg *BootConfig, devs Devices, obdCmd []string) (*Snapshotter, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.Root, "snapshots"), 0o700); err != nil {
 		return nil, err
 	}
+	if err := checkNotLocked(filepath.Join(cfg.Root, "metadata.db")); err != nil {
+		return nil, err
+	}
 	ms, err := storage.NewMetaStore(filepath.Join(cfg.Root, "metadata.db"))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(cfg.Root, "metadata.db"), err)
 	}
+	// The store opens the database lazily: take it (and its lock) now.
+	if err := ms.WithTransaction(context.Background(), false, func(context.Context) error { return nil }); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(cfg.Root, "metadata.db"), err)
+	}
 	return &Snapshotter{cfg: cfg, root: cfg.Root, ms: ms, devs: devs, obdCmd: obdCmd}, nil
+}
+
+// checkNotLocked fails when another process holds the metadata database: bolt
+// would wait for it forever.
+func checkNotLocked(db string) error {
+	f, err := os.Open(db)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		return fmt.Errorf("%s is in use (another snapshotter on this root?): %w", db, err)
+	}
+	return nil
 }
 
 func (s *Snapshotter) snDir(id string) string    { return filepath.Join(s.root, "snapshots", id) }

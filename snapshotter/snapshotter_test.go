@@ -512,3 +512,12 @@ func TestConcurrentContainersShareOneDevice(t *testing.T) {
 		t.Errorf("%d devices after removing every container", devs.count())
 	}
 }
+
+// TestSecondInstanceRefused: a second snapshotter on the same root fails at once
+// instead of waiting for the database lock forever.
+func TestSecondInstanceRefused(t *testing.T) {
+	sn, devs := newTestSnapshotter(t, nil)
+	if _, err := New(sn.cfg, devs, fakeObd); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second instance: %v, want an in-use error", err)
+	}
+}

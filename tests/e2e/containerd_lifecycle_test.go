@@ -119,9 +119,9 @@ func TestContainerdLifecycle(t *testing.T) {
 		t.Fatalf("cat /data in c1: %q\n%s", out, e.logs())
 	}
 
-	// Restart the snapshotter in rwMode dev while c1 runs.
+	// Restart the snapshotter in rwMode dev (sparse writable layers) while c1 runs.
 	stopProc(e.snap)
-	os.WriteFile(e.snapCfg, []byte(`{"root":"`+e.snapRoot+`","address":"`+e.snapSock+`","rwMode":"dev"}`), 0o644)
+	os.WriteFile(e.snapCfg, []byte(`{"root":"`+e.snapRoot+`","address":"`+e.snapSock+`","rwMode":"dev","writableLayerType":"sparse"}`), 0o644)
 	e.startSnapshotter(t)
 	if out := readData("e2"); !strings.Contains(out, "kept") {
 		t.Fatalf("cat /data in c1 after a snapshotter restart: %q\n%s", out, e.logs())
@@ -143,6 +143,9 @@ func TestContainerdLifecycle(t *testing.T) {
 	snap := []string{"snapshots", "--snapshotter", "overlaybd"}
 	e.mustCtr(t, "run", "--snapshotter", "overlaybd", bbRef, "c3", "sh", "-c", "echo committed > /c")
 	e.mustCtr(t, append(snap, "commit", "img-c3", "c3")...)
+	if sealed, _ := filepath.Glob(filepath.Join(e.snapRoot, "snapshots", "*", "fs", "overlaybd.sealed")); len(sealed) != 1 {
+		t.Errorf("%d overlaybd.sealed after the commit, want 1", len(sealed))
+	}
 	e.mustCtr(t, append(snap, "prepare", "p1", "img-c3")...)
 	out = e.mustCtr(t, append(snap, "mounts", "/mnt", "p1")...)
 	if dev := regexp.MustCompile(`-t ext4 (/dev/loop\d+)`).FindStringSubmatch(out); dev == nil {

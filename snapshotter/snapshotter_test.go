@@ -98,7 +98,7 @@ func newTestSnapshotter(t *testing.T, mutate func(*BootConfig)) (*Snapshotter, *
 	}
 	t.Cleanup(func() {
 		exec.Command("sh", "-c", "grep -o ' "+dir+"[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l").Run()
-		exec.Command("sh", "-c", "losetup -j "+dir+"/dev* 2>/dev/null | cut -d: -f1 | xargs -r -n1 losetup -d").Run()
+		exec.Command("sh", "-c", "losetup --list --noheadings --output NAME,BACK-FILE | grep ' "+dir+"/' | cut -d' ' -f1 | xargs -r -n1 losetup -d").Run()
 		sn.Close()
 	})
 	return sn, devs

@@ -255,7 +255,10 @@ func (w *Writer) writeData(ri *rawInode, r io.Reader, size int64) error {
 		return fmt.Errorf("ext4: a %d-byte file does not fit (%d blocks free)", size, w.freeBlocks)
 	}
 	const chunk = 1 << 20
-	buf := make([]byte, chunk)
+	if size > 0 && w.dataBuf == nil {
+		w.dataBuf = make([]byte, chunk)
+	}
+	buf := w.dataBuf
 	var exts []extent
 	var lblk uint32
 	var used uint64

@@ -72,6 +72,7 @@ type Writer struct {
 	inodeGoal   uint32 // next inode to try
 	firstIno    uint32 // first non-reserved inode
 	closed      bool
+	dataBuf     []byte // file data staging, reused
 }
 
 // rawInode is one inode's 256 bytes with the writer's dirty mark.

@@ -819,3 +819,39 @@ func (w *Writer) IsDir(num uint32) (bool, error) {
 const RootIno = rootIno
 
 var _ = bytes.Equal
+
+// Mode returns inode num's mode (type and permission bits).
+func (w *Writer) Mode(num uint32) (uint16, error) {
+	ri, err := w.inode(num)
+	if err != nil {
+		return 0, err
+	}
+	return ri.mode(), nil
+}
+
+// Readlink returns the target of symlink num.
+func (w *Writer) Readlink(num uint32) (string, error) {
+	ri, err := w.inode(num)
+	if err != nil {
+		return "", err
+	}
+	size := ri.size()
+	if ri.mode()&modeType != ModeSymlink || size == 0 || size >= wBlockSize {
+		return "", corrupt("inode %d is not a symlink of a valid size", num)
+	}
+	if ri.flags()&flagExtents == 0 {
+		if size >= 60 {
+			return "", corrupt("symlink inode %d: %d bytes without extents", num, size)
+		}
+		return string(ri.b[0x28 : 0x28+size]), nil
+	}
+	exts, _, err := w.fileExtents(ri)
+	if err != nil || len(exts) == 0 || exts[0].lblk != 0 || exts[0].pblk >= w.blocks {
+		return "", corrupt("symlink inode %d: no data block (%v)", num, err)
+	}
+	b := make([]byte, wBlockSize)
+	if err := readFull(w.dev, b, int64(exts[0].pblk)*wBlockSize); err != nil {
+		return "", err
+	}
+	return string(b[:size]), nil
+}

@@ -26,12 +26,12 @@ type Device interface {
 }
 
 const (
-	wBlockSize   = 4096
-	wInodeSize   = 256
-	wExtraIsize  = 32
-	wDescSize    = 64
-	maxLinks     = 65000
-	lpfIno       = 11
+	wBlockSize  = 4096
+	wInodeSize  = 256
+	wExtraIsize = 32
+	wDescSize   = 64
+	maxLinks    = 65000
+	lpfIno      = 11
 
 	compatExtAttr      = 0x8
 	compatDirIndex     = 0x20

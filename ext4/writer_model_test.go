@@ -14,11 +14,11 @@ import (
 
 // model is what a test expects in the file system: path -> entry.
 type model struct {
-	t     *testing.T
-	w     *Writer
-	ino   map[string]uint32 // path -> inode, for directories and link targets
-	want  map[string]*TreeEntry
-	group map[string]int    // path -> hardlink group
+	t      *testing.T
+	w      *Writer
+	ino    map[string]uint32 // path -> inode, for directories and link targets
+	want   map[string]*TreeEntry
+	group  map[string]int // path -> hardlink group
 	groups int
 }
 
@@ -197,10 +197,12 @@ func TestWriterModel(t *testing.T) {
 	f, p := newImage(t, 512<<20)
 	m := newModel(t)
 	rnd := rand.New(rand.NewPCG(3, 4))
-	reg := func(mode uint16) Attr { return Attr{Mode: ModeRegular | mode, UID: 1, GID: 2, Mtime: 1_600_000_000, MtimeNsec: 123456789} }
+	reg := func(mode uint16) Attr {
+		return Attr{Mode: ModeRegular | mode, UID: 1, GID: 2, Mtime: 1_600_000_000, MtimeNsec: 123456789}
+	}
 	m.session(f, p, func() {
 		m.mkdir("/a", 0o755, 10)
-		m.mkdir("/a/b", 0o1777, -5) // before 1970
+		m.mkdir("/a/b", 0o1777, -5)   // before 1970
 		m.mkdir("/far", 0o700, 1<<33) // after 2038
 		for _, n := range []int{0, 1, 59, 4095, 4096, 4097, 1<<20 + 3, 5 << 20} {
 			m.file(fmt.Sprintf("/a/f%d", n), reg(0o644), randBytes(rnd, n))

@@ -125,7 +125,14 @@ func parseXattrEntries(region []byte, off, base int, out map[string][]byte) erro
 		if prefix == "" {
 			return corrupt("xattr entry at %d: name index %d", off, idx)
 		}
-		out[prefix+string(e[16:16+nl])] = append([]byte{}, region[voff+base:voff+base+vsz]...)
+		v := append([]byte{}, region[voff+base:voff+base+vsz]...)
+		if idx == 2 || idx == 3 {
+			var err error
+			if v, err = aclFromDisk(v); err != nil {
+				return err
+			}
+		}
+		out[prefix+string(e[16:16+nl])] = v
 		off += pad4(16 + nl)
 	}
 	return nil

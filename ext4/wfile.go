@@ -442,6 +442,11 @@ func (w *Writer) setXattrs(ri *rawInode, full map[string][]byte) error {
 			return err
 		}
 		x.value = v
+		if x.index == 2 || x.index == 3 {
+			if x.value, err = aclToDisk(v); err != nil {
+				return err
+			}
+		}
 		xs = append(xs, x)
 	}
 	sort.Slice(xs, func(i, j int) bool {
@@ -854,4 +859,59 @@ func (w *Writer) Readlink(num uint32) (string, error) {
 		return "", err
 	}
 	return string(b[:size]), nil
+}
+
+// XattrSupported reports whether ext4 stores the extended attribute name.
+func XattrSupported(name string) bool {
+	_, err := splitXattr(name)
+	return err == nil
+}
+
+// POSIX ACLs: the xattr interface uses the VFS format (version 2, 8-byte entries);
+// ext4 stores version 1 with 4-byte entries for the tags that carry no id.
+const (
+	aclUser  = 0x02
+	aclGroup = 0x08
+)
+
+func aclToDisk(v []byte) ([]byte, error) {
+	if len(v) < 4 || le.Uint32(v) != 2 || (len(v)-4)%8 != 0 {
+		return nil, fmt.Errorf("ext4: POSIX ACL of %d bytes is not in the version 2 xattr format", len(v))
+	}
+	out := le.AppendUint32(nil, 1)
+	for e := v[4:]; len(e) > 0; e = e[8:] {
+		tag := le.Uint16(e)
+		out = le.AppendUint16(out, tag)
+		out = le.AppendUint16(out, le.Uint16(e[2:]))
+		if tag == aclUser || tag == aclGroup {
+			out = le.AppendUint32(out, le.Uint32(e[4:]))
+		}
+	}
+	return out, nil
+}
+
+func aclFromDisk(v []byte) ([]byte, error) {
+	if len(v) < 4 || le.Uint32(v) != 1 {
+		return nil, corrupt("POSIX ACL of %d bytes without version 1", len(v))
+	}
+	out := le.AppendUint32(nil, 2)
+	for e := v[4:]; len(e) > 0; {
+		if len(e) < 4 {
+			return nil, corrupt("truncated POSIX ACL entry")
+		}
+		tag, perm := le.Uint16(e), le.Uint16(e[2:])
+		id := uint32(0xffffffff)
+		n := 4
+		if tag == aclUser || tag == aclGroup {
+			if len(e) < 8 {
+				return nil, corrupt("truncated POSIX ACL entry")
+			}
+			id, n = le.Uint32(e[4:]), 8
+		}
+		out = le.AppendUint16(out, tag)
+		out = le.AppendUint16(out, perm)
+		out = le.AppendUint32(out, id)
+		e = e[n:]
+	}
+	return out, nil
 }

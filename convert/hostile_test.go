@@ -1,9 +1,9 @@
 package convert
 
 import (
-	"math/rand/v2"
 	"archive/tar"
 	"bytes"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"

@@ -31,14 +31,14 @@ type Options struct {
 
 // Layer is one committed OverlayBD layer blob.
 type Layer struct {
-	Path       string // overlaybd.commit: LSMT in ZFile in tar
-	Digest     string // sha256:... of the blob
-	Size       int64
-	SrcDiffID  string    // sha256 of the source layer's uncompressed tar
-	ChainID    string    // of the source layers up to this one
-	UUID       lsmt.UUID // derived from ChainID
-	Stats      ApplyStats
-	Uncommited int64 // bytes of changed blocks the layer stores
+	Path         string // overlaybd.commit: LSMT in ZFile in tar
+	Digest       string // sha256:... of the blob
+	Size         int64
+	SrcDiffID    string    // sha256 of the source layer's uncompressed tar
+	ChainID      string    // of the source layers up to this one
+	UUID         lsmt.UUID // derived from ChainID
+	Stats        ApplyStats
+	ChangedBytes int64 // bytes of changed blocks the layer stores
 }
 
 // Builder converts layers one after another, each on top of the ones before.
@@ -176,7 +176,7 @@ func (b *Builder) AddLayer(r io.Reader, srcDiffID string) (Layer, error) {
 	src := up.CommitSource()
 	for _, s := range src.Segments {
 		if s.Valid() && !s.Zeroed {
-			l.Uncommited += int64(s.Length) * lsmt.SectorSize
+			l.ChangedBytes += int64(s.Length) * lsmt.SectorSize
 		}
 	}
 	if err := commit(l.Path, src, lsmt.CommitOptions{UUID: l.UUID, ParentUUID: parentUUID}, b.opts); err != nil {

@@ -113,7 +113,7 @@ func TestConvertLayers(t *testing.T) {
 		if err != nil {
 			t.Fatalf("layer %d: %v", i, err)
 		}
-		t.Logf("layer %d: %d entries, %d bytes of changed blocks, blob %d bytes", i, l.Stats.Entries, l.Uncommited, l.Size)
+		t.Logf("layer %d: %d entries, %d bytes of changed blocks, blob %d bytes", i, l.Stats.Entries, l.ChangedBytes, l.Size)
 		paths = append(paths, l.Path)
 		m.apply(es)
 		img := stack(t, paths)
@@ -121,7 +121,7 @@ func TestConvertLayers(t *testing.T) {
 		fsck(t, img)
 	}
 	// A layer stores only what it changed: layer 2 rewrote a few files and directories.
-	if got := b.Layers()[2].Uncommited; got > 1<<20 {
+	if got := b.Layers()[2].ChangedBytes; got > 1<<20 {
 		t.Errorf("layer 2 stores %d bytes of changed blocks, want < 1 MiB", got)
 	}
 }

@@ -82,6 +82,8 @@ func newApp() *cli.App {
 			listCommand(),
 			pullCommand(),
 			statsCommand(),
+			convertCommand(),
+			pushCommand(),
 		},
 		// Errors are printed once by main, with the file and field that failed.
 		ExitErrHandler: func(*cli.Context, error) {},

@@ -529,6 +529,9 @@ func fileType(mode uint16) uint8 {
 // Create makes a regular file, device, FIFO or socket named name in directory
 // parent, with size bytes of data from r (regular files only).
 func (w *Writer) Create(parent uint32, name string, a Attr, r io.Reader, size int64) (uint32, error) {
+	if err := w.maybeEvict(); err != nil {
+		return 0, err
+	}
 	t := a.Mode & modeType
 	if t == 0 || t == ModeDir || t == ModeSymlink {
 		return 0, fmt.Errorf("ext4: create %q: mode %#o is not a file, device, FIFO or socket", name, a.Mode)
@@ -558,6 +561,9 @@ func (w *Writer) Create(parent uint32, name string, a Attr, r io.Reader, size in
 
 // Symlink makes a symbolic link: a fast one (target in the inode) below 60 bytes.
 func (w *Writer) Symlink(parent uint32, name, target string, a Attr) (uint32, error) {
+	if err := w.maybeEvict(); err != nil {
+		return 0, err
+	}
 	if len(target) == 0 || len(target) >= wBlockSize {
 		return 0, fmt.Errorf("ext4: symlink %q: target of %d bytes (1..4095 allowed)", name, len(target))
 	}
@@ -581,6 +587,9 @@ func (w *Writer) Symlink(parent uint32, name, target string, a Attr) (uint32, er
 
 // Mkdir makes a directory.
 func (w *Writer) Mkdir(parent uint32, name string, a Attr) (uint32, error) {
+	if err := w.maybeEvict(); err != nil {
+		return 0, err
+	}
 	d, err := w.dirForInsert(parent, name)
 	if err != nil {
 		return 0, err
@@ -600,6 +609,9 @@ func (w *Writer) Mkdir(parent uint32, name string, a Attr) (uint32, error) {
 
 // Link adds name in parent for the existing non-directory inode target.
 func (w *Writer) Link(parent uint32, name string, target uint32) error {
+	if err := w.maybeEvict(); err != nil {
+		return err
+	}
 	ri, err := w.inode(target)
 	if err != nil {
 		return err
@@ -646,6 +658,9 @@ func (w *Writer) addLink(num uint32, delta int) error {
 // SetAttr updates the owner, mode bits, times and xattrs (replacing the given names)
 // of an existing inode, as extracting a directory over a directory does.
 func (w *Writer) SetAttr(num uint32, a Attr) error {
+	if err := w.maybeEvict(); err != nil {
+		return err
+	}
 	ri, err := w.inode(num)
 	if err != nil {
 		return err
@@ -693,6 +708,9 @@ func (w *Writer) xattrs(ri *rawInode) (map[string][]byte, error) {
 // Remove deletes name from directory parent; a directory is removed with
 // everything under it. Blocks and inodes whose last link goes are freed.
 func (w *Writer) Remove(parent uint32, name string) error {
+	if err := w.maybeEvict(); err != nil {
+		return err
+	}
 	d, err := w.loadDir(parent)
 	if err != nil {
 		return err

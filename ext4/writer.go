@@ -318,26 +318,8 @@ func (w *Writer) Close() error {
 			return err
 		}
 	}
-	// Inodes, grouped by inode-table block.
-	byBlock := map[int64][]uint32{}
-	for num, ri := range w.inodeCache {
-		if ri.dirty {
-			off := w.inodeOffset(num)
-			blk := off / wBlockSize * wBlockSize
-			byBlock[blk] = append(byBlock[blk], num)
-		}
-	}
-	buf := make([]byte, wBlockSize)
-	for _, blk := range sortedKeys(byBlock) {
-		if err := readFull(w.dev, buf, blk); err != nil {
-			return fmt.Errorf("ext4: reading inode table block at %d: %w", blk, err)
-		}
-		for _, num := range byBlock[blk] {
-			copy(buf[w.inodeOffset(num)-blk:], w.inodeCache[num].b[:])
-		}
-		if _, err := w.dev.WriteAt(buf, blk); err != nil {
-			return fmt.Errorf("ext4: writing inode table block at %d: %w", blk, err)
-		}
+	if err := w.writeInodes(); err != nil {
+		return err
 	}
 	for g := range w.groups {
 		if w.dirtyBB[g] {
@@ -378,6 +360,50 @@ func (w *Writer) Close() error {
 			return fmt.Errorf("ext4: writing superblock: %w", err)
 		}
 	}
+	return nil
+}
+
+// writeInodes writes the dirty cached inodes, grouped by inode-table block.
+func (w *Writer) writeInodes() error {
+	byBlock := map[int64][]uint32{}
+	for num, ri := range w.inodeCache {
+		if ri.dirty {
+			off := w.inodeOffset(num)
+			blk := off / wBlockSize * wBlockSize
+			byBlock[blk] = append(byBlock[blk], num)
+		}
+	}
+	buf := make([]byte, wBlockSize)
+	for _, blk := range sortedKeys(byBlock) {
+		if err := readFull(w.dev, buf, blk); err != nil {
+			return fmt.Errorf("ext4: reading inode table block at %d: %w", blk, err)
+		}
+		for _, num := range byBlock[blk] {
+			copy(buf[w.inodeOffset(num)-blk:], w.inodeCache[num].b[:])
+			w.inodeCache[num].dirty = false
+		}
+		if _, err := w.dev.WriteAt(buf, blk); err != nil {
+			return fmt.Errorf("ext4: writing inode table block at %d: %w", blk, err)
+		}
+	}
+	return nil
+}
+
+// inodeCacheLimit bounds the cached inodes; beyond it they are written out and
+// dropped between operations (never during one: callers hold *rawInode).
+var inodeCacheLimit = 1 << 17
+
+func (w *Writer) maybeEvict() error {
+	if w.closed {
+		return errors.New("ext4: writer is closed")
+	}
+	if len(w.inodeCache) < inodeCacheLimit {
+		return nil
+	}
+	if err := w.writeInodes(); err != nil {
+		return err
+	}
+	clear(w.inodeCache)
 	return nil
 }
 

@@ -118,3 +118,55 @@ func TestWriterBasic(t *testing.T) {
 		t.Fatalf("long link %q %v", s, err)
 	}
 }
+
+// With a tiny inode cache, inodes are written out and re-read between operations.
+func TestWriterInodeEviction(t *testing.T) {
+	old := inodeCacheLimit
+	inodeCacheLimit = 8
+	defer func() { inodeCacheLimit = old }()
+	f, p := newImage(t, 64<<20)
+	w, err := OpenWriter(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := w.Mkdir(RootIno, "d", Attr{Mode: 0o755})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		if _, err := w.Create(d, fmt.Sprint("f", i), Attr{Mode: ModeRegular | 0o644, Mtime: int64(i)}, strings.NewReader("data"), 4); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			if err := w.Link(RootIno, fmt.Sprint("l", i), writerLookup(t, w, d, fmt.Sprint("f", i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i := 0; i < 100; i += 4 {
+		if err := w.Remove(d, fmt.Sprint("f", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fsck(t, p)
+	r, _ := Open(f, 64<<20)
+	in, err := r.Lookup("/l8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := r.Stat(in.Num)
+	if st.Links != 1 || st.Mtime != 8 {
+		t.Fatalf("/l8: %+v", st)
+	}
+}
+
+func writerLookup(t *testing.T, w *Writer, dir uint32, name string) uint32 {
+	ino, ok, err := w.Lookup(dir, name)
+	if err != nil || !ok {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return ino
+}

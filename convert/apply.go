@@ -21,6 +21,8 @@ const (
 	maxPathDepth   = 1024 // components of one path
 	maxLinkHops    = 255  // symlinks followed while resolving one path
 	xattrPAXPrefix = "SCHILY.xattr."
+	// lostFound survives whiteouts: e2fsck requires it.
+	lostFound = "/lost+found"
 )
 
 // ApplyStats counts what one layer did.
@@ -340,7 +342,7 @@ func (a *applier) resolveLink(name string) (uint32, error) {
 
 // whiteout deletes p unless this layer created it.
 func (a *applier) whiteout(p string) error {
-	if a.created[p] || p == "/" {
+	if a.created[p] || p == "/" || p == lostFound {
 		return nil
 	}
 	parent, err := a.walk(path.Dir(p), false, ext4.Attr{}, true)
@@ -367,7 +369,7 @@ func (a *applier) opaque(dir string) error {
 		return err
 	}
 	for _, n := range names {
-		if !a.created[path.Join(dir, n)] {
+		if q := path.Join(dir, n); !a.created[q] && q != lostFound {
 			if err := a.w.Remove(ino, n); err != nil {
 				return err
 			}

@@ -171,3 +171,17 @@ func TestMutatedArchives(t *testing.T) {
 		_ = applyTo(t, freshDevice(t), s)
 	}
 }
+
+func TestLostFoundSurvivesWhiteouts(t *testing.T) {
+	dev := freshDevice(t)
+	if err := applyTo(t, dev, makeTar(t, []entry{fileE("a", 0o644, nil), fileE(".wh..wh..opq", 0, nil), fileE(".wh.lost+found", 0, nil)})); err != nil {
+		t.Fatal(err)
+	}
+	f, err := ext4.Open(dev, dev.size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Lookup("/lost+found"); err != nil {
+		t.Fatal(err)
+	}
+}

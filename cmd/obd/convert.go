@@ -59,8 +59,8 @@ func convertCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if v := c.Int64("vsize"); v < 1 || v > 1<<14 {
-				return fmt.Errorf("convert: --vsize %d: want 1 to 16384 GiB", v)
+			if v := c.Int64("vsize"); v < 1 || v > 1024 {
+				return fmt.Errorf("convert: --vsize %d: want 1 to 1024 GiB", v)
 			}
 			args := c.Args().Slice()
 			want := 2

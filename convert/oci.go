@@ -113,10 +113,13 @@ func ConvertImage(src v1.Image, opts ImageOptions) (v1.Image, error) {
 		if err != nil {
 			return nil, fmt.Errorf("convert: layer %d: %w", i, err)
 		}
-		rc, err := l.Uncompressed()
+		// The compressed stream (its digest checked by go-containerregistry),
+		// decompressed here in parallel with the apply; AddLayer checks the diff_id.
+		blob, err := l.Compressed()
 		if err != nil {
 			return nil, fmt.Errorf("convert: layer %d (%s): %w", i, diffID, err)
 		}
+		rc := uncompressed(blob)
 		out, err := b.AddLayer(rc, diffID.String())
 		rc.Close()
 		if err != nil {

@@ -104,7 +104,6 @@ func BenchmarkApplyDir10000(b *testing.B) {
 	}
 }
 
-
 // BenchmarkConvertRegistry: a two-layer gzip image of OBD_BENCH_MB (default 256)
 // MiB of uncompressed layer data, pulled from a loopback registry and converted; MB/s
 // of uncompressed layer data.

@@ -42,7 +42,7 @@ type applier struct {
 }
 
 type dirTime struct {
-	ino  uint32
+	path string // resolved again at the end: the directory may be gone or replaced by then
 	sec  int64
 	nsec uint32
 }
@@ -67,7 +67,14 @@ func ApplyTar(w *ext4.Writer, r io.Reader) (ApplyStats, error) {
 		}
 	}
 	for _, d := range a.dirs {
-		if err := w.SetMtime(d.ino, d.sec, d.nsec); err != nil {
+		ino, err := a.walk(d.path, false, ext4.Attr{}, false)
+		if err != nil {
+			continue // removed later in the layer
+		}
+		if isDir, err := w.IsDir(ino); err != nil || !isDir {
+			continue
+		}
+		if err := w.SetMtime(ino, d.sec, d.nsec); err != nil {
 			return a.stats, err
 		}
 	}
@@ -131,7 +138,7 @@ func (a *applier) entry(hdr *tar.Header, body io.Reader) error {
 		if hdr.Typeflag != tar.TypeDir {
 			return errors.New("the root may only be a directory")
 		}
-		return a.updateDir(ext4.RootIno, attr)
+		return a.updateDir("/", ext4.RootIno, attr)
 	}
 	parent, err := a.mkdirAll(path.Dir(p), attr)
 	if err != nil {
@@ -148,7 +155,7 @@ func (a *applier) entry(hdr *tar.Header, body io.Reader) error {
 		}
 		if isDir && hdr.Typeflag == tar.TypeDir {
 			a.markCreated(p)
-			return a.updateDir(ino, attr)
+			return a.updateDir(p, ino, attr)
 		}
 		if hdr.Typeflag == tar.TypeLink {
 			if target, err := a.resolveLink(hdr.Linkname); err == nil && target == ino {
@@ -169,9 +176,8 @@ func (a *applier) entry(hdr *tar.Header, body io.Reader) error {
 		a.stats.Bytes += hdr.Size
 		_, err = a.w.Create(parent, base, attr, body, hdr.Size)
 	case tar.TypeDir:
-		var ino uint32
-		if ino, err = a.w.Mkdir(parent, base, attr); err == nil {
-			a.dirs = append(a.dirs, dirTime{ino, attr.Mtime, attr.MtimeNsec})
+		if _, err = a.w.Mkdir(parent, base, attr); err == nil {
+			a.dirs = append(a.dirs, dirTime{p, attr.Mtime, attr.MtimeNsec})
 		}
 	case tar.TypeSymlink:
 		_, err = a.w.Symlink(parent, base, hdr.Linkname, attr)
@@ -233,11 +239,11 @@ func (a *applier) attr(hdr *tar.Header) (ext4.Attr, error) {
 	return at, nil
 }
 
-func (a *applier) updateDir(ino uint32, attr ext4.Attr) error {
+func (a *applier) updateDir(p string, ino uint32, attr ext4.Attr) error {
 	if err := a.w.SetAttr(ino, attr); err != nil {
 		return err
 	}
-	a.dirs = append(a.dirs, dirTime{ino, attr.Mtime, attr.MtimeNsec})
+	a.dirs = append(a.dirs, dirTime{p, attr.Mtime, attr.MtimeNsec})
 	return nil
 }
 

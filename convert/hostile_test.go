@@ -185,3 +185,24 @@ func TestLostFoundSurvivesWhiteouts(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A directory removed after its entry (and its inode reused) must not get the
+// directory's time at the end of the layer.
+func TestDirTimeAfterRemoval(t *testing.T) {
+	dev := freshDevice(t)
+	if err := applyTo(t, dev, makeTar(t, []entry{
+		dirE("d/", 0o755, 777), fileE(".wh.d", 0, nil), // not created-then-hidden: the same-layer rule keeps d
+		dirE("e/", 0o755, 888), fileE("e", 0o644, []byte("file now")),
+	})); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := ext4.Open(dev, dev.size)
+	in, err := f.Lookup("/e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := f.Stat(in.Num)
+	if st.Mode&0xF000 != ext4.ModeRegular || st.Mtime != 1000 {
+		t.Fatalf("/e: %+v (a file with the entry's mtime 1000 expected)", st)
+	}
+}

@@ -205,4 +205,9 @@ func TestDirTimeAfterRemoval(t *testing.T) {
 	if st.Mode&0xF000 != ext4.ModeRegular || st.Mtime != 1000 {
 		t.Fatalf("/e: %+v (a file with the entry's mtime 1000 expected)", st)
 	}
+	for num := uint32(12); num < 64; num++ { // freed inodes stay zero
+		if st, err := f.Stat(num); err == nil && st.Mode == 0 && st.Mtime != 0 {
+			t.Fatalf("free inode %d has mtime %d", num, st.Mtime)
+		}
+	}
 }

@@ -92,6 +92,12 @@ func (m *model) removeAll(p string, keep map[string]bool) {
 func (m *model) apply(es []entry) {
 	created := map[string]bool{}
 	for _, e := range es {
+		m.applyEntry(e, created)
+	}
+}
+
+func (m *model) applyEntry(e entry, created map[string]bool) {
+	{
 		p := path.Clean("/" + e.hdr.Name)
 		base, dir := path.Base(p), path.Dir(p)
 		if base == ".wh..wh..opq" {
@@ -100,14 +106,14 @@ func (m *model) apply(es []entry) {
 					m.removeAll(q, nil)
 				}
 			}
-			continue
+			return
 		}
 		if strings.HasPrefix(base, ".wh.") {
 			victim := path.Join(dir, base[4:])
 			if !created[victim] {
 				m.removeAll(victim, nil)
 			}
-			continue
+			return
 		}
 		for q := dir; q != "/"; q = path.Dir(q) {
 			if m.nodes[q] == nil {

@@ -146,3 +146,28 @@ func TestConvertReproducible(t *testing.T) {
 		t.Fatalf("two conversions differ:\n%v\n%v", digests[0], digests[1])
 	}
 }
+
+// A layer adding one 5 MiB file and a few entries stores about 5 MiB, not a copy
+// of the file system or of the block groups it touches.
+func TestLayerStoresOnlyChanges(t *testing.T) {
+	b, err := NewBuilder(Options{WorkDir: t.TempDir()}) // the default 64 GiB
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := b.AddLayer(bytes.NewReader(makeTar(t, testLayers()[0])), ""); err != nil {
+		t.Fatal(err)
+	}
+	l, err := b.AddLayer(bytes.NewReader(makeTar(t, []entry{
+		fileE("opt/app/big", 0o755, randData(9, 5<<20)),
+		fileE("etc/app.conf", 0o644, []byte("x=1")),
+		linkE("usr/bin/app", "/opt/app/big", tar.TypeSymlink),
+	})), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.ChangedBytes < 5<<20 || l.ChangedBytes > 5<<20+256<<10 {
+		t.Fatalf("layer stores %d bytes of blocks, want 5 MiB + at most 256 KiB of metadata", l.ChangedBytes)
+	}
+	t.Logf("5 MiB layer: %d bytes of blocks, blob %d bytes", l.ChangedBytes, l.Size)
+}

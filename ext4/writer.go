@@ -132,6 +132,9 @@ func OpenWriter(dev Device) (*Writer, error) {
 	w.freeBlocks = uint64(le.Uint32(sb[0xc:])) | uint64(le.Uint32(sb[0x158:]))<<32
 	w.freeInodes = uint64(le.Uint32(sb[0x10:]))
 	w.firstIno = max(le.Uint32(sb[0x54:]), lpfIno)
+	if w.firstIno >= w.inodes {
+		return nil, corrupt("first inode %d of %d", w.firstIno, w.inodes)
+	}
 	w.inodeGoal = w.firstIno
 	return w, nil
 }

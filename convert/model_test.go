@@ -252,16 +252,9 @@ func stack(t testing.TB, paths []string) *lsmt.Image {
 	return img
 }
 
-// fsck exports the image to a sparse raw file and runs e2fsck -fn on it.
-func fsck(t testing.TB, img *lsmt.Image) {
+// exportRaw writes the image's virtual disk to a sparse raw file.
+func exportRaw(t testing.TB, img *lsmt.Image) string {
 	t.Helper()
-	bin := "/usr/sbin/e2fsck"
-	if p, err := exec.LookPath("e2fsck"); err == nil {
-		bin = p
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Skip("e2fsck (e2fsprogs) is not installed")
-	}
 	raw := filepath.Join(t.TempDir(), "raw.img")
 	f, err := os.Create(raw)
 	if err != nil {
@@ -283,6 +276,20 @@ func fsck(t testing.TB, img *lsmt.Image) {
 			}
 		}
 	}
+	return raw
+}
+
+// fsck exports the image to a sparse raw file and runs e2fsck -fn on it.
+func fsck(t testing.TB, img *lsmt.Image) {
+	t.Helper()
+	bin := "/usr/sbin/e2fsck"
+	if p, err := exec.LookPath("e2fsck"); err == nil {
+		bin = p
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Skip("e2fsck (e2fsprogs) is not installed")
+	}
+	raw := exportRaw(t, img)
 	if out, err := exec.Command(bin, "-fn", raw).CombinedOutput(); err != nil {
 		t.Fatalf("e2fsck -fn: %v\n%s", err, out)
 	}

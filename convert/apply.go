@@ -128,7 +128,11 @@ func (a *applier) entry(hdr *tar.Header, body io.Reader) error {
 	}
 	if strings.HasPrefix(base, whiteoutPrefix) {
 		a.stats.Whiteouts++
-		return a.whiteout(path.Join(path.Dir(p), base[len(whiteoutPrefix):]))
+		victim := base[len(whiteoutPrefix):]
+		if victim == "" || victim == "." || victim == ".." {
+			return fmt.Errorf("whiteout of %q", victim)
+		}
+		return a.whiteout(path.Join(path.Dir(p), victim))
 	}
 	attr, err := a.attr(hdr)
 	if err != nil {

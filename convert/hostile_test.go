@@ -94,6 +94,7 @@ func TestHostileArchives(t *testing.T) {
 		{"long-name", []entry{fileE(strings.Repeat("n", 256), 0o644, nil)}, "at most 255"},
 		{"huge", []entry{{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "big", Mode: 0o644, Size: 1 << 40, ModTime: time.Unix(1, 0)}}}, "does not fit"},
 		{"truncated", []entry{{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "big", Mode: 0o644, Size: 1 << 20, ModTime: time.Unix(1, 0)}}}, "EOF"},
+		{"empty-whiteout", []entry{dirE("a/", 0o755, 1), fileE("a/.wh.", 0, nil)}, "whiteout of"},
 		{"file-as-parent", []entry{fileE("f", 0o644, nil), fileE("f/x", 0o644, nil)}, "not a directory"},
 	}
 	for _, c := range cases {

@@ -148,8 +148,33 @@ func (b *Builder) AddLayer(r io.Reader, srcDiffID string) (Layer, error) {
 	if err != nil {
 		return Layer{}, fmt.Errorf("convert: layer %d: %w", n, err)
 	}
+	// The diff_id is hashed in another goroutine, overlapping with the apply.
 	hash := sha256.New()
-	br := bufio.NewReaderSize(io.TeeReader(r, hash), 1<<20)
+	pr, pw := io.Pipe()
+	hashed := make(chan struct{})
+	go func() {
+		defer close(hashed)
+		buf := make([]byte, 1<<20)
+		for {
+			k, err := io.ReadFull(r, buf)
+			if k > 0 {
+				if _, werr := pw.Write(buf[:k]); werr != nil {
+					return
+				}
+				hash.Write(buf[:k])
+			}
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				pw.Close()
+				return
+			}
+			if err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+		}
+	}()
+	defer func() { pr.Close(); <-hashed }()
+	br := bufio.NewReaderSize(pr, 1<<20)
 	stats, err := ApplyTar(w, br)
 	if err != nil {
 		return Layer{}, fmt.Errorf("convert: layer %d: %w", n, err)
@@ -157,6 +182,7 @@ func (b *Builder) AddLayer(r io.Reader, srcDiffID string) (Layer, error) {
 	if _, err := io.Copy(io.Discard, br); err != nil { // the rest, for the digest
 		return Layer{}, fmt.Errorf("convert: layer %d: reading tar: %w", n, err)
 	}
+	<-hashed
 	if err := w.Close(); err != nil {
 		return Layer{}, fmt.Errorf("convert: layer %d: %w", n, err)
 	}

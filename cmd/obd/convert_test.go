@@ -92,6 +92,18 @@ func TestConvertFromTarLayout(t *testing.T) {
 	if out, err := obd(t, "convert", "--from-tar", tarPath, "--fstype", "xfs", filepath.Join(t.TempDir(), "x")); err == nil || !strings.Contains(out, "only ext4") {
 		t.Fatalf("--fstype xfs: %v %s", err, out)
 	}
+	if out, err := obd(t, "convert", "--from-tar", tarPath, "a", "b"); err == nil || !strings.Contains(out, "want 1 arguments") {
+		t.Fatalf("extra argument: %v %s", err, out)
+	}
+	// zstd with 16 KiB blocks: a different blob that reads back the same.
+	zwork := t.TempDir()
+	d3 := strings.TrimSpace(mustObd(t, "convert", "--from-tar", tarPath, "--vsize", "1", "--algorithm", "zstd", "--block-size", "16K", "--work-dir", zwork, filepath.Join(t.TempDir(), "layout")))
+	if d3 == d1 {
+		t.Fatal("zstd and lz4 conversions have the same digest")
+	}
+	if got := readLayerFile(t, filepath.Join(zwork, "0000", "overlaybd.commit"), "/bin/tool"); string(got) != strings.Repeat("tool", 5000) {
+		t.Fatalf("/bin/tool: %d bytes", len(got))
+	}
 }
 
 func TestConvertPushRegistry(t *testing.T) {

@@ -84,6 +84,8 @@ func newApp() *cli.App {
 			statsCommand(),
 			snapshotterCommand(),
 			rpullCommand(),
+			convertCommand(),
+			pushCommand(),
 		},
 		// Errors are printed once by main, with the file and field that failed.
 		ExitErrHandler: func(*cli.Context, error) {},

@@ -75,6 +75,12 @@ func FuzzOpen(f *testing.F) {
 		}
 		if z.Size() <= 1<<20 {
 			z.Verify()
+			var out bytes.Buffer
+			n, err := z.WriteTo(&out)
+			var berr *BlockError
+			if n != int64(out.Len()) || (err == nil && n != z.Size()) || (err != nil && !errors.As(err, &berr)) {
+				t.Fatalf("WriteTo = %d (%d written), %v; size %d", n, out.Len(), err, z.Size())
+			}
 		}
 	})
 }

@@ -330,7 +330,15 @@ func (z *Reader) ReadAt(p []byte, off int64) (int, error) {
 	// in parallel when there are enough of them (decodeBatch).
 	var jobs []decodeJob
 	if last-first+1 >= parallelMinBlocks && runtime.GOMAXPROCS(0) > 1 && !z.serial {
-		jobs = make([]decodeJob, 0, min(last-first+1, maxBatch/minBlockLen))
+		jp := jobLists.Get().(*[]decodeJob)
+		jobs = (*jp)[:0]
+		defer func() {
+			if cap(jobs) <= 4*maxBatch/minBlockLen {
+				*jp = jobs[:0]
+				clear(jobs[:cap(jobs)]) // drop the references to p
+				jobLists.Put(jp)
+			}
+		}()
 	}
 	flush := func() error {
 		if len(jobs) == 0 {
@@ -458,6 +466,9 @@ const (
 	maxDecoders       = 8
 )
 
+// jobLists recycles ReadAt's decode job lists (16 KiB each).
+var jobLists = sync.Pool{New: func() any { l := make([]decodeJob, 0, maxBatch/minBlockLen); return &l }}
+
 // decodeJob is a whole block to decode into dst; at is dst's offset in the read.
 type decodeJob struct {
 	i, off int64
@@ -480,24 +491,29 @@ func (z *Reader) decodeBatch(jobs []decodeJob) (int, error) {
 	}
 	// Contiguous shares: interleaving blocks between workers made them fight
 	// over cache lines (the job counter, neighbouring results) and gained nothing.
-	first := make([]int, workers) // per worker: index of its first failed job, or -1
-	errs := make([]error, workers)
+	var first [maxDecoders]int // per worker: index of its first failed job, or -1
+	var errs [maxDecoders]error
+	share := func(w int) {
+		first[w] = -1
+		for k := w * len(jobs) / workers; k < (w+1)*len(jobs)/workers; k++ {
+			if err := z.decode(jobs[k].i, jobs[k].raw, jobs[k].off, jobs[k].dst); err != nil {
+				first[w], errs[w] = k, err
+				return
+			}
+		}
+	}
+	// The caller decodes the first share itself rather than wait idle.
 	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
+	for w := 1; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			first[w] = -1
-			for k := w * len(jobs) / workers; k < (w+1)*len(jobs)/workers; k++ {
-				if err := z.decode(jobs[k].i, jobs[k].raw, jobs[k].off, jobs[k].dst); err != nil {
-					first[w], errs[w] = k, err
-					return
-				}
-			}
+			share(w)
 		}()
 	}
+	share(0)
 	wg.Wait()
-	for w := range first {
+	for w := range workers {
 		if first[w] >= 0 {
 			return first[w], errs[w]
 		}

@@ -253,6 +253,35 @@ func (zw *Writer) Write(p []byte) (int, error) {
 	return n, zw.getErr()
 }
 
+// ReadFrom reads r to its end straight into the Writer's batches, sparing the
+// copy through an intermediate buffer that io.Copy into Write makes.
+func (zw *Writer) ReadFrom(r io.Reader) (int64, error) {
+	if zw.closed {
+		return 0, errors.New("zfile: write after close")
+	}
+	var total int64
+	for {
+		if err := zw.getErr(); err != nil {
+			return total, err
+		}
+		cur := *zw.cur
+		k, err := r.Read(cur[len(cur):zw.batch])
+		*zw.cur = cur[:len(cur)+k]
+		total += int64(k)
+		zw.raw += int64(k)
+		if len(*zw.cur) == zw.batch {
+			zw.submit(zw.cur)
+			zw.cur = zw.srcBufs.Get().(*[]byte)
+		}
+		if err == io.EOF {
+			return total, zw.getErr()
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
 // Close compresses the last partial block and writes the jump table and trailer,
 // then rewrites the header if the destination allows it. It does not close w.
 func (zw *Writer) Close() error {
@@ -322,7 +351,7 @@ func Compress(dst io.Writer, src io.Reader, opts Options) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	n, err := io.Copy(zw, src)
+	n, err := zw.ReadFrom(src)
 	if cerr := zw.Close(); err == nil {
 		err = cerr
 	}
@@ -335,6 +364,5 @@ func Decompress(dst io.Writer, src io.ReaderAt, size int64, opts ...OpenOption) 
 	if err != nil {
 		return 0, err
 	}
-	buf := make([]byte, 1<<20)
-	return io.CopyBuffer(dst, io.NewSectionReader(zr, 0, zr.Size()), buf)
+	return zr.WriteTo(dst)
 }

@@ -400,7 +400,8 @@ func decompressZFile(src string, o outputSpec, quiet bool) error {
 	}
 	defer closeFn()
 	return writeStream(o, func(w io.Writer) error {
-		_, err := io.Copy(w, io.NewSectionReader(z, 0, z.Size()))
+		// WriteTo overlaps reading, decoding and writing.
+		_, err := z.WriteTo(w)
 		return err
 	}, z.Size(), quiet)
 }

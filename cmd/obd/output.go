@@ -13,6 +13,7 @@ import (
 	"github.com/obd-project/obd/lsmt"
 	"github.com/obd-project/obd/tarwrap"
 	"github.com/obd-project/obd/zfile"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 )
 
@@ -21,8 +22,25 @@ import (
 // interrupted command never leaves a half-written layer (nor its temporary file).
 type atomicFile struct {
 	*os.File
-	dst   string
-	force bool
+	dst      string
+	force    bool
+	unkicked int64 // bytes written since writeback was last started
+}
+
+// writebackEvery is how much an atomicFile's Write lets accumulate before it
+// starts writeback, so that the sync at commit finds little left to do: writing
+// to disk overlaps the command's work instead of following it.
+const writebackEvery = 8 << 20
+
+func (a *atomicFile) Write(p []byte) (int, error) {
+	n, err := a.File.Write(p)
+	if a.unkicked += int64(n); a.unkicked >= writebackEvery {
+		a.unkicked = 0
+		// Only a hint (start writeback of the dirty pages, wait for none): the
+		// sync at commit is what makes the file durable, so errors are ignored.
+		_ = unix.SyncFileRange(int(a.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+	}
+	return n, err
 }
 
 // outputSpec names an output and what it must not replace.

@@ -1,0 +1,194 @@
+package zfile
+
+import (
+	"bytes"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/obd-project/obd/crc32c"
+	"github.com/pierrec/lz4/v4"
+)
+
+// mixedData returns size bytes of real files (the Go toolchain's: binaries,
+// sources, test data; about half compressible with LZ4), so that codec numbers
+// resemble a layer's; testData fills in if GOROOT holds fewer bytes.
+func mixedData(b *testing.B, size int) []byte {
+	b.Helper()
+	out := make([]byte, 0, size)
+	filepath.WalkDir(runtime.GOROOT(), func(path string, d fs.DirEntry, err error) error {
+		if err != nil || len(out) >= size {
+			return filepath.SkipDir
+		}
+		if d.Type().IsRegular() {
+			if data, err := os.ReadFile(path); err == nil {
+				out = append(out, data[:min(len(data), size-len(out))]...)
+			}
+		}
+		return nil
+	})
+	return append(out, testData(3, size-len(out), true)...)
+}
+
+// cpuTime is the CPU time (user + system) the process has used: unlike wall time,
+// it does not grow when other processes load the machine.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// timed runs fn once and adds its wall and CPU time to *wall and *cpu.
+func timed(wall, cpu *time.Duration, fn func()) {
+	c, t := cpuTime(), time.Now()
+	fn()
+	*wall += time.Since(t)
+	*cpu += cpuTime() - c
+}
+
+func mbps(n int, d time.Duration) float64 { return float64(n) / d.Seconds() / 1e6 }
+
+// BenchmarkCodecLZ4 separates the codec from the ZFile machinery, on one core
+// (MB per CPU second):
+// pierrec/lz4's block compressor and decoder alone over 4 KiB blocks versus the
+// single-worker Writer and the one-worker decode of the same data, and CRC32C
+// throughput (hardware CRC32C does several GB/s; a table would do ~1).
+func BenchmarkCodecLZ4(b *testing.B) {
+	src := mixedData(b, 32<<20)
+	const bs = 4096
+	var c lz4.CompressorCCompat
+	comp := make([]byte, 0, len(src)+len(src)/8)
+	var lens []int
+	for off := 0; off < len(src); off += bs {
+		blk := src[off:min(off+bs, len(src))]
+		dst := comp[len(comp) : len(comp)+lz4.CompressBlockBound(len(blk))]
+		n, err := c.CompressBlock(blk, dst)
+		if err != nil {
+			b.Fatal(err)
+		}
+		comp = comp[:len(comp)+n]
+		lens = append(lens, n)
+	}
+	zb := compressBytes(b, src, Options{Workers: 1})
+	z := openBytes(b, zb, WithBlockCache(0))
+	out := make([]byte, bs)
+	scratch := make([]byte, lz4.CompressBlockBound(bs))
+	codecCompress := func(int) {
+		for off := 0; off < len(src); off += bs {
+			if _, err := c.CompressBlock(src[off:min(off+bs, len(src))], scratch); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	writer := func(int) {
+		if _, err := Compress(io.Discard, bytes.NewReader(src), Options{Workers: 1}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	codecDecode := func(int) {
+		rest := comp
+		for i, l := range lens {
+			if _, err := lz4.UncompressBlock(rest[:l], out[:min(bs, len(src)-i*bs)]); err != nil {
+				b.Fatal(err)
+			}
+			rest = rest[l:]
+		}
+	}
+	zfileDecode := func(int) {
+		if err := z.Verify(); err != nil { // one goroutine: read, CRC, decode
+			b.Fatal(err)
+		}
+	}
+	crc := func(int) { crc32c.Salted(src) }
+	b.ResetTimer()
+	// Everything runs on one goroutine: CPU time is the work, whatever the load.
+	var wall, cc, wr, cd, zd, cr time.Duration
+	for i := 0; i < b.N; i++ {
+		timed(&wall, &cc, func() { codecCompress(i) })
+		timed(&wall, &wr, func() { writer(i) })
+		timed(&wall, &cd, func() { codecDecode(i) })
+		timed(&wall, &zd, func() { zfileDecode(i) })
+		timed(&wall, &cr, func() { crc(i) })
+	}
+	b.StopTimer()
+	b.ReportMetric(mbps(len(src)*b.N, cc), "MB/s-codec-compress")
+	b.ReportMetric(mbps(len(src)*b.N, wr), "MB/s-writer-1worker")
+	b.ReportMetric(float64(wr)/float64(cc), "x-writer-vs-codec")
+	b.ReportMetric(mbps(len(src)*b.N, cd), "MB/s-codec-decode")
+	b.ReportMetric(mbps(len(src)*b.N, zd), "MB/s-zfile-decode-1core")
+	b.ReportMetric(float64(zd)/float64(cd), "x-zfile-vs-codec")
+	b.ReportMetric(mbps(len(src)*b.N, cr), "MB/s-crc32c")
+	b.ReportMetric(float64(len(zb))/float64(len(src)), "ratio")
+}
+
+// BenchmarkDecompressAll: what `obd zfile -x` does (WriteTo, pipelined) versus
+// reading the same bytes uncompressed from a file in 1 MiB preads (the baseline),
+// and versus the former way, io.Copy (32 KiB) through ReadAt; wall time and CPU
+// time per MiB (CPU time is what other load on the machine does not inflate).
+func BenchmarkDecompressAll(b *testing.B) {
+	const size = 64 << 20
+	src := mixedData(b, size)
+	dir := b.TempDir()
+	rawPath, zPath := filepath.Join(dir, "raw"), filepath.Join(dir, "zfile")
+	if err := os.WriteFile(rawPath, src, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(zPath, compressBytes(b, src, Options{}), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	raw, err := os.Open(rawPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer raw.Close()
+	zf, err := os.Open(zPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer zf.Close()
+	st, _ := zf.Stat()
+	z, err := Open(zf, st.Size(), WithBlockCache(0))
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	pread := func(int) {
+		for off := int64(0); off < size; off += int64(len(buf)) {
+			if _, err := raw.ReadAt(buf, off); err != nil && err != io.EOF {
+				b.Fatal(err)
+			}
+		}
+	}
+	writeTo := func(int) {
+		if n, err := z.WriteTo(io.Discard); err != nil || n != size {
+			b.Fatal(n, err)
+		}
+	}
+	copyReadAt := func(int) {
+		// struct{}: hide io.Discard's ReaderFrom, as the CLI's file writer did.
+		if _, err := io.Copy(struct{ io.Writer }{io.Discard}, io.NewSectionReader(z, 0, size)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.SetBytes(size)
+	b.ResetTimer()
+	var tp, tw, tc, cp, cw, cc time.Duration
+	for i := 0; i < b.N; i++ {
+		timed(&tp, &cp, func() { pread(i) })
+		timed(&tw, &cw, func() { writeTo(i) })
+		timed(&tc, &cc, func() { copyReadAt(i) })
+	}
+	mib := float64(size>>20) * float64(b.N)
+	b.ReportMetric(mbps(size*b.N, tw), "MB/s-writeto")
+	b.ReportMetric(float64(tw)/float64(tp), "x-vs-pread")
+	b.ReportMetric(float64(tc)/float64(tw), "speedup-vs-copy32k")
+	b.ReportMetric(float64(cw.Microseconds())/mib, "cpu-us/MiB-writeto")
+	b.ReportMetric(float64(cc.Microseconds())/mib, "cpu-us/MiB-copy32k")
+	b.ReportMetric(float64(cp.Microseconds())/mib, "cpu-us/MiB-pread")
+	b.ReportMetric(float64(runtime.GOMAXPROCS(0)), "cpus")
+}

@@ -1,0 +1,176 @@
+package zfile
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// WriteTo yields exactly the content for every layout: a short last block,
+// several pipeline segments, large blocks, zstd, and a file with no blocks.
+func TestWriteToRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		size int
+		o    Options
+	}{
+		{0, Options{}},
+		{1, Options{}},
+		{4096, Options{}},
+		{3*streamSegmentBytes + 12345, Options{}},
+		{5*streamSegmentBytes/2 + 1, Options{BlockSize: 64 << 10, Algorithm: Zstd}},
+		{streamSegmentBytes + 4096, Options{BlockSize: 16 << 10, NoCRC: true}},
+	} {
+		src := append(testData(int64(tc.size), tc.size/2, true), testData(7, tc.size-tc.size/2, false)...)
+		zb := compressBytes(t, src, tc.o)
+		z := openBytes(t, zb)
+		var out bytes.Buffer
+		n, err := z.WriteTo(&out)
+		if err != nil || n != int64(len(src)) || !bytes.Equal(out.Bytes(), src) {
+			t.Fatalf("size %d %+v: WriteTo = %d, %v; content equal: %v", tc.size, tc.o, n, err, bytes.Equal(out.Bytes(), src))
+		}
+		// Decompress goes through WriteTo as well.
+		out.Reset()
+		if n, err := Decompress(&out, bytes.NewReader(zb), int64(len(zb))); err != nil || n != int64(len(src)) || !bytes.Equal(out.Bytes(), src) {
+			t.Fatalf("size %d: Decompress = %d, %v", tc.size, n, err)
+		}
+	}
+}
+
+// A bad block: WriteTo writes exactly the good bytes before it and returns its
+// BlockError; a block that heals on a re-read is retried as in ReadAt.
+func TestWriteToBadBlock(t *testing.T) {
+	src := testData(21, 3*streamSegmentBytes, true)
+	zb := compressBytes(t, src, Options{})
+	z0 := openBytes(t, zb)
+	blk := int64(streamSegmentBytes/4096 + 77) // in the second segment
+	off := z0.blockOffset(blk)
+	for _, healAfter := range []int{1, 1 << 30} {
+		fs := &flakySource{b: zb, bad: [2]int64{off + 2, off + 3}, healAfter: healAfter}
+		z, err := Open(fs, int64(len(zb)), WithBlockCache(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		n, err := z.WriteTo(&out)
+		if healAfter == 1 {
+			if err != nil || !bytes.Equal(out.Bytes(), src) {
+				t.Fatalf("healing block: n %d, %v", n, err)
+			}
+			continue
+		}
+		var berr *BlockError
+		if !errors.As(err, &berr) || berr.Block != blk || !errors.Is(err, ErrChecksum) || berr.Tries != maxTries {
+			t.Fatalf("bad block: %v", err)
+		}
+		if n != blk*4096 || int64(out.Len()) != n || !bytes.Equal(out.Bytes(), src[:n]) {
+			t.Fatalf("bad block: wrote %d bytes (buffer %d), want the %d good ones", n, out.Len(), blk*4096)
+		}
+	}
+}
+
+// unreadable fails every read of the compressed range [from, to).
+type unreadable struct {
+	b        []byte
+	from, to int64
+}
+
+func (u unreadable) ReadAt(p []byte, off int64) (int, error) {
+	if off < u.to && off+int64(len(p)) > u.from {
+		return 0, errors.New("medium error")
+	}
+	return bytes.NewReader(u.b).ReadAt(p, off)
+}
+
+// A failed read of a whole segment falls back to block reads, so only the block
+// that really cannot be read fails, and with its own I/O error.
+func TestWriteToReadError(t *testing.T) {
+	src := testData(22, 2*streamSegmentBytes, true)
+	zb := compressBytes(t, src, Options{})
+	z0 := openBytes(t, zb)
+	blk := int64(300)
+	off := z0.blockOffset(blk)
+	z, err := Open(unreadable{zb, off, off + 1}, int64(len(zb)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	n, err := z.WriteTo(&out)
+	var berr *BlockError
+	if !errors.As(err, &berr) || berr.Block != blk || !strings.Contains(err.Error(), "medium error") {
+		t.Fatalf("WriteTo: %v", err)
+	}
+	if n != blk*4096 || !bytes.Equal(out.Bytes(), src[:n]) {
+		t.Fatalf("wrote %d bytes, want %d good ones", n, blk*4096)
+	}
+}
+
+// A failing destination stops the pipeline: the error names the offset and no
+// goroutine is left behind.
+func TestWriteToDestinationError(t *testing.T) {
+	src := testData(23, 8*streamSegmentBytes, true)
+	z := openBytes(t, compressBytes(t, src, Options{}))
+	before := runtime.NumGoroutine()
+	n, err := z.WriteTo(&failWriter{n: 2*streamSegmentBytes + 1})
+	if err == nil || !strings.Contains(err.Error(), "disk full") || n != 2*streamSegmentBytes {
+		t.Fatalf("WriteTo = %d, %v; want %d bytes and the write error", n, err, 2*streamSegmentBytes)
+	}
+	// The goroutines have exited when WriteTo returns; allow the runtime a
+	// generous moment to reap them.
+	for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > before; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines before WriteTo, %d after", before, runtime.NumGoroutine())
+		}
+		runtime.Gosched()
+	}
+	var _ io.WriterTo = z
+}
+
+// oddReader returns its bytes in reads of varying, unaligned sizes.
+type oddReader struct {
+	b []byte
+	k int
+}
+
+func (r *oddReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	r.k++
+	n := copy(p[:min(len(p), 1+r.k*7919%70000)], r.b)
+	r.b = r.b[n:]
+	return n, nil
+}
+
+// ReadFrom (what Compress uses) writes the same bytes as Write, whatever the
+// sizes of the source's reads, with any number of workers.
+func TestReadFromEqualsWrite(t *testing.T) {
+	src := append(testData(24, 3<<20+4097, true), testData(25, 1<<20, false)...)
+	for _, o := range []Options{{Workers: 1}, {Workers: 3}, {Algorithm: Zstd, BlockSize: 32 << 10, Workers: 2}} {
+		var viaWrite memFile
+		zw, err := NewWriter(&viaWrite, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		randomWrites(t, zw, src, 5)
+		if err := zw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		var viaReadFrom memFile
+		if zw, err = NewWriter(&viaReadFrom, o); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := zw.ReadFrom(&oddReader{b: src}); err != nil || n != int64(len(src)) {
+			t.Fatalf("%+v: ReadFrom = %d, %v", o, n, err)
+		}
+		if err := zw.Close(); err != nil || zw.UncompressedSize() != int64(len(src)) {
+			t.Fatalf("%+v: Close: %v, size %d", o, err, zw.UncompressedSize())
+		}
+		if !bytes.Equal(viaWrite.b, viaReadFrom.b) {
+			t.Fatalf("%+v: ReadFrom output differs from Write output", o)
+		}
+	}
+}

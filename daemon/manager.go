@@ -86,26 +86,6 @@ type device struct {
 	dirs   []string // its layer directories under layersDir
 }
 
-// StateFailed is the Status.State of a recorded device that the daemon could
-// not serve again at its start (Record.RestoreError says why).
-const StateFailed = "failed"
-
-// Status is one device as `obd list` shows it.
-type Status struct {
-	Record
-	State        string `json:"state"` // "live" or StateFailed
-	BytesRead    int64  `json:"bytesRead"`
-	BytesWritten int64  `json:"bytesWritten"`
-	ReadErrors   int64  `json:"readErrors"`
-	WriteErrors  int64  `json:"writeErrors"`
-	Size         int64  `json:"size"`
-	ReadOnly     bool   `json:"readOnly"`
-	// Downloads is the background download of each remote layer (download.enable).
-	Downloads []download.Status `json:"downloads,omitempty"`
-	// Warnings are the config's unknown keys (at attach only).
-	Warnings []string `json:"warnings,omitempty"`
-}
-
 // NewManager prepares the state and run directories.
 func NewManager(opts Options) (*Manager, error) {
 	if opts.RunDir == "" {
@@ -165,14 +145,6 @@ func (m *Manager) release(id int) {
 	m.mu.Unlock()
 }
 
-// TraceOptions are run-time trace files of one attach (`obd attach --record-trace
-// / --prefetch`), used in addition to the config's recordTracePath and
-// acceleration layer, with no image rebuild.
-type TraceOptions struct {
-	RecordTrace string `json:"recordTrace,omitempty"` // record the reads of this attach into this file
-	Prefetch    string `json:"prefetch,omitempty"`    // replay this trace while serving
-}
-
 func (m *Manager) imageOptions(t TraceOptions) image.Options {
 	return image.Options{Remote: m.opts.Remote, Logger: m.lg, PrefetchConcurrency: m.opts.Global.PrefetchConcurrency,
 		RecordTrace: t.RecordTrace, ReplayTrace: t.Prefetch, DownloadLimiter: m.dl, Download: m.opts.Download}
@@ -194,7 +166,7 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 			result = "error"
 			m.lg.Warn("attach failed", zap.String("config", configPath), zap.Error(err))
 		}
-		m.metrics.attaches.WithLabelValues(string(fe.resolve()), result).Inc()
+		m.metrics.attaches.WithLabelValues(string(resolveFrontend(fe)), result).Inc()
 		m.metrics.attachDuration.Observe(time.Since(start).Seconds())
 		if cfg != nil {
 			if werr := config.WriteResult(cfg.ResultFile, err); werr != nil {
@@ -233,7 +205,7 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 		return st, err
 	}
 	d := &device{img: img, target: &countingTarget{t: img, id: id, lg: m.ioLog}, dirs: dirs,
-		rec: Record{ID: id, Config: abs, Frontend: fe.resolve(), PID: os.Getpid(), PIDStart: ownStart, Created: time.Now().UTC(), TraceOptions: tr}}
+		rec: Record{ID: id, Config: abs, Frontend: resolveFrontend(fe), PID: os.Getpid(), PIDStart: ownStart, Created: time.Now().UTC(), TraceOptions: tr}}
 	if err := m.start(d); err != nil {
 		img.Close()
 		return st, fmt.Errorf("failed to create overlaybd device: %w", err)
@@ -287,7 +259,7 @@ func (m *Manager) start(d *device) error {
 }
 
 func (d *device) status() Status {
-	return Status{Record: d.rec, State: "live", Size: d.target.Size(), ReadOnly: d.target.readOnly(),
+	return Status{Record: d.rec, State: StateLive, Size: d.target.Size(), ReadOnly: d.target.readOnly(),
 		BytesRead: d.target.read.Load(), BytesWritten: d.target.written.Load(),
 		ReadErrors: d.target.readErrs.Load(), WriteErrors: d.target.writeErrs.Load(), Downloads: d.img.Downloads()}
 }
@@ -573,11 +545,8 @@ func (m *Manager) restore(ctx context.Context, r Record) (err error) {
 
 // recoverTrace decides what becomes of a device's run-time trace when the daemon
 // that served it died; it returns the options to run and sets the record's
-// TraceRecovery and TraceNote. A prefetch replays again. A recording kept its reads
-// in the dead process's memory, so they are lost: if <trace>.lock is still there
-// (nobody asked for the dump yet) the recording resumes, missing the reads before
-// the restart; if the trace was dumped (.ok) it is left alone; if the lock was
-// deleted while no daemon ran, nothing can be dumped and the trace stays unwritten.
+// TraceRecovery and TraceNote. A prefetch replays again; a recording follows
+// trace.RecoverRecording (its reads died with the old daemon).
 func (m *Manager) recoverTrace(r *Record) TraceOptions {
 	t := r.TraceOptions
 	r.TraceRecovery, r.TraceNote = "", ""
@@ -589,16 +558,14 @@ func (m *Manager) recoverTrace(r *Record) TraceOptions {
 		return t
 	}
 	lg := m.lg.With(zap.Int("id", r.ID), zap.String("trace", t.RecordTrace))
-	_, lockErr := os.Lstat(trace.LockPath(t.RecordTrace))
-	_, okErr := os.Lstat(trace.OKPath(t.RecordTrace))
-	switch {
-	case lockErr == nil:
+	switch trace.RecoverRecording(t.RecordTrace) {
+	case trace.RecoveryResume:
 		r.TraceRecovery = TraceRecoveryResumed
 		r.TraceNote = "recording resumed after a daemon restart at " + time.Now().UTC().Format(time.RFC3339) +
 			": the reads before it were lost with the old daemon and are not in the trace"
 		lg.Warn("trace " + r.TraceNote)
 		return t
-	case okErr == nil:
+	case trace.RecoveryDone:
 		r.TraceRecovery = TraceRecoveryDone
 		r.TraceNote = "recorded before a daemon restart: not recording again"
 		lg.Info("trace " + r.TraceNote)

@@ -19,6 +19,7 @@ import (
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/download"
 	"github.com/obd-project/obd/image"
+	"github.com/obd-project/obd/internal/proc"
 	"github.com/obd-project/obd/trace"
 	"github.com/obd-project/obd/ublk"
 	"github.com/prometheus/client_golang/prometheus"
@@ -587,50 +588,20 @@ func serverGone(serverPID int, r Record) bool {
 	if serverPID == r.PID {
 		return !servedBy(r.PID, r.PIDStart)
 	}
-	return !processAlive(serverPID)
+	return !proc.Alive(serverPID)
 }
 
 // openImage is image.Open; a test makes it fail for one device.
 var openImage = image.Open
 
 // ownStart is this process's start time, recorded with its PID.
-var ownStart, _ = processStart(os.Getpid())
-
-// processStart reads a live (non-zombie) process's start time, in clock ticks
-// after boot (/proc/PID/stat field 22).
-func processStart(pid int) (start uint64, alive bool) {
-	if pid <= 0 {
-		return 0, false
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, false
-	}
-	// Fields after the command, which may hold spaces and parentheses: state is field 3.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 || i+2 >= len(b) {
-		return 0, true
-	}
-	f := strings.Fields(string(b[i+2:]))
-	if len(f) > 0 && f[0] == "Z" {
-		return 0, false
-	}
-	if len(f) > 19 {
-		start, _ = strconv.ParseUint(f[19], 10, 64)
-	}
-	return start, true
-}
-
-func processAlive(pid int) bool {
-	_, alive := processStart(pid)
-	return alive
-}
+var ownStart, _ = proc.Start(os.Getpid())
 
 // servedBy reports whether the process that recorded a device (pid, started at
 // start) still runs. A live PID whose start time differs, or (records without a
 // start time) that does not run this program, was recycled by another process.
 func servedBy(pid int, start uint64) bool {
-	now, alive := processStart(pid)
+	now, alive := proc.Start(pid)
 	switch {
 	case !alive:
 		return false

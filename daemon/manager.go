@@ -146,9 +146,9 @@ func (m *Manager) release(id int) {
 	m.mu.Unlock()
 }
 
-func (m *Manager) imageOptions(t TraceOptions) image.Options {
+func (m *Manager) imageOptions(t TraceOptions, holder string) image.Options {
 	return image.Options{Remote: m.opts.Remote, Logger: m.lg, PrefetchConcurrency: m.opts.Global.PrefetchConcurrency,
-		RecordTrace: t.RecordTrace, ReplayTrace: t.Prefetch, DownloadLimiter: m.dl, Download: m.opts.Download}
+		RecordTrace: t.RecordTrace, ReplayTrace: t.Prefetch, DownloadLimiter: m.dl, Download: m.opts.Download, Holder: holder}
 }
 
 // Attach assembles the config at configPath and serves it. The config's resultFile
@@ -192,43 +192,13 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 		return st, err
 	}
 	defer m.release(id)
-	dirs := m.layerDirsOf(cfg)
-	m.useLayerDirs(dirs)
-	defer func() {
-		if err != nil {
-			m.releaseLayerDirs(dirs)
-		}
-	}()
-	iopts := m.imageOptions(tr)
-	iopts.Holder = fmt.Sprintf("obd device %d", id)
-	img, err := image.Open(ctx, cfg, iopts)
+	rec := Record{ID: id, Config: abs, Frontend: resolveFrontend(fe), PID: os.Getpid(), PIDStart: ownStart, Created: time.Now().UTC(), TraceOptions: tr}
+	d, err := m.bringUp(ctx, cfg, rec, false)
 	if err != nil {
 		return st, err
 	}
-	d := &device{img: img, target: &countingTarget{t: img, id: id, lg: m.ioLog}, dirs: dirs,
-		rec: Record{ID: id, Config: abs, Frontend: resolveFrontend(fe), PID: os.Getpid(), PIDStart: ownStart, Created: time.Now().UTC(), TraceOptions: tr}}
-	if err := m.start(d); err != nil {
-		img.Close()
-		return st, fmt.Errorf("failed to create overlaybd device: %w", err)
-	}
-	if err := m.state.save(d.rec); err != nil {
-		d.srv.Close()
-		img.Close()
-		return st, err
-	}
-	m.mu.Lock()
-	if m.stopping {
-		// Stop no longer looks for new devices: leave nothing it would not detach.
-		m.mu.Unlock()
-		d.srv.Close()
-		img.Close()
-		m.state.remove(id)
-		return st, errors.New("the daemon is stopping: attach abandoned")
-	}
-	m.devices[id] = d
-	m.mu.Unlock()
 	m.lg.Info("attached", zap.Int("id", id), zap.String("path", d.rec.Path), zap.String("config", abs), zap.String("frontend", string(d.rec.Frontend)))
-	if len(dirs) > 0 {
+	if len(d.dirs) > 0 {
 		m.PruneLayerDirs()
 	}
 	st = d.status()
@@ -236,8 +206,9 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 	return st, nil
 }
 
-// start serves d.target through d.rec.Frontend and fills in the record's path.
-func (m *Manager) start(d *device) error {
+// serve serves d.target through a new device of d.rec.Frontend and fills in the
+// record's path.
+func (m *Manager) serve(d *device) error {
 	switch d.rec.Frontend {
 	case FrontendUblk:
 		opts := ublkOptions(d.rec.ID, !m.opts.NoRecovery && m.opts.StateDir != "")
@@ -248,14 +219,37 @@ func (m *Manager) start(d *device) error {
 		d.srv, d.rec.Path, d.rec.Recovery = dev, dev.Path(), opts.Recovery
 	case FrontendFUSE:
 		d.rec.MountDir = filepath.Join(m.fuseRoot, strconv.Itoa(d.rec.ID))
-		srv, err := serveFUSE(d.target, d.rec.MountDir)
-		if err != nil {
-			return err
-		}
-		d.srv, d.rec.Path = srv, srv.Path()
+		return m.serveFUSE(d)
 	default:
 		return fmt.Errorf("unknown frontend %q", d.rec.Frontend)
 	}
+	return nil
+}
+
+// recover serves d.target through the recorded device of a dead server: the
+// quiesced ublk device (user recovery) or the FUSE mount point again.
+func (m *Manager) recover(d *device) error {
+	switch d.rec.Frontend {
+	case FrontendUblk:
+		dev, err := ublk.Recover(uint32(d.rec.ID), d.target, ublkOptions(d.rec.ID, true))
+		if err != nil {
+			return err
+		}
+		d.srv = dev
+	case FrontendFUSE:
+		return m.serveFUSE(d)
+	default:
+		return fmt.Errorf("unknown frontend %q", d.rec.Frontend)
+	}
+	return nil
+}
+
+func (m *Manager) serveFUSE(d *device) error {
+	srv, err := serveFUSE(d.target, d.rec.MountDir)
+	if err != nil {
+		return err
+	}
+	d.srv, d.rec.Path = srv, srv.Path()
 	return nil
 }
 
@@ -495,50 +489,11 @@ func (m *Manager) restore(ctx context.Context, r Record) (err error) {
 	default:
 		return fmt.Errorf("unknown frontend %q", r.Frontend)
 	}
-	dirs := m.layerDirsOf(cfg)
-	m.useLayerDirs(dirs)
-	defer func() {
-		if err != nil {
-			m.releaseLayerDirs(dirs)
-		}
-	}()
-	// The record keeps what the attach asked for; tr is what this recovery runs.
-	tr := m.recoverTrace(&r)
-	img, err := openImage(ctx, cfg, m.imageOptions(tr))
-	if err != nil && tr != (TraceOptions{}) {
-		// A trace is an optimisation: the device comes back without it.
-		m.lg.Error("recovered device: trace not restarted", zap.Int("id", r.ID), zap.Error(err))
-		r.TraceRecovery, r.TraceNote = TraceRecoveryFailed, "not restarted after a daemon restart: "+err.Error()
-		img, err = openImage(ctx, cfg, m.imageOptions(TraceOptions{}))
-	}
+	r.PID, r.PIDStart, r.RestoreError = os.Getpid(), ownStart, ""
+	d, err := m.bringUp(ctx, cfg, r, true)
 	if err != nil {
 		return err
 	}
-	r.PID, r.PIDStart, r.RestoreError = os.Getpid(), ownStart, ""
-	d := &device{rec: r, img: img, target: &countingTarget{t: img, id: r.ID, lg: m.ioLog}, dirs: dirs}
-	switch r.Frontend {
-	case FrontendUblk:
-		opts := ublkOptions(r.ID, true)
-		dev, err := ublk.Recover(uint32(r.ID), d.target, opts)
-		if err != nil {
-			img.Close()
-			return err
-		}
-		d.srv = dev
-	case FrontendFUSE:
-		srv, err := serveFUSE(d.target, r.MountDir)
-		if err != nil {
-			img.Close()
-			return err
-		}
-		d.srv, d.rec.Path = srv, srv.Path()
-	}
-	if err := m.state.save(d.rec); err != nil {
-		m.lg.Warn("state", zap.Error(err))
-	}
-	m.mu.Lock()
-	m.devices[r.ID] = d
-	m.mu.Unlock()
 	m.metrics.recovered.Inc()
 	m.lg.Info("recovered device", zap.Int("id", r.ID), zap.String("path", d.rec.Path))
 	return nil

@@ -38,7 +38,7 @@ type Options struct {
 	// LayerDirsBytes bounds the download layer directories (0: the config's).
 	LayerDirsBytes int64
 	// Force, once closed, detaches devices still in use at a stop.
-	Force <-chan struct{}
+	Force  <-chan struct{}
 	Logger *zap.Logger
 }
 

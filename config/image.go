@@ -142,15 +142,18 @@ func (c *ImageConfig) ReadOnly() bool {
 	return c.Upper.Data == ""
 }
 
-// StackLowers returns the lowers that form the stack and, with accelerationLayer
-// set, the trace file of the last lower (its Dir/trace), which the daemon removes
-// from the stack and replays instead.
+// StackLowers is the acceleration-layer rule: it returns the lowers that form the
+// stack and, with accelerationLayer set, the trace file of the last lower (its
+// Dir/trace; "" if it has no dir), which leaves the stack and is replayed instead.
 func (c *ImageConfig) StackLowers() (lowers []Layer, tracePath string) {
 	if !c.AccelerationLayer || len(c.Lowers) == 0 {
 		return c.Lowers, ""
 	}
 	n := len(c.Lowers) - 1
-	return c.Lowers[:n], filepath.Join(c.Lowers[n].Dir, TraceFileName)
+	if d := c.Lowers[n].Dir; d != "" {
+		tracePath = filepath.Join(d, TraceFileName)
+	}
+	return c.Lowers[:n], tracePath
 }
 
 // BlobURL is the registry URL of a blob: RepoBlobURL + "/" (if missing) + digest.

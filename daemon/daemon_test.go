@@ -54,15 +54,6 @@ func TestParseFrontend(t *testing.T) {
 	}
 }
 
-func TestProcessAlive(t *testing.T) {
-	if !processAlive(os.Getpid()) {
-		t.Error("this process is not alive")
-	}
-	if processAlive(0) || processAlive(-1) || processAlive(1<<30) {
-		t.Error("impossible pid alive")
-	}
-}
-
 func TestReserveIDSkipsUsed(t *testing.T) {
 	m, err := NewManager(Options{StateDir: t.TempDir(), RunDir: t.TempDir()})
 	if err != nil {

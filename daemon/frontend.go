@@ -12,28 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Frontend is how a device reaches the kernel.
-type Frontend string
-
-const (
-	FrontendAuto Frontend = "auto" // ublk when /dev/ublk-control exists, else FUSE
-	FrontendUblk Frontend = "ublk" // /dev/ublkbN
-	FrontendFUSE Frontend = "fuse" // a regular file on a FUSE mount, for `mount -o loop`
-)
-
-// ParseFrontend validates a --frontend value.
-func ParseFrontend(s string) (Frontend, error) {
-	switch f := Frontend(s); f {
-	case "", FrontendAuto:
-		return FrontendAuto, nil
-	case FrontendUblk, FrontendFUSE:
-		return f, nil
-	}
-	return "", fmt.Errorf("frontend %q: want auto, ublk or fuse", s)
-}
-
-// resolve picks the concrete frontend for auto.
-func (f Frontend) resolve() Frontend {
+// resolveFrontend picks the concrete frontend for auto.
+func resolveFrontend(f Frontend) Frontend {
 	if f == FrontendAuto || f == "" {
 		if ublk.Available() {
 			return FrontendUblk
@@ -48,9 +28,6 @@ type served interface {
 	Path() string
 	Close() error
 }
-
-// FUSEImageName is the name of the image file inside a FUSE device's mount directory.
-const FUSEImageName = "image"
 
 func serveFUSE(t blockdev.Target, mountDir string) (served, error) {
 	if err := os.MkdirAll(filepath.Dir(mountDir), 0o700); err != nil {

@@ -21,16 +21,6 @@ type Resolver interface {
 	Config(ctx context.Context, ref string) (*config.ImageConfig, error)
 }
 
-// ImageRequest attaches an image by reference instead of by config file.
-type ImageRequest struct {
-	Ref string `json:"ref"`
-	// Upper is a directory for a writable layer (data + index files, created on the
-	// first attach with the image's size); empty: read-only.
-	Upper    string   `json:"upper,omitempty"`
-	Frontend Frontend `json:"frontend,omitempty"`
-	TraceOptions
-}
-
 // generatedDir holds the configs written for image references; a state record points
 // at them, so a restarted daemon recovers these devices like any other.
 func (m *Manager) generatedDir() string {

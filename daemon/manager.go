@@ -19,6 +19,7 @@ import (
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/download"
 	"github.com/obd-project/obd/image"
+	"github.com/obd-project/obd/internal/proc"
 	"github.com/obd-project/obd/trace"
 	"github.com/obd-project/obd/ublk"
 	"github.com/prometheus/client_golang/prometheus"
@@ -86,26 +87,6 @@ type device struct {
 	dirs   []string // its layer directories under layersDir
 }
 
-// StateFailed is the Status.State of a recorded device that the daemon could
-// not serve again at its start (Record.RestoreError says why).
-const StateFailed = "failed"
-
-// Status is one device as `obd list` shows it.
-type Status struct {
-	Record
-	State        string `json:"state"` // "live" or StateFailed
-	BytesRead    int64  `json:"bytesRead"`
-	BytesWritten int64  `json:"bytesWritten"`
-	ReadErrors   int64  `json:"readErrors"`
-	WriteErrors  int64  `json:"writeErrors"`
-	Size         int64  `json:"size"`
-	ReadOnly     bool   `json:"readOnly"`
-	// Downloads is the background download of each remote layer (download.enable).
-	Downloads []download.Status `json:"downloads,omitempty"`
-	// Warnings are the config's unknown keys (at attach only).
-	Warnings []string `json:"warnings,omitempty"`
-}
-
 // NewManager prepares the state and run directories.
 func NewManager(opts Options) (*Manager, error) {
 	if opts.RunDir == "" {
@@ -165,17 +146,9 @@ func (m *Manager) release(id int) {
 	m.mu.Unlock()
 }
 
-// TraceOptions are run-time trace files of one attach (`obd attach --record-trace
-// / --prefetch`), used in addition to the config's recordTracePath and
-// acceleration layer, with no image rebuild.
-type TraceOptions struct {
-	RecordTrace string `json:"recordTrace,omitempty"` // record the reads of this attach into this file
-	Prefetch    string `json:"prefetch,omitempty"`    // replay this trace while serving
-}
-
-func (m *Manager) imageOptions(t TraceOptions) image.Options {
+func (m *Manager) imageOptions(t TraceOptions, holder string) image.Options {
 	return image.Options{Remote: m.opts.Remote, Logger: m.lg, PrefetchConcurrency: m.opts.Global.PrefetchConcurrency,
-		RecordTrace: t.RecordTrace, ReplayTrace: t.Prefetch, DownloadLimiter: m.dl, Download: m.opts.Download}
+		RecordTrace: t.RecordTrace, ReplayTrace: t.Prefetch, DownloadLimiter: m.dl, Download: m.opts.Download, Holder: holder}
 }
 
 // Attach assembles the config at configPath and serves it. The config's resultFile
@@ -194,7 +167,7 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 			result = "error"
 			m.lg.Warn("attach failed", zap.String("config", configPath), zap.Error(err))
 		}
-		m.metrics.attaches.WithLabelValues(string(fe.resolve()), result).Inc()
+		m.metrics.attaches.WithLabelValues(string(resolveFrontend(fe)), result).Inc()
 		m.metrics.attachDuration.Observe(time.Since(start).Seconds())
 		if cfg != nil {
 			if werr := config.WriteResult(cfg.ResultFile, err); werr != nil {
@@ -219,43 +192,13 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 		return st, err
 	}
 	defer m.release(id)
-	dirs := m.layerDirsOf(cfg)
-	m.useLayerDirs(dirs)
-	defer func() {
-		if err != nil {
-			m.releaseLayerDirs(dirs)
-		}
-	}()
-	iopts := m.imageOptions(tr)
-	iopts.Holder = fmt.Sprintf("obd device %d", id)
-	img, err := image.Open(ctx, cfg, iopts)
+	rec := Record{ID: id, Config: abs, Frontend: resolveFrontend(fe), PID: os.Getpid(), PIDStart: ownStart, Created: time.Now().UTC(), TraceOptions: tr}
+	d, err := m.bringUp(ctx, cfg, rec, false)
 	if err != nil {
 		return st, err
 	}
-	d := &device{img: img, target: &countingTarget{t: img, id: id, lg: m.ioLog}, dirs: dirs,
-		rec: Record{ID: id, Config: abs, Frontend: fe.resolve(), PID: os.Getpid(), PIDStart: ownStart, Created: time.Now().UTC(), TraceOptions: tr}}
-	if err := m.start(d); err != nil {
-		img.Close()
-		return st, fmt.Errorf("failed to create overlaybd device: %w", err)
-	}
-	if err := m.state.save(d.rec); err != nil {
-		d.srv.Close()
-		img.Close()
-		return st, err
-	}
-	m.mu.Lock()
-	if m.stopping {
-		// Stop no longer looks for new devices: leave nothing it would not detach.
-		m.mu.Unlock()
-		d.srv.Close()
-		img.Close()
-		m.state.remove(id)
-		return st, errors.New("the daemon is stopping: attach abandoned")
-	}
-	m.devices[id] = d
-	m.mu.Unlock()
 	m.lg.Info("attached", zap.Int("id", id), zap.String("path", d.rec.Path), zap.String("config", abs), zap.String("frontend", string(d.rec.Frontend)))
-	if len(dirs) > 0 {
+	if len(d.dirs) > 0 {
 		m.PruneLayerDirs()
 	}
 	st = d.status()
@@ -263,8 +206,9 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 	return st, nil
 }
 
-// start serves d.target through d.rec.Frontend and fills in the record's path.
-func (m *Manager) start(d *device) error {
+// serve serves d.target through a new device of d.rec.Frontend and fills in the
+// record's path.
+func (m *Manager) serve(d *device) error {
 	switch d.rec.Frontend {
 	case FrontendUblk:
 		opts := ublkOptions(d.rec.ID, !m.opts.NoRecovery && m.opts.StateDir != "")
@@ -275,19 +219,42 @@ func (m *Manager) start(d *device) error {
 		d.srv, d.rec.Path, d.rec.Recovery = dev, dev.Path(), opts.Recovery
 	case FrontendFUSE:
 		d.rec.MountDir = filepath.Join(m.fuseRoot, strconv.Itoa(d.rec.ID))
-		srv, err := serveFUSE(d.target, d.rec.MountDir)
-		if err != nil {
-			return err
-		}
-		d.srv, d.rec.Path = srv, srv.Path()
+		return m.serveFUSE(d)
 	default:
 		return fmt.Errorf("unknown frontend %q", d.rec.Frontend)
 	}
 	return nil
 }
 
+// recover serves d.target through the recorded device of a dead server: the
+// quiesced ublk device (user recovery) or the FUSE mount point again.
+func (m *Manager) recover(d *device) error {
+	switch d.rec.Frontend {
+	case FrontendUblk:
+		dev, err := ublk.Recover(uint32(d.rec.ID), d.target, ublkOptions(d.rec.ID, true))
+		if err != nil {
+			return err
+		}
+		d.srv = dev
+	case FrontendFUSE:
+		return m.serveFUSE(d)
+	default:
+		return fmt.Errorf("unknown frontend %q", d.rec.Frontend)
+	}
+	return nil
+}
+
+func (m *Manager) serveFUSE(d *device) error {
+	srv, err := serveFUSE(d.target, d.rec.MountDir)
+	if err != nil {
+		return err
+	}
+	d.srv, d.rec.Path = srv, srv.Path()
+	return nil
+}
+
 func (d *device) status() Status {
-	return Status{Record: d.rec, State: "live", Size: d.target.Size(), ReadOnly: d.target.readOnly(),
+	return Status{Record: d.rec, State: StateLive, Size: d.target.Size(), ReadOnly: d.target.readOnly(),
 		BytesRead: d.target.read.Load(), BytesWritten: d.target.written.Load(),
 		ReadErrors: d.target.readErrs.Load(), WriteErrors: d.target.writeErrs.Load(), Downloads: d.img.Downloads()}
 }
@@ -522,50 +489,11 @@ func (m *Manager) restore(ctx context.Context, r Record) (err error) {
 	default:
 		return fmt.Errorf("unknown frontend %q", r.Frontend)
 	}
-	dirs := m.layerDirsOf(cfg)
-	m.useLayerDirs(dirs)
-	defer func() {
-		if err != nil {
-			m.releaseLayerDirs(dirs)
-		}
-	}()
-	// The record keeps what the attach asked for; tr is what this recovery runs.
-	tr := m.recoverTrace(&r)
-	img, err := openImage(ctx, cfg, m.imageOptions(tr))
-	if err != nil && tr != (TraceOptions{}) {
-		// A trace is an optimisation: the device comes back without it.
-		m.lg.Error("recovered device: trace not restarted", zap.Int("id", r.ID), zap.Error(err))
-		r.TraceRecovery, r.TraceNote = TraceRecoveryFailed, "not restarted after a daemon restart: "+err.Error()
-		img, err = openImage(ctx, cfg, m.imageOptions(TraceOptions{}))
-	}
+	r.PID, r.PIDStart, r.RestoreError = os.Getpid(), ownStart, ""
+	d, err := m.bringUp(ctx, cfg, r, true)
 	if err != nil {
 		return err
 	}
-	r.PID, r.PIDStart, r.RestoreError = os.Getpid(), ownStart, ""
-	d := &device{rec: r, img: img, target: &countingTarget{t: img, id: r.ID, lg: m.ioLog}, dirs: dirs}
-	switch r.Frontend {
-	case FrontendUblk:
-		opts := ublkOptions(r.ID, true)
-		dev, err := ublk.Recover(uint32(r.ID), d.target, opts)
-		if err != nil {
-			img.Close()
-			return err
-		}
-		d.srv = dev
-	case FrontendFUSE:
-		srv, err := serveFUSE(d.target, r.MountDir)
-		if err != nil {
-			img.Close()
-			return err
-		}
-		d.srv, d.rec.Path = srv, srv.Path()
-	}
-	if err := m.state.save(d.rec); err != nil {
-		m.lg.Warn("state", zap.Error(err))
-	}
-	m.mu.Lock()
-	m.devices[r.ID] = d
-	m.mu.Unlock()
 	m.metrics.recovered.Inc()
 	m.lg.Info("recovered device", zap.Int("id", r.ID), zap.String("path", d.rec.Path))
 	return nil
@@ -573,11 +501,8 @@ func (m *Manager) restore(ctx context.Context, r Record) (err error) {
 
 // recoverTrace decides what becomes of a device's run-time trace when the daemon
 // that served it died; it returns the options to run and sets the record's
-// TraceRecovery and TraceNote. A prefetch replays again. A recording kept its reads
-// in the dead process's memory, so they are lost: if <trace>.lock is still there
-// (nobody asked for the dump yet) the recording resumes, missing the reads before
-// the restart; if the trace was dumped (.ok) it is left alone; if the lock was
-// deleted while no daemon ran, nothing can be dumped and the trace stays unwritten.
+// TraceRecovery and TraceNote. A prefetch replays again; a recording follows
+// trace.RecoverRecording (its reads died with the old daemon).
 func (m *Manager) recoverTrace(r *Record) TraceOptions {
 	t := r.TraceOptions
 	r.TraceRecovery, r.TraceNote = "", ""
@@ -589,16 +514,14 @@ func (m *Manager) recoverTrace(r *Record) TraceOptions {
 		return t
 	}
 	lg := m.lg.With(zap.Int("id", r.ID), zap.String("trace", t.RecordTrace))
-	_, lockErr := os.Lstat(trace.LockPath(t.RecordTrace))
-	_, okErr := os.Lstat(trace.OKPath(t.RecordTrace))
-	switch {
-	case lockErr == nil:
+	switch trace.RecoverRecording(t.RecordTrace) {
+	case trace.RecoveryResume:
 		r.TraceRecovery = TraceRecoveryResumed
 		r.TraceNote = "recording resumed after a daemon restart at " + time.Now().UTC().Format(time.RFC3339) +
 			": the reads before it were lost with the old daemon and are not in the trace"
 		lg.Warn("trace " + r.TraceNote)
 		return t
-	case okErr == nil:
+	case trace.RecoveryDone:
 		r.TraceRecovery = TraceRecoveryDone
 		r.TraceNote = "recorded before a daemon restart: not recording again"
 		lg.Info("trace " + r.TraceNote)
@@ -620,50 +543,20 @@ func serverGone(serverPID int, r Record) bool {
 	if serverPID == r.PID {
 		return !servedBy(r.PID, r.PIDStart)
 	}
-	return !processAlive(serverPID)
+	return !proc.Alive(serverPID)
 }
 
 // openImage is image.Open; a test makes it fail for one device.
 var openImage = image.Open
 
 // ownStart is this process's start time, recorded with its PID.
-var ownStart, _ = processStart(os.Getpid())
-
-// processStart reads a live (non-zombie) process's start time, in clock ticks
-// after boot (/proc/PID/stat field 22).
-func processStart(pid int) (start uint64, alive bool) {
-	if pid <= 0 {
-		return 0, false
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, false
-	}
-	// Fields after the command, which may hold spaces and parentheses: state is field 3.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 || i+2 >= len(b) {
-		return 0, true
-	}
-	f := strings.Fields(string(b[i+2:]))
-	if len(f) > 0 && f[0] == "Z" {
-		return 0, false
-	}
-	if len(f) > 19 {
-		start, _ = strconv.ParseUint(f[19], 10, 64)
-	}
-	return start, true
-}
-
-func processAlive(pid int) bool {
-	_, alive := processStart(pid)
-	return alive
-}
+var ownStart, _ = proc.Start(os.Getpid())
 
 // servedBy reports whether the process that recorded a device (pid, started at
 // start) still runs. A live PID whose start time differs, or (records without a
 // start time) that does not run this program, was recycled by another process.
 func servedBy(pid int, start uint64) bool {
-	now, alive := processStart(pid)
+	now, alive := proc.Start(pid)
 	switch {
 	case !alive:
 		return false

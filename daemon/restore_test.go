@@ -11,6 +11,7 @@ import (
 
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/image"
+	"github.com/obd-project/obd/internal/proc"
 	"github.com/obd-project/obd/lsmt"
 	"go.uber.org/zap/zaptest"
 )
@@ -157,9 +158,9 @@ func TestServedBy(t *testing.T) {
 	}
 	defer func() { sleep.Process.Kill(); sleep.Wait() }()
 	pid := sleep.Process.Pid
-	start, alive := processStart(pid)
+	start, alive := proc.Start(pid)
 	if !alive || start == 0 {
-		t.Fatalf("processStart(%d) = %d, %v", pid, start, alive)
+		t.Fatalf("proc.Start(%d) = %d, %v", pid, start, alive)
 	}
 	for _, c := range []struct {
 		pid   int

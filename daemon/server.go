@@ -16,26 +16,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// DefaultSocket is where `obd daemon` listens and the CLI connects.
-const DefaultSocket = "/run/obd/obd.sock"
-
-// AttachRequest is the body of POST /v1/attach.
-type AttachRequest struct {
-	Config   string   `json:"config"`
-	Frontend Frontend `json:"frontend,omitempty"`
-	TraceOptions
-}
-
-// DetachRequest is the body of POST /v1/detach: a device id or path.
-type DetachRequest struct {
-	Device string `json:"device"`
-	Force  bool   `json:"force,omitempty"` // detach even if mounted
-}
-
-type errorBody struct {
-	Error string `json:"error"`
-}
-
 // Serve runs the API on a unix socket until ctx ends. The socket is root-only: mode
 // 0600 in a 0700 directory, and each connection's peer uid must be 0 or ours.
 func Serve(ctx context.Context, m *Manager, socket string) error {
@@ -59,17 +39,17 @@ func Serve(ctx context.Context, m *Manager, socket string) error {
 	mux.HandleFunc("POST /v1/attach", func(w http.ResponseWriter, r *http.Request) {
 		var req AttachRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Config == "" {
-			reply(w, http.StatusBadRequest, errorBody{"body: want {\"config\": \"/path/config.v1.json\"}"})
+			reply(w, http.StatusBadRequest, ErrorBody{Error: "body: want {\"config\": \"/path/config.v1.json\"}"})
 			return
 		}
 		fe, err := ParseFrontend(string(req.Frontend))
 		if err != nil {
-			reply(w, http.StatusBadRequest, errorBody{err.Error()})
+			reply(w, http.StatusBadRequest, ErrorBody{Error: err.Error()})
 			return
 		}
 		st, err := m.AttachTrace(r.Context(), req.Config, fe, req.TraceOptions)
 		if err != nil {
-			reply(w, http.StatusUnprocessableEntity, errorBody{err.Error()})
+			reply(w, http.StatusUnprocessableEntity, ErrorBody{Error: err.Error()})
 			return
 		}
 		reply(w, http.StatusOK, st)
@@ -77,18 +57,18 @@ func Serve(ctx context.Context, m *Manager, socket string) error {
 	mux.HandleFunc("POST /v1/attach-image", func(w http.ResponseWriter, r *http.Request) {
 		var req ImageRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Ref == "" {
-			reply(w, http.StatusBadRequest, errorBody{"body: want {\"ref\": \"registry/repo:tag\"}"})
+			reply(w, http.StatusBadRequest, ErrorBody{Error: "body: want {\"ref\": \"registry/repo:tag\"}"})
 			return
 		}
 		fe, err := ParseFrontend(string(req.Frontend))
 		if err != nil {
-			reply(w, http.StatusBadRequest, errorBody{err.Error()})
+			reply(w, http.StatusBadRequest, ErrorBody{Error: err.Error()})
 			return
 		}
 		req.Frontend = fe
 		st, err := m.AttachImage(r.Context(), req)
 		if err != nil {
-			reply(w, http.StatusUnprocessableEntity, errorBody{err.Error()})
+			reply(w, http.StatusUnprocessableEntity, ErrorBody{Error: err.Error()})
 			return
 		}
 		reply(w, http.StatusOK, st)
@@ -96,11 +76,11 @@ func Serve(ctx context.Context, m *Manager, socket string) error {
 	mux.HandleFunc("POST /v1/detach", func(w http.ResponseWriter, r *http.Request) {
 		var req DetachRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Device == "" {
-			reply(w, http.StatusBadRequest, errorBody{"body: want {\"device\": \"ID or path\"}"})
+			reply(w, http.StatusBadRequest, ErrorBody{Error: "body: want {\"device\": \"ID or path\"}"})
 			return
 		}
 		if err := m.Detach(req.Device, req.Force); err != nil {
-			reply(w, http.StatusConflict, errorBody{err.Error()})
+			reply(w, http.StatusConflict, ErrorBody{Error: err.Error()})
 			return
 		}
 		reply(w, http.StatusOK, struct{}{})

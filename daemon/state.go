@@ -8,43 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
-)
-
-// Record is what the daemon keeps about a device in its state directory, one JSON
-// file per device, so that a restarted daemon can find and recover its devices.
-type Record struct {
-	ID       int       `json:"id"`
-	Config   string    `json:"config"` // absolute path of the config.v1.json
-	Frontend Frontend  `json:"frontend"`
-	Path     string    `json:"path"`               // /dev/ublkbN or the FUSE image file
-	MountDir string    `json:"mountDir,omitempty"` // FUSE mount point
-	Recovery bool      `json:"recovery,omitempty"` // ublk device created with user recovery
-	PID      int       `json:"pid"`                // the serving process
-	Created  time.Time `json:"created"`
-	// The run-time trace options of the attach, restarted when the device is
-	// recovered; TraceRecovery (one of the TraceRecovery* words) and TraceNote say
-	// what the last recovery did with them.
-	TraceOptions
-	TraceRecovery string `json:"traceRecovery,omitempty"`
-	TraceNote     string `json:"traceNote,omitempty"`
-
-	// PIDStart is the serving process's start time (clock ticks after boot,
-	// /proc/PID/stat field 22): a live process with PID but another start
-	// time took over a recycled PID, and the device still needs recovery.
-	PIDStart uint64 `json:"pidStart,omitempty"`
-	// RestoreError says why the last daemon start could not serve the device
-	// again; `obd list` shows it as state "failed" until it is detached.
-	RestoreError string `json:"restoreError,omitempty"`
-}
-
-// What a recovery did with a device's run-time trace.
-const (
-	TraceRecoveryReplayed = "replayed"      // a prefetch replays again
-	TraceRecoveryResumed  = "resumed"       // a recording goes on, without the reads before the restart
-	TraceRecoveryDone     = "done"          // the recording was dumped before the restart
-	TraceRecoveryLost     = "lost"          // the lock was deleted while no daemon ran: no trace written
-	TraceRecoveryFailed   = "not restarted" // the trace could not be started again (see the note)
 )
 
 type stateDir string

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/obd-project/obd/fuseblk"
+	"github.com/obd-project/obd/internal/proc"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -214,7 +215,7 @@ func (m *Manager) cleanupForegroundDirs(root string) {
 	dirs, _ := filepath.Glob(filepath.Join(root, "fg-*"))
 	for _, dir := range dirs {
 		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(dir), "fg-"))
-		if err != nil || processAlive(pid) {
+		if err != nil || proc.Alive(pid) {
 			continue
 		}
 		subs, _ := os.ReadDir(dir)

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -86,30 +85,15 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 	if opts.Parallel <= 0 {
 		opts.Parallel = 32
 	}
-	lowers := cfg.Lowers
-	replayPath, recordPath := opts.ReplayTrace, opts.RecordTrace
-	if cfg.AccelerationLayer && len(lowers) > 0 {
-		// The last lower only carries a prefetch trace: it leaves the stack.
-		if d := lowers[len(lowers)-1].Dir; d != "" && replayPath == "" {
-			replayPath = filepath.Join(d, config.TraceFileName)
-		}
-		lowers = lowers[:len(lowers)-1]
-	}
-	if p := cfg.RecordTracePath; p != "" {
-		// The reference's protocol: an empty file asks for recording, a
-		// non-empty one is replayed.
-		switch mode, err := trace.DetectMode(p); {
-		case err != nil:
-			return nil, fmt.Errorf("recordTracePath: %w", err)
-		case mode == trace.ModeRecord && recordPath == "":
-			recordPath = p
-		case (mode == trace.ModeReplayTrace || mode == trace.ModeReplayFileList) && replayPath == "":
-			replayPath = p
-		}
+	lowers, accelTrace := cfg.StackLowers()
+	plan, err := trace.Decide(trace.Sources{Record: opts.RecordTrace, Prefetch: opts.ReplayTrace,
+		Acceleration: accelTrace, Configured: cfg.RecordTracePath})
+	if err != nil {
+		return nil, err
 	}
 	var rec *trace.Recorder
 	var wrap func(int, io.ReaderAt) io.ReaderAt
-	if recordPath != "" {
+	if plan.Recording() {
 		rec = trace.NewRecorder(0)
 		wrap = rec.Layer
 	}
@@ -133,7 +117,7 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			layers[i], inners[i], blobs[i], swaps[i], errs[i] = openLower(ctx, cfg, i, lowers[i], opts.Remote, wrap, replayPath != "", lg)
+			layers[i], inners[i], blobs[i], swaps[i], errs[i] = openLower(ctx, cfg, i, lowers[i], opts.Remote, wrap, plan.Replaying(), lg)
 		}(i)
 	}
 	wg.Wait()
@@ -172,11 +156,11 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 		return nil, errors.New("image has no virtual size: no layer records one")
 	}
 	im.Image = st
-	if err := im.startTrace(lg, rec, recordPath, replayPath, inners, opts.PrefetchConcurrency); err != nil {
+	if err := im.startTrace(lg, plan, rec, inners, opts.PrefetchConcurrency); err != nil {
 		im.Close()
 		return nil, err
 	}
-	if recordPath == "" {
+	if !plan.Recording() {
 		im.startDownload(cfg, lowers, swaps, opts, lg)
 	}
 	lg.Info("image assembled", zap.Int("lowers", len(layers)), zap.Bool("writable", im.upper != nil), zap.Int64("size", st.Size()))
@@ -340,79 +324,81 @@ func IsSparse(f *os.File) bool {
 	return h.UnmarshalBinary(b) == nil && h.IsHeader() && h.IsDataFile() && h.IsSparse()
 }
 
-// startTrace starts recording reads into recordPath (dumped when its .lock file is
-// deleted or the image closes) or replaying the trace or file list at replayPath to
-// warm caches.
-func (im *Image) startTrace(lg *zap.Logger, rec *trace.Recorder, recordPath, replayPath string, layers []io.ReaderAt, workers int) error {
+// startTrace runs the plan's trace job in the background: recording reads (dumped
+// when the .lock file is deleted or the image closes) or replaying a trace or file
+// list to warm caches. Close stops it.
+func (im *Image) startTrace(lg *zap.Logger, plan trace.Plan, rec *trace.Recorder, layers []io.ReaderAt, workers int) error {
+	var job func(ctx context.Context)
+	var err error
+	switch plan.Mode {
+	case trace.ModeRecord:
+		job, err = startRecording(lg, plan.Path, rec)
+	case trace.ModeReplayFileList:
+		job, err = im.fileListReplay(lg, plan.Path, workers)
+	case trace.ModeReplayTrace:
+		job, err = traceReplay(lg, plan.Path, layers, workers)
+	}
+	if err != nil || job == nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	switch {
-	case rec != nil:
-		r, err := trace.StartRecording(recordPath, rec)
-		if err != nil {
-			cancel()
-			return fmt.Errorf("record trace %s: %w", recordPath, err)
-		}
-		go func() {
-			defer close(done)
-			if err := r.Wait(ctx, 0); err != nil && !errors.Is(err, context.Canceled) {
-				lg.Warn("trace recording", zap.String("path", recordPath), zap.Error(err))
-			}
-			lg.Info("trace recorded", zap.String("path", recordPath), zap.Int("records", rec.Len()))
-		}()
-	case replayPath != "":
-		// As the reference: a file starting with the trace magic is a binary trace,
-		// any other non-empty file a list of paths to prefetch.
-		mode, err := trace.DetectMode(replayPath)
-		if err == nil && mode == trace.ModeDisabled {
-			cancel()
-			return nil // an acceleration layer without a trace: nothing to do
-		}
-		if err == nil && mode == trace.ModeReplayFileList {
-			fl, err := trace.ReadFileListFile(replayPath)
-			if err != nil {
-				cancel()
-				return fmt.Errorf("prefetch file list: %w", err)
-			}
-			for _, s := range fl.Skipped {
-				lg.Debug("file-list prefetch: line skipped", zap.String("path", replayPath), zap.Int("line", s.Line), zap.String("reason", s.Reason))
-			}
-			go func() {
-				defer close(done)
-				start := time.Now()
-				st, err := replayFileList(ctx, lg, im.Image, fl, workers)
-				if errors.Is(err, errErofs) {
-					lg.Warn("file-list prefetch skipped: the image is erofs, not supported yet", zap.String("path", replayPath))
-					return
-				}
-				lg.Info("file list replayed", zap.String("path", replayPath), zap.Int("entries", len(fl.Entries)),
-					zap.Int("files", st.Files), zap.Int("missing", st.Missing), zap.Int64("bytes", st.Bytes),
-					zap.Int("reads", st.Reads), zap.Int("errors", st.Errors), zap.Duration("mapping", st.Mapped),
-					zap.Duration("took", time.Since(start)), zap.Error(err))
-			}()
-			break
-		}
-		recs, err := trace.ReadTraceFile(replayPath)
-		if errors.Is(err, os.ErrNotExist) {
-			cancel()
-			return nil // an acceleration layer without a trace: nothing to do
-		}
-		if err != nil {
-			cancel()
-			return fmt.Errorf("prefetch trace %s: %w", replayPath, err)
-		}
-		go func() {
-			defer close(done)
-			st, err := trace.Replay(ctx, recs, layers, workers)
-			lg.Info("trace replayed", zap.String("path", replayPath), zap.Int("records", st.Records),
-				zap.Int64("bytes", st.Bytes), zap.Int("errors", st.Errors), zap.Duration("took", st.Duration), zap.Error(err))
-		}()
-	default:
-		cancel()
-		return nil
-	}
+	go func() {
+		defer close(done)
+		job(ctx)
+	}()
 	im.stopTrace, im.traceDone = cancel, done
 	return nil
+}
+
+func startRecording(lg *zap.Logger, path string, rec *trace.Recorder) (func(context.Context), error) {
+	r, err := trace.StartRecording(path, rec)
+	if err != nil {
+		return nil, fmt.Errorf("record trace %s: %w", path, err)
+	}
+	return func(ctx context.Context) {
+		if err := r.Wait(ctx, 0); err != nil && !errors.Is(err, context.Canceled) {
+			lg.Warn("trace recording", zap.String("path", path), zap.Error(err))
+		}
+		lg.Info("trace recorded", zap.String("path", path), zap.Int("records", rec.Len()))
+	}, nil
+}
+
+func (im *Image) fileListReplay(lg *zap.Logger, path string, workers int) (func(context.Context), error) {
+	fl, err := trace.ReadFileListFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("prefetch file list: %w", err)
+	}
+	for _, s := range fl.Skipped {
+		lg.Debug("file-list prefetch: line skipped", zap.String("path", path), zap.Int("line", s.Line), zap.String("reason", s.Reason))
+	}
+	return func(ctx context.Context) {
+		start := time.Now()
+		st, err := replayFileList(ctx, lg, im.Image, fl, workers)
+		if errors.Is(err, errErofs) {
+			lg.Warn("file-list prefetch skipped: the image is erofs, not supported yet", zap.String("path", path))
+			return
+		}
+		lg.Info("file list replayed", zap.String("path", path), zap.Int("entries", len(fl.Entries)),
+			zap.Int("files", st.Files), zap.Int("missing", st.Missing), zap.Int64("bytes", st.Bytes),
+			zap.Int("reads", st.Reads), zap.Int("errors", st.Errors), zap.Duration("mapping", st.Mapped),
+			zap.Duration("took", time.Since(start)), zap.Error(err))
+	}, nil
+}
+
+func traceReplay(lg *zap.Logger, path string, layers []io.ReaderAt, workers int) (func(context.Context), error) {
+	recs, err := trace.ReadTraceFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // gone since the plan was made: nothing to do
+	}
+	if err != nil {
+		return nil, fmt.Errorf("prefetch trace %s: %w", path, err)
+	}
+	return func(ctx context.Context) {
+		st, err := trace.Replay(ctx, recs, layers, workers)
+		lg.Info("trace replayed", zap.String("path", path), zap.Int("records", st.Records),
+			zap.Int64("bytes", st.Bytes), zap.Int("errors", st.Errors), zap.Duration("took", st.Duration), zap.Error(err))
+	}, nil
 }
 
 // TraceDone is closed when trace recording or replay has finished (nil without one).

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/obd-project/obd/blockdev"
+	"github.com/obd-project/obd/internal/proc"
 	"golang.org/x/sys/unix"
 )
 
@@ -115,7 +116,7 @@ func Recover(id uint32, t blockdev.Target, opts Options) (*Device, error) {
 		c.close()
 		return nil, fmt.Errorf("ublk: recover device %d: created without USER_RECOVERY (flags %s)", id, FeatureString(info.Flags))
 	}
-	if State(info.State) == StateLive && processAlive(int(info.ServerPID)) {
+	if State(info.State) == StateLive && proc.Alive(int(info.ServerPID)) {
 		c.close()
 		return nil, fmt.Errorf("ublk: recover device %d: it is LIVE, served by pid %d", id, info.ServerPID)
 	}
@@ -489,7 +490,7 @@ func CleanupOrphans(keep func(id uint32) bool) ([]uint32, error) {
 	var deleted []uint32
 	var errs []error
 	for _, in := range infos {
-		if processAlive(in.ServerPID) || processAlive(in.CreatorPID) || (keep != nil && keep(in.ID)) {
+		if proc.Alive(in.ServerPID) || proc.Alive(in.CreatorPID) || (keep != nil && keep(in.ID)) {
 			continue
 		}
 		if err := deleteWith(c, in.ID); err != nil {
@@ -499,13 +500,4 @@ func CleanupOrphans(keep func(id uint32) bool) ([]uint32, error) {
 		deleted = append(deleted, in.ID)
 	}
 	return deleted, errors.Join(errs...)
-}
-
-// processAlive reports whether pid runs; pid 0 (never started) counts as dead.
-func processAlive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	err := unix.Kill(pid, 0)
-	return err == nil || errors.Is(err, unix.EPERM)
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,7 +15,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/daemon"
-	"github.com/obd-project/obd/p2p"
+	"github.com/obd-project/obd/daemon/api"
+	"github.com/obd-project/obd/daemon/service"
 	"github.com/obd-project/obd/remote"
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
@@ -46,79 +46,20 @@ func daemonCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			opts := daemon.Options{StateDir: c.String("state-dir"), RunDir: c.String("run-dir"),
-				Global: g, NoRecovery: c.Bool("no-recovery"), Logger: zap.L()}
+			o := service.Options{Global: g, StateDir: c.String("state-dir"), RunDir: c.String("run-dir"),
+				Socket: c.String("socket"), CacheDir: c.String("cache-dir"), MetricsAddr: c.String("metrics-addr"),
+				NoRecovery: c.Bool("no-recovery"), KeepDevices: c.Bool("keep-devices"), Logger: zap.L()}
 			if v := c.String("download-dir-size"); v != "" {
 				n, err := parseSize(v)
 				if err != nil || n <= 0 {
 					return fmt.Errorf("--download-dir-size %q: want a size > 0 such as 20GiB", v)
 				}
-				opts.LayerDirsBytes = n
-			}
-			if rem, err := newRemote(g, c.String("cache-dir")); err != nil {
-				zap.L().Warn("remote images disabled", zap.Error(err))
-			} else {
-				defer rem.Close()
-				opts.Remote, opts.Resolver = rem, rem
-				opts.Collectors = append(opts.Collectors, rem.Collector())
-				opts.Collectors = append(opts.Collectors, rem.P2PMetrics().Collectors()...)
-			}
-			m, err := daemon.NewManager(opts)
-			if err != nil {
-				return err
+				o.LayerDirsBytes = n
 			}
 			ctx, force, stop := stopSignals(c.Bool("force"))
 			defer stop()
-			if opts.Remote != nil {
-				if srv := opts.Remote.(*remote.Opener).PeerServer(); srv != nil {
-					pc := g.P2PConfig
-					go func() {
-						if err := p2p.Serve(ctx, pc.Listen, pc.TLSCert, pc.TLSKey, srv, zap.L()); err != nil {
-							zap.L().Error("p2p peer server", zap.Error(err))
-						}
-					}()
-				}
-			}
-			// The metrics address is checked before any device comes back.
-			addr, path, addrFrom := c.String("metrics-addr"), g.ExporterConfig.URIPrefix, "--metrics-addr"
-			if addr == "" && g.ExporterConfig.Enable {
-				addr, addrFrom = fmt.Sprintf(":%d", g.ExporterConfig.Port), "exporterConfig.port"
-			}
-			if path == "" {
-				path = "/metrics"
-			}
-			var metricsLn net.Listener
-			if addr != "" {
-				if metricsLn, err = net.Listen("tcp", addr); err != nil {
-					return fmt.Errorf("%s %q: cannot serve metrics there: %w", addrFrom, addr, err)
-				}
-			}
-			if err := m.Restore(ctx); err != nil {
-				return err
-			}
-			if metricsLn != nil {
-				go func() {
-					if err := daemon.ServeMetricsOn(ctx, m, metricsLn, path); err != nil {
-						zap.L().Error("metrics server", zap.Error(err))
-					}
-				}()
-			}
-			// The API keeps answering while Stop waits for devices in use.
-			apiCtx, stopAPI := context.WithCancel(context.Background())
-			defer stopAPI()
-			served := make(chan error, 1)
-			go func() { served <- daemon.Serve(apiCtx, m, c.String("socket")) }()
-			select {
-			case <-ctx.Done():
-			case err = <-served:
-				served = nil
-			}
-			stopErr := m.Stop(daemon.StopOptions{Force: force, KeepUblk: c.Bool("keep-devices")})
-			stopAPI()
-			if served != nil {
-				err = <-served
-			}
-			return errors.Join(err, stopErr)
+			o.Force = force
+			return service.Run(ctx, o)
 		},
 	}
 }
@@ -210,14 +151,7 @@ func attachCommand() *cli.Command {
 				if c.Bool("force") {
 					return fmt.Errorf("attach: --force applies to --foreground; the daemon's is `obd daemon --force`")
 				}
-				cl := daemon.NewClient(c.String("socket"))
-				var st daemon.Status
-				if ref != "" {
-					st, err = cl.AttachImage(c.Context, daemon.ImageRequest{Ref: ref, Upper: upper, Frontend: fe, TraceOptions: tr})
-				} else {
-					st, err = cl.AttachTrace(c.Context, absPath(cfgPath), fe, tr)
-				}
-				return understood(st, err)
+				return understood(attachWith(c.Context, api.NewClient(c.String("socket")), ref, absPath(cfgPath), upper, fe, tr))
 			}
 			opts := daemon.Options{RunDir: c.String("run-dir"), Logger: zap.L()}
 			if ref != "" {
@@ -234,12 +168,7 @@ func attachCommand() *cli.Command {
 			}
 			ctx, force, stop := stopSignals(c.Bool("force"))
 			defer stop()
-			var st daemon.Status
-			if ref != "" {
-				st, err = m.AttachImage(ctx, daemon.ImageRequest{Ref: ref, Upper: upper, Frontend: fe, TraceOptions: tr})
-			} else {
-				st, err = m.AttachTrace(ctx, cfgPath, fe, tr)
-			}
+			st, err := attachWith(ctx, m, ref, cfgPath, upper, fe, tr)
 			if err := understood(st, err); err != nil {
 				m.DetachAll()
 				return err
@@ -249,6 +178,20 @@ func attachCommand() *cli.Command {
 			return m.Stop(daemon.StopOptions{Force: force})
 		},
 	}
+}
+
+// attacher is the daemon's client or, with --foreground, this process's manager.
+type attacher interface {
+	AttachTrace(ctx context.Context, configPath string, fe api.Frontend, tr api.TraceOptions) (api.Status, error)
+	AttachImage(ctx context.Context, req api.ImageRequest) (api.Status, error)
+}
+
+// attachWith attaches the image reference ref, else the config file cfgPath.
+func attachWith(ctx context.Context, a attacher, ref, cfgPath, upper string, fe api.Frontend, tr api.TraceOptions) (api.Status, error) {
+	if ref != "" {
+		return a.AttachImage(ctx, api.ImageRequest{Ref: ref, Upper: upper, Frontend: fe, TraceOptions: tr})
+	}
+	return a.AttachTrace(ctx, cfgPath, fe, tr)
 }
 
 var insecureRegistryFlag = &cli.StringSliceFlag{Name: "insecure-registry", Usage: "reach registry HOST[:PORT] over plain HTTP or unverified TLS (repeatable; also overlaybd.json insecureRegistries)"}
@@ -384,8 +327,6 @@ func listCommand() *cli.Command {
 	}
 }
 
-// newRemote opens registry access and the extent cache per the global config;
-// cacheDir overrides cacheConfig.cacheDir.
 // remoteFromFlags loads --global-config and opens the registry client and cache
 // it describes (--cache-dir overriding cacheConfig.cacheDir).
 func remoteFromFlags(c *cli.Context) (*config.GlobalConfig, *remote.Opener, error) {
@@ -393,21 +334,9 @@ func remoteFromFlags(c *cli.Context) (*config.GlobalConfig, *remote.Opener, erro
 	if err != nil {
 		return nil, nil, err
 	}
-	rem, err := newRemote(g, c.String("cache-dir"))
+	rem, err := service.NewRemote(g, c.String("cache-dir"), zap.L())
 	if err != nil {
 		return nil, nil, err
 	}
 	return g, rem, nil
-}
-
-func newRemote(g *config.GlobalConfig, cacheDir string) (*remote.Opener, error) {
-	o, err := remote.OptionsFromGlobal(g)
-	if err != nil {
-		return nil, err
-	}
-	if cacheDir != "" {
-		o.CacheDir = cacheDir
-	}
-	o.Logger = zap.L()
-	return remote.NewOpener(o)
 }

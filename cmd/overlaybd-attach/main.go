@@ -12,19 +12,19 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/obd-project/obd/daemon"
+	"github.com/obd-project/obd/daemon/api"
 )
 
 func main() {
 	detach := flag.String("detach", "", "detach DEVICE (path or id) instead of attaching")
-	socket := flag.String("socket", envOr("OBD_SOCKET", daemon.DefaultSocket), "the obd daemon's API socket")
+	socket := flag.String("socket", envOr("OBD_SOCKET", api.DefaultSocket), "the obd daemon's API socket")
 	frontend := flag.String("frontend", "auto", "auto, ublk or fuse")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: overlaybd-attach [--frontend F] CONFIG | overlaybd-attach --detach DEVICE\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	cl := daemon.NewClient(*socket)
+	cl := api.NewClient(*socket)
 	ctx := context.Background()
 	if *detach != "" {
 		if flag.NArg() != 0 {
@@ -41,14 +41,14 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	fe, err := daemon.ParseFrontend(*frontend)
+	fe, err := api.ParseFrontend(*frontend)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "overlaybd-attach: %v\n", err)
 		os.Exit(2)
 	}
 	cfg, err := filepath.Abs(flag.Arg(0))
 	if err == nil {
-		var st daemon.Status
+		var st api.Status
 		if st, err = cl.Attach(ctx, cfg, fe); err == nil {
 			fmt.Println(st.Path)
 			return

@@ -1,4 +1,4 @@
-package daemon
+package api
 
 import (
 	"bytes"
@@ -49,7 +49,7 @@ func (c *Client) call(ctx context.Context, method, path string, body, out any) e
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		var e errorBody
+		var e ErrorBody
 		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
 			return fmt.Errorf("%s", e.Error)
 		}

@@ -17,7 +17,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
-	"github.com/obd-project/obd/daemon"
+	"github.com/obd-project/obd/daemon/api"
 )
 
 // Devices is what the snapshotter needs from obd's device manager. It is kept small
@@ -32,8 +32,8 @@ type Devices interface {
 
 // DaemonDevices attaches through a running `obd daemon`.
 type DaemonDevices struct {
-	Client   *daemon.Client
-	Frontend daemon.Frontend
+	Client   *api.Client
+	Frontend api.Frontend
 }
 
 // Attach implements Devices.

@@ -16,7 +16,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
-	"github.com/obd-project/obd/daemon"
+	"github.com/obd-project/obd/daemon/api"
 	"github.com/obd-project/obd/snapshotter"
 )
 
@@ -26,7 +26,7 @@ func snapshotterCommand() *cli.Command {
 		Usage: "serve containerd's snapshots API as the overlaybd snapshotter (a drop-in for accelerated-container-image's)",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Value: snapshotter.DefaultConfigPath, Usage: "the overlaybd snapshotter's config.json (missing file: defaults)"},
-			&cli.StringFlag{Name: "frontend", Value: string(daemon.FrontendAuto), Usage: "device frontend asked of the obd daemon: auto, ublk or fuse"},
+			&cli.StringFlag{Name: "frontend", Value: string(api.FrontendAuto), Usage: "device frontend asked of the obd daemon: auto, ublk or fuse"},
 			socketFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -34,7 +34,7 @@ func snapshotterCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			fe, err := daemon.ParseFrontend(c.String("frontend"))
+			fe, err := api.ParseFrontend(c.String("frontend"))
 			if err != nil {
 				return err
 			}
@@ -42,7 +42,7 @@ func snapshotterCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			client := daemon.NewClient(c.String("socket"))
+			client := api.NewClient(c.String("socket"))
 			if _, err := client.List(c.Context); err != nil {
 				// Not fatal: containers of ordinary images need no device, and the
 				// daemon may come up later.

@@ -141,7 +141,7 @@ func helloAmd64Image(t *testing.T) v1.Image {
 	return nil
 }
 
-func insecureRef(t *testing.T, ref string) name.Reference {
+func insecureRef(t testing.TB, ref string) name.Reference {
 	t.Helper()
 	r, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {
@@ -151,7 +151,7 @@ func insecureRef(t *testing.T, ref string) name.Reference {
 }
 
 // buildStaticGo compiles a one-file Go program without cgo and returns the binary.
-func buildStaticGo(t *testing.T, source string) []byte {
+func buildStaticGo(t testing.TB, source string) []byte {
 	t.Helper()
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "main.go"), []byte(source), 0o644)

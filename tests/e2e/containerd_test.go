@@ -14,7 +14,7 @@ import (
 )
 
 // needContainerd installs Debian's containerd and runc when they are missing.
-func needContainerd(t *testing.T) {
+func needContainerd(t testing.TB) {
 	t.Helper()
 	for _, c := range []string{"containerd", "ctr", "runc", "containerd-shim-runc-v2"} {
 		if _, err := exec.LookPath(c); err != nil {
@@ -42,7 +42,7 @@ type containerdEnv struct {
 	namespace string
 }
 
-func startContainerdEnv(t *testing.T, snapConfig map[string]any, daemonArgs ...string) *containerdEnv {
+func startContainerdEnv(t testing.TB, snapConfig map[string]any, daemonArgs ...string) *containerdEnv {
 	t.Helper()
 	needRoot(t)
 	needContainerd(t)
@@ -96,7 +96,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	return e
 }
 
-func (e *containerdEnv) startSnapshotter(t *testing.T) {
+func (e *containerdEnv) startSnapshotter(t testing.TB) {
 	t.Helper()
 	e.snapLog = filepath.Join(e.dir, "snapshotter.log")
 	e.snap = startLogged(t, e.snapLog, bin("obd"), "--log-level", "debug", "snapshotter",
@@ -107,7 +107,7 @@ func (e *containerdEnv) startSnapshotter(t *testing.T) {
 	})
 }
 
-func startLogged(t *testing.T, logPath, name string, args ...string) *exec.Cmd {
+func startLogged(t testing.TB, logPath, name string, args ...string) *exec.Cmd {
 	t.Helper()
 	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -134,7 +134,7 @@ func stopProc(cmd *exec.Cmd) {
 	}
 }
 
-func waitFor(t *testing.T, what, logPath string, ok func() bool) {
+func waitFor(t testing.TB, what, logPath string, ok func() bool) {
 	t.Helper()
 	for i := 0; i < 300; i++ {
 		if ok() {
@@ -146,12 +146,12 @@ func waitFor(t *testing.T, what, logPath string, ok func() bool) {
 	t.Fatalf("%s did not come up within 30 s:\n%s", what, b)
 }
 
-func (e *containerdEnv) ctr(t *testing.T, args ...string) (string, error) {
+func (e *containerdEnv) ctr(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	return run(t, 2*time.Minute, "ctr", append([]string{"-a", e.sock, "-n", e.namespace}, args...)...)
 }
 
-func (e *containerdEnv) mustCtr(t *testing.T, args ...string) string {
+func (e *containerdEnv) mustCtr(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := e.ctr(t, args...)
 	if err != nil {
@@ -174,7 +174,7 @@ func (e *containerdEnv) logs() string {
 }
 
 // devices is the obd daemon's device count.
-func (e *containerdEnv) devices(t *testing.T) int {
+func (e *containerdEnv) devices(t testing.TB) int {
 	t.Helper()
 	out, err := e.daemon.obd(t, "list", "--json")
 	if err != nil {
@@ -188,7 +188,7 @@ func (e *containerdEnv) devices(t *testing.T) int {
 }
 
 // waitDevices waits up to 30 s for the daemon to hold want devices and returns the last count.
-func (e *containerdEnv) waitDevices(t *testing.T, want int) int {
+func (e *containerdEnv) waitDevices(t testing.TB, want int) int {
 	t.Helper()
 	n := e.devices(t)
 	for i := 0; i < 300 && n != want; i++ {

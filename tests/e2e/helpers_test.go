@@ -46,7 +46,7 @@ const (
 )
 
 // needRoot skips tests that mount file systems when not run as root; CI runs as root.
-func needRoot(t *testing.T) {
+func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (mount, loop devices, FUSE)")
@@ -104,7 +104,7 @@ func helloConfig(t *testing.T, dir string, upper string) string {
 	return p
 }
 
-func run(t *testing.T, timeout time.Duration, name string, args ...string) (string, error) {
+func run(t testing.TB, timeout time.Duration, name string, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -144,14 +144,14 @@ type daemonProc struct {
 	log      *os.File
 }
 
-func startDaemon(t *testing.T, root string, extra ...string) *daemonProc {
+func startDaemon(t testing.TB, root string, extra ...string) *daemonProc {
 	t.Helper()
 	d := &daemonProc{socket: filepath.Join(root, "obd.sock"), stateDir: filepath.Join(root, "state"), runDir: filepath.Join(root, "run"), extra: extra}
 	d.start(t)
 	return d
 }
 
-func (d *daemonProc) start(t *testing.T) {
+func (d *daemonProc) start(t testing.TB) {
 	t.Helper()
 	log, err := os.OpenFile(filepath.Join(filepath.Dir(d.socket), "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -181,7 +181,7 @@ func (d *daemonProc) logText() string {
 	return string(b)
 }
 
-func (d *daemonProc) obd(t *testing.T, args ...string) (string, error) {
+func (d *daemonProc) obd(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	// Flags go before positional arguments (urfave/cli stops parsing flags at the first one).
 	full := append([]string{args[0], "--socket", d.socket}, args[1:]...)
@@ -189,7 +189,7 @@ func (d *daemonProc) obd(t *testing.T, args ...string) (string, error) {
 }
 
 // stop sends SIGTERM and waits; the daemon detaches its devices.
-func (d *daemonProc) stop(t *testing.T) {
+func (d *daemonProc) stop(t testing.TB) {
 	t.Helper()
 	d.cmd.Process.Signal(os.Interrupt)
 	done := make(chan error, 1)

@@ -246,31 +246,43 @@ if [ "${UBLKVM_PARALLEL:-}" != 1 ]; then
   exec 8>"$CACHE/.run.lock"
   flock -n 8 || { log "waiting for another VM to finish"; flock 8; }
 fi
-: > "$W/out"; : > "$W/rc"; : > "$W/console"
-APPEND="console=ttyS0 rdinit=/init panic=-1 quiet loglevel=4 mitigations=off nokaslr tsc=reliable"
-SHAREARGS=()
-if [ -n "$SHARE" ]; then
-  APPEND="$APPEND ublkvm_share=1"
-  SHAREARGS=(-fsdev "local,id=fs0,path=$SHARE,security_model=none" -device virtio-9p-pci,fsdev=fs0,mount_tag=share)
-fi
-t0=$(date +%s.%N)
-timeout -k 5 "$TIMEOUT" qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \
-  -machine q35 -accel tcg,thread=multi -cpu max -smp "$NCPU" -m "$MEM" \
-  -kernel "$VMLINUZ" -initrd "$W/initrd.cpio" -append "$APPEND" \
-  -serial "file:$W/console" \
-  -device virtio-serial-pci,id=vs0 \
-  -chardev "file,id=out,path=$W/out" -device virtconsole,chardev=out,bus=vs0.0 \
-  -chardev "file,id=rc,path=$W/rc" -device virtconsole,chardev=rc,bus=vs0.0 \
-  "${SHAREARGS[@]}" </dev/null &
-QPID=$!
-tail -n +1 -s 0.2 -f --pid=$QPID "$W/out" &
-TPID=$!
-VPID=
-[ -n "$VERBOSE" ] && { tail -n +1 -s 0.2 -f --pid=$QPID "$W/console" >&2 & VPID=$!; }
-qrc=0; wait "$QPID" || qrc=$?
-QPID=
-wait "$TPID" 2>/dev/null || true
-[ -n "$VPID" ] && { wait "$VPID" 2>/dev/null || true; }
+# QEMU's multi-threaded TCG has been seen to abort in its own MSI-X emulation
+# (msix_table_mmio_write assertion, rc 134) while the guest boots, under heavy host
+# load. A run that aborted before the guest wrote any output ran nothing of the
+# command, so it is booted once more; any later failure is reported as is.
+for attempt in 1 2; do
+  : > "$W/out"; : > "$W/rc"; : > "$W/console"
+  APPEND="console=ttyS0 rdinit=/init panic=-1 quiet loglevel=4 mitigations=off nokaslr tsc=reliable"
+  SHAREARGS=()
+  if [ -n "$SHARE" ]; then
+    APPEND="$APPEND ublkvm_share=1"
+    SHAREARGS=(-fsdev "local,id=fs0,path=$SHARE,security_model=none" -device virtio-9p-pci,fsdev=fs0,mount_tag=share)
+  fi
+  t0=$(date +%s.%N)
+  timeout -k 5 "$TIMEOUT" qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \
+    -machine q35 -accel tcg,thread=multi -cpu max -smp "$NCPU" -m "$MEM" \
+    -kernel "$VMLINUZ" -initrd "$W/initrd.cpio" -append "$APPEND" \
+    -serial "file:$W/console" \
+    -device virtio-serial-pci,id=vs0 \
+    -chardev "file,id=out,path=$W/out" -device virtconsole,chardev=out,bus=vs0.0 \
+    -chardev "file,id=rc,path=$W/rc" -device virtconsole,chardev=rc,bus=vs0.0 \
+    "${SHAREARGS[@]}" </dev/null &
+  QPID=$!
+  tail -n +1 -s 0.2 -f --pid=$QPID "$W/out" &
+  TPID=$!
+  VPID=
+  [ -n "$VERBOSE" ] && { tail -n +1 -s 0.2 -f --pid=$QPID "$W/console" >&2 & VPID=$!; }
+  qrc=0; wait "$QPID" || qrc=$?
+  QPID=
+  wait "$TPID" 2>/dev/null || true
+  [ -n "$VPID" ] && { wait "$VPID" 2>/dev/null || true; }
+  if [ "$qrc" = 134 ] && [ ! -s "$W/out" ] && [ ! -s "$W/rc" ] && [ "$attempt" = 1 ]; then
+    log "qemu aborted (rc 134) before the guest ran anything; booting again"
+    tail -n 5 "$W/console" >&2
+    continue
+  fi
+  break
+done
 t1=$(date +%s.%N)
 up=$(sed -n 's/.*userspace reached at uptime \([0-9.]*\)s.*/\1/p' "$W/console" | head -1)
 rc=$(sed -n 's/^rc=\([0-9]*\).*/\1/p' "$W/rc" | tail -1)

@@ -7,6 +7,7 @@
 package config
 
 import (
+	_ "crypto/sha256" // go-digest accepts only digests whose hash is linked in
 	"encoding/json"
 	"errors"
 	"fmt"

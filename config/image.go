@@ -7,12 +7,15 @@
 package config
 
 import (
+	_ "crypto/sha256" // go-digest accepts only digests whose hash is linked in
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+
+	digest "github.com/opencontainers/go-digest"
 )
 
 // MaxLayers is the reference's MAX_LAYER_CNT: a stack holds at most this many lowers.
@@ -329,13 +332,7 @@ func checkDigest(field, d string) error {
 	if d == "" {
 		return nil
 	}
-	hex, ok := strings.CutPrefix(d, "sha256:")
-	ok = ok && len(hex) == 64
-	for i := 0; ok && i < len(hex); i++ {
-		ch := hex[i]
-		ok = ch >= '0' && ch <= '9' || ch >= 'a' && ch <= 'f'
-	}
-	if !ok {
+	if p, err := digest.Parse(d); err != nil || p.Algorithm() != digest.SHA256 {
 		return fmt.Errorf("%s: want sha256:<64 hex>, found %q", field, d)
 	}
 	return nil

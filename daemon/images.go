@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/obd-project/obd/config"
+	"github.com/obd-project/obd/internal/atomicfile"
 	"github.com/obd-project/obd/lsmt"
+	digest "github.com/opencontainers/go-digest"
 )
 
 // Resolver turns an image reference into a device config whose layers are remote.
@@ -64,15 +66,16 @@ func (m *Manager) AttachImage(ctx context.Context, req ImageRequest) (Status, er
 		// Background download needs a layer directory; it outlives the device so
 		// later attaches open the downloaded copy (shared by digest).
 		for i := range cfg.Lowers {
-			if l := &cfg.Lowers[i]; l.Dir == "" && l.File == "" && strings.HasPrefix(l.Digest, "sha256:") {
-				l.Dir = filepath.Join(m.layersDir(), strings.TrimPrefix(l.Digest, "sha256:"))
+			l := &cfg.Lowers[i]
+			if d, err := digest.Parse(l.Digest); err == nil && d.Algorithm() == digest.SHA256 && l.Dir == "" && l.File == "" {
+				l.Dir = filepath.Join(m.layersDir(), d.Encoded())
 			}
 		}
 	}
 	cfg.ResultFile = filepath.Join(dir, "result")
 	b, err := cfg.Encode()
 	if err == nil {
-		err = os.WriteFile(filepath.Join(dir, "config.v1.json"), b, 0o600)
+		err = atomicfile.WriteFile(filepath.Join(dir, "config.v1.json"), b, 0o600)
 	}
 	if err != nil {
 		os.RemoveAll(dir)

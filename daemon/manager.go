@@ -24,6 +24,7 @@ import (
 	"github.com/obd-project/obd/ublk"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 )
 
 // Options configure a Manager.
@@ -355,17 +356,15 @@ func (m *Manager) DetachAll() error {
 	// however many devices there are and however slow one of them is to close.
 	list := m.List()
 	errs := make([]error, len(list))
-	sem := make(chan struct{}, detachAllParallel)
-	var wg sync.WaitGroup
+	var g errgroup.Group // every device is tried: errs names each failure
+	g.SetLimit(detachAllParallel)
 	for i, s := range list {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
+		g.Go(func() error {
 			errs[i] = m.Detach(strconv.Itoa(s.ID), false)
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	g.Wait()
 	return errors.Join(errs...)
 }
 

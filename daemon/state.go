@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/obd-project/obd/internal/atomicfile"
 )
 
 type stateDir string
@@ -24,16 +26,10 @@ func (d stateDir) save(r Record) error {
 	if err != nil {
 		return err
 	}
-	tmp := d.path(r.ID) + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	if err := atomicfile.WriteFile(d.path(r.ID), b, 0o600); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
-	f, err := os.Open(tmp)
-	if err == nil {
-		f.Sync()
-		f.Close()
-	}
-	return os.Rename(tmp, d.path(r.ID))
+	return nil
 }
 
 func (d stateDir) remove(id int) error {

@@ -8,21 +8,22 @@ package download
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
+	_ "crypto/sha256" // registers the hash go-digest verifies with
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/obd-project/obd/config"
+	"github.com/obd-project/obd/internal/atomicfile"
+	digest "github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
@@ -253,8 +254,8 @@ func fetch(ctx context.Context, j Job, o Options, force bool, have, fetched *ato
 		have.Store(j.Size)
 		return final, nil // present already (another device downloaded it, or a commit)
 	}
-	want, ok := strings.CutPrefix(j.Digest, "sha256:")
-	if !ok || len(want) != 64 {
+	want, err := digest.Parse(j.Digest)
+	if err != nil || want.Algorithm() != digest.SHA256 {
 		return "", fmt.Errorf("download %s: only sha256 digests can be verified", j.Digest)
 	}
 	if j.Size <= 0 {
@@ -303,24 +304,20 @@ func fetch(ctx context.Context, j Job, o Options, force bool, have, fetched *ato
 	if err := fetchChunks(ctx, f, j, o, todo, have, fetched); err != nil {
 		return "", fmt.Errorf("download %s: %w", j.Digest, err)
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, j.Size)); err != nil {
+	got, err := want.Algorithm().FromReader(io.NewSectionReader(f, 0, j.Size))
+	if err != nil {
 		return "", fmt.Errorf("download %s: hash: %w", j.Digest, err)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+	if got != want {
 		f.Close()
 		os.Remove(tmp) // the copy is discarded: reads stay remote
-		return "", fmt.Errorf("download %s: local copy hashes to sha256:%s: %w", j.Digest, got, ErrDigest)
+		return "", fmt.Errorf("download %s: local copy hashes to %s: %w", j.Digest, got, ErrDigest)
 	}
 	if err := f.Sync(); err != nil {
 		return "", fmt.Errorf("download %s: %w", j.Digest, err)
 	}
-	if err := os.Rename(tmp, final); err != nil {
+	if err := atomicfile.Rename(tmp, final); err != nil {
 		return "", fmt.Errorf("download %s: %w", j.Digest, err)
-	}
-	if d, err := os.Open(j.Dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return final, nil
 }
@@ -350,43 +347,34 @@ func present(f *os.File, off, end int64) bool {
 }
 
 func fetchChunks(ctx context.Context, f *os.File, j Job, o Options, todo []int64, have, fetched *atomic.Int64) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
 	next := make(chan int64)
-	errc := make(chan error, o.Parallel)
-	var wg sync.WaitGroup
 	for w := 0; w < min(o.Parallel, max(len(todo), 1)); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		g.Go(func() error {
 			buf := make([]byte, o.BlockSize)
 			for off := range next {
 				n := int(min(int64(o.BlockSize), j.Size-off))
-				if err := fetchChunk(ctx, f, j, o, buf[:n], off, fetched); err != nil {
-					errc <- err
-					cancel()
-					return
+				if err := fetchChunk(gctx, f, j, o, buf[:n], off, fetched); err != nil {
+					return err
 				}
 				have.Add(int64(n))
 			}
-		}()
+			return nil
+		})
 	}
 feed:
 	for _, off := range todo {
 		select {
 		case next <- off:
-		case <-ctx.Done():
+		case <-gctx.Done():
 			break feed
 		}
 	}
 	close(next)
-	wg.Wait()
-	select {
-	case err := <-errc:
+	if err := g.Wait(); err != nil {
 		return err
-	default:
-		return ctx.Err()
 	}
+	return ctx.Err()
 }
 
 // fetchChunk reads one chunk (paced by the limiter, two tries as the reference)

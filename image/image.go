@@ -19,6 +19,7 @@ import (
 	"github.com/obd-project/obd/lsmt"
 	"github.com/obd-project/obd/trace"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 )
 
 // Blob is a layer blob opened for random reads.
@@ -108,19 +109,18 @@ func Open(ctx context.Context, cfg *config.ImageConfig, opts Options) (*Image, e
 	inners := make([]io.ReaderAt, len(lowers))
 	blobs := make([]io.Closer, len(lowers))
 	swaps := make([]*swapBlob, len(lowers))
+	// Every layer is tried (no cancellation on the first error): the message names
+	// each one that failed.
 	errs := make([]error, len(lowers))
-	sem := make(chan struct{}, opts.Parallel)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(opts.Parallel)
 	for i := range lowers {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
+		g.Go(func() error {
 			layers[i], inners[i], blobs[i], swaps[i], errs[i] = openLower(ctx, cfg, i, lowers[i], opts.Remote, wrap, plan.Replaying(), lg)
-		}(i)
+			return nil
+		})
 	}
-	wg.Wait()
+	g.Wait()
 	for _, b := range blobs {
 		if b != nil {
 			im.blobs = append(im.blobs, b)

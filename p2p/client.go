@@ -359,7 +359,7 @@ func (s *Source) fromPeer(peer string, p []byte, off int64) error {
 		return perr("request", "peer %s: %v", peer, err)
 	}
 	last := off + int64(len(p)) - 1
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, last))
+	req.Header.Set("Range", registry.FormatRange(off, last))
 	req.Header.Set("Authorization", "Bearer "+s.c.o.Token)
 	req.Header.Set(HeaderBlobURL, s.url)
 	req.Header.Set(HeaderBlobSize, strconv.FormatInt(s.reg.Size(), 10))

@@ -3,27 +3,13 @@ package p2p
 import (
 	"errors"
 	"strconv"
-	"strings"
+
+	"github.com/obd-project/obd/registry"
 )
 
 // parseRange parses a single closed range "bytes=<first>-<last>", the only form
-// obd sends and the peer server accepts.
-func parseRange(s string) (first, last int64, ok bool) {
-	r, found := strings.CutPrefix(s, "bytes=")
-	if !found {
-		return 0, 0, false
-	}
-	a, b, found := strings.Cut(r, "-")
-	if !found {
-		return 0, 0, false
-	}
-	first, err1 := parseUint(a)
-	last, err2 := parseUint(b)
-	if err1 != nil || err2 != nil || last < first {
-		return 0, 0, false
-	}
-	return first, last, true
-}
+// obd sends (registry.FormatRange) and the peer server accepts.
+var parseRange = registry.ParseRange
 
 var errNumber = errors.New("not a decimal number")
 

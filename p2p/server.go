@@ -15,6 +15,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/obd-project/obd/cache"
+	"github.com/obd-project/obd/registry"
 	"go.uber.org/zap"
 )
 
@@ -168,7 +169,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, msg, code)
 		return
 	}
-	w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, last, size))
+	w.Header().Set("Content-Range", registry.ContentRange{First: first, Last: last, Total: size}.String())
 	w.Header().Set("Content-Length", strconv.Itoa(len(buf)))
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.WriteHeader(http.StatusPartialContent)

@@ -465,7 +465,7 @@ func (b *Blob) request(ctx context.Context, u string, p []byte, off int64) (*htt
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %v", b.red, redactErr(err))
 	}
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+int64(len(p))-1))
+	req.Header.Set("Range", FormatRange(off, off+int64(len(p))-1))
 	return req, nil
 }
 

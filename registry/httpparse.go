@@ -15,6 +15,41 @@ type ContentRange struct {
 	First, Last, Total int64
 }
 
+// FormatRange is the Range request header for bytes first..last (inclusive), the
+// one form obd sends to registries, proxies and peers.
+func FormatRange(first, last int64) string {
+	return "bytes=" + strconv.FormatInt(first, 10) + "-" + strconv.FormatInt(last, 10)
+}
+
+// ParseRange parses the one form FormatRange writes, "bytes=<first>-<last>"; it is
+// all the P2P peer server accepts.
+func ParseRange(s string) (first, last int64, ok bool) {
+	r, found := strings.CutPrefix(s, "bytes=")
+	if !found {
+		return 0, 0, false
+	}
+	a, b, found := strings.Cut(r, "-")
+	if !found {
+		return 0, 0, false
+	}
+	first, err1 := parseNonNegative(a)
+	last, err2 := parseNonNegative(b)
+	if err1 != nil || err2 != nil || last < first {
+		return 0, 0, false
+	}
+	return first, last, true
+}
+
+// String formats the Content-Range value ("bytes first-last/total", total "*" when
+// -1) that ParseContentRange reads.
+func (cr ContentRange) String() string {
+	total := "*"
+	if cr.Total >= 0 {
+		total = strconv.FormatInt(cr.Total, 10)
+	}
+	return fmt.Sprintf("bytes %d-%d/%s", cr.First, cr.Last, total)
+}
+
 // ParseContentRange parses a byte-range Content-Range value. It accepts only the
 // satisfied form (RFC 9110 §14.4); "bytes */total" (sent with 416) is an error.
 // Registry answers and P2P peers' and proxies' answers are checked with it.

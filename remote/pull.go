@@ -10,14 +10,16 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/obd-project/obd/cache"
 	"github.com/obd-project/obd/config"
+	"github.com/obd-project/obd/internal/atomicfile"
 	"github.com/obd-project/obd/registry"
+	godigest "github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 )
 
 // PullOptions configure Pull.
@@ -101,9 +103,8 @@ func (o *Opener) Pull(ctx context.Context, ref string, po PullOptions) (PullResu
 		}
 	}
 	progress(0)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pctx := cache.WithoutReadAhead(prefetchContext(ctx)) // chunks at prefetch priority, exactly (no read-ahead)
+	g, gctx := errgroup.WithContext(ctx)
+	pctx := cache.WithoutReadAhead(prefetchContext(gctx)) // chunks at prefetch priority, exactly (no read-ahead)
 	// Each layer is hashed in order while later chunks are still being fetched,
 	// read back from the cache as the fetched prefix grows, so verifying costs
 	// no time after the last byte arrives.
@@ -112,28 +113,18 @@ func (o *Opener) Pull(ctx context.Context, ref string, po PullOptions) (PullResu
 		hashers[i] = newOrderedHash(b)
 	}
 	work := make(chan chunk)
-	var firstErr error
-	var emu sync.Mutex
-	var wg sync.WaitGroup
 	for w := 0; w < po.Parallel; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		g.Go(func() error {
 			buf := make([]byte, po.ChunkSize)
 			for c := range work {
 				if _, err := blobs[c.layer].ReadAtContext(pctx, buf[:c.n], c.off); err != nil && !(errors.Is(err, io.EOF) && c.off+int64(c.n) == blobs[c.layer].Size()) {
-					emu.Lock()
-					if firstErr == nil {
-						firstErr = fmt.Errorf("layer %d (%s) at %d: %w", c.layer, cfg.Lowers[c.layer].Digest, c.off, err)
-					}
-					emu.Unlock()
-					cancel()
-					continue
+					return fmt.Errorf("layer %d (%s) at %d: %w", c.layer, cfg.Lowers[c.layer].Digest, c.off, err)
 				}
 				hashers[c.layer].fetched(c.off, c.n)
 				progress(c.n)
 			}
-		}()
+			return nil
+		})
 	}
 	// Chunks are produced as the workers take them: nothing is sized by the
 	// layer sizes a manifest claims.
@@ -142,13 +133,13 @@ feed:
 		for off := int64(0); off < int64(l.Size); off += int64(po.ChunkSize) {
 			select {
 			case work <- chunk{i, off, int(min(int64(po.ChunkSize), int64(l.Size)-off))}:
-			case <-ctx.Done():
+			case <-gctx.Done():
 				break feed
 			}
 		}
 	}
 	close(work)
-	wg.Wait()
+	fetchErr := g.Wait()
 	sums := make([]string, len(hashers))
 	var herr error
 	for i, h := range hashers {
@@ -158,8 +149,8 @@ feed:
 			herr = fmt.Errorf("layer %d (%s): read back: %w", i, cfg.Lowers[i].Digest, err)
 		}
 	}
-	if firstErr != nil {
-		return res, firstErr
+	if fetchErr != nil {
+		return res, fetchErr
 	}
 	if err := ctx.Err(); err != nil {
 		return res, err
@@ -169,7 +160,7 @@ feed:
 	}
 	res.Fetched = o.cache.Stats().BytesFetched - before
 	for i, l := range cfg.Lowers {
-		if want := strings.TrimPrefix(l.Digest, "sha256:"); sums[i] != want || !strings.HasPrefix(l.Digest, "sha256:") {
+		if want, err := godigest.Parse(l.Digest); err != nil || godigest.NewDigestFromEncoded(godigest.SHA256, sums[i]) != want {
 			// Drop what was fetched: the next pull starts this blob over.
 			blobs[i].Evict(0, blobs[i].Size())
 			return res, fmt.Errorf("layer %d: %s: the fetched blob hashes to sha256:%s (digest mismatch)", i, l.Digest, sums[i])
@@ -269,11 +260,7 @@ func (o *Opener) savePulled(ref string, cfg *config.ImageConfig) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return err
 	}
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, doc, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, p)
+	return atomicfile.WriteFile(p, doc, 0o600)
 }
 
 // loadPulled returns the config Pull recorded for ref.

@@ -6,9 +6,10 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
+
+	"github.com/obd-project/obd/internal/atomicfile"
 )
 
 // DefaultMaxRecords bounds a Recorder's memory (24 bytes a record: 24 MiB).
@@ -139,36 +140,9 @@ func writeTraceFile(path string, recs []Record) (err error) {
 	if st, err := os.Stat(path); err == nil {
 		perm = st.Mode().Perm()
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	err = atomicfile.Write(path, perm, func(w io.Writer) error { return WriteTrace(w, recs) })
 	if err != nil {
 		return fmt.Errorf("trace: dump %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err = WriteTrace(tmp, recs); err != nil {
-		return fmt.Errorf("trace: dump %s: %w", path, err)
-	}
-	if err = tmp.Chmod(perm); err != nil {
-		return fmt.Errorf("trace: dump %s: %w", path, err)
-	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("trace: dump %s: %w", path, err)
-	}
-	if err = tmp.Close(); err != nil {
-		return fmt.Errorf("trace: dump %s: %w", path, err)
-	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("trace: dump %s: %w", path, err)
-	}
-	// Make the rename durable too; failure to sync a directory is not fatal.
-	if d, derr := os.Open(dir); derr == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

@@ -21,7 +21,6 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/urfave/cli/v2"
-	"golang.org/x/term"
 )
 
 // downloadSummary is the DOWNLOAD column of `obd list`: layers done of layers
@@ -93,21 +92,11 @@ func pullCommand() *cli.Command {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			po := remote.PullOptions{Parallel: c.Int("parallel"), BlobsOnly: c.Bool("blobs-only")}
-			bar := !c.Bool("quiet") && term.IsTerminal(int(os.Stderr.Fd()))
 			start := time.Now()
-			if bar {
-				var last time.Time
-				po.Progress = func(done, total int64) {
-					if now := time.Now(); now.Sub(last) >= 100*time.Millisecond || done == total {
-						last = now
-						progressBar(os.Stderr, done, total, time.Since(start))
-					}
-				}
-			}
+			prog := newProgress("pull "+c.Args().First(), 0, c.Bool("quiet"))
+			po.Progress = prog.set
 			res, err := rem.Pull(ctx, c.Args().First(), po)
-			if bar {
-				fmt.Fprintln(os.Stderr)
-			}
+			prog.done()
 			if err != nil {
 				return fmt.Errorf("pull %s: %w", c.Args().First(), err)
 			}
@@ -125,18 +114,6 @@ func pullCommand() *cli.Command {
 			return err
 		},
 	}
-}
-
-func progressBar(w io.Writer, done, total int64, el time.Duration) {
-	const width = 30
-	f := 1.0
-	if total > 0 {
-		f = float64(done) / float64(total)
-	}
-	n := int(f * width)
-	rate := float64(done) / max(el.Seconds(), 1e-3)
-	fmt.Fprintf(w, "\r[%s%s] %3.0f%% %s/%s %s/s ", strings.Repeat("=", n), strings.Repeat(" ", width-n), f*100,
-		humanBytes(uint64(done)), humanBytes(uint64(total)), humanBytes(uint64(rate)))
 }
 
 // statRow is one sample of `obd stats`.

@@ -8,13 +8,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/obd-project/obd/lsmt"
 	"github.com/obd-project/obd/tarwrap"
 	"github.com/obd-project/obd/zfile"
 	"golang.org/x/sys/unix"
-	"golang.org/x/term"
 )
 
 // atomicFile is an output file written under a temporary name in the destination's
@@ -186,55 +184,3 @@ func writeLayer(o outputSpec, src lsmt.Source, opts lsmt.CommitOptions, out laye
 	}
 	return f.commit()
 }
-
-// progress prints a one-line progress meter on stderr when it is a terminal.
-type progress struct {
-	label string
-	total int64
-	n     int64
-	start time.Time
-	last  time.Time
-	on    bool
-}
-
-func newProgress(label string, total int64, quiet bool) *progress {
-	return &progress{label: label, total: total, start: time.Now(), on: !quiet && term.IsTerminal(int(os.Stderr.Fd()))}
-}
-
-func (p *progress) add(n int) {
-	p.n += int64(n)
-	if p.on && time.Since(p.last) > 200*time.Millisecond {
-		p.last = time.Now()
-		p.print()
-	}
-}
-
-func (p *progress) print() {
-	secs := time.Since(p.start).Seconds()
-	rate := float64(p.n) / (1 << 20) / max(secs, 1e-3)
-	if p.total > 0 {
-		fmt.Fprintf(os.Stderr, "\r%s: %d/%d MiB (%.0f MiB/s)   ", p.label, p.n>>20, p.total>>20, rate)
-	} else {
-		fmt.Fprintf(os.Stderr, "\r%s: %d MiB (%.0f MiB/s)   ", p.label, p.n>>20, rate)
-	}
-}
-
-func (p *progress) done() {
-	if p.on {
-		p.print()
-		fmt.Fprintln(os.Stderr)
-	}
-}
-
-type progressWriter struct {
-	w io.Writer
-	p *progress
-}
-
-func (pw progressWriter) Write(b []byte) (int, error) {
-	n, err := pw.w.Write(b)
-	pw.p.add(n)
-	return n, err
-}
-
-func (p *progress) writer(w io.Writer) io.Writer { return progressWriter{w, p} }

@@ -9,7 +9,7 @@ import (
 	"sync"
 	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/obd-project/obd/internal/atomicfile"
 )
 
 // Temporary outputs of the offline commands. While one exists, SIGINT, SIGTERM and
@@ -83,24 +83,18 @@ func removeTemp(name string) {
 	untrackLocked(name)
 }
 
-// renameTemp moves a finished temporary file to dst. Without force it never replaces
-// a file that appeared at dst meanwhile (renameat2 RENAME_NOREPLACE, or link+unlink
-// where the file system lacks it), like the reference tools' O_EXCL.
+// renameTemp moves a finished (synced) temporary file to dst. Without force it never
+// replaces a file that appeared at dst meanwhile, like the reference tools' O_EXCL.
 func renameTemp(tmp, dst string, force bool) error {
 	temps.Lock()
 	defer temps.Unlock()
 	defer untrackLocked(tmp)
 	var err error
 	if force {
-		err = os.Rename(tmp, dst)
+		err = atomicfile.Rename(tmp, dst)
 	} else {
-		err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE)
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
-			if err = os.Link(tmp, dst); err == nil {
-				os.Remove(tmp)
-			}
-		}
-		if errors.Is(err, unix.EEXIST) || errors.Is(err, os.ErrExist) {
+		err = atomicfile.RenameNoReplace(tmp, dst)
+		if errors.Is(err, os.ErrExist) {
 			err = fmt.Errorf("output %s exists (use -f/--force to replace it)", dst)
 		}
 	}

@@ -208,7 +208,7 @@ func (b *Builder) AddLayer(r io.Reader, srcDiffID string) (Layer, error) {
 	if err := commit(l.Path, src, lsmt.CommitOptions{UUID: l.UUID, ParentUUID: parentUUID}, b.opts); err != nil {
 		return Layer{}, fmt.Errorf("convert: layer %d: %w", n, err)
 	}
-	if l.Digest, l.Size, err = fileDigest(l.Path); err != nil {
+	if l.Digest, l.Size, err = FileDigest(l.Path); err != nil {
 		return Layer{}, err
 	}
 	lf, err := layer.OpenFile(l.Path)
@@ -254,7 +254,9 @@ func commit(path string, src lsmt.Source, co lsmt.CommitOptions, o Options) erro
 	return f.Close()
 }
 
-func fileDigest(path string) (string, int64, error) {
+// FileDigest is the sha256 digest ("sha256:HEX") and size of a file: a layer
+// blob's descriptor.
+func FileDigest(path string) (string, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", 0, err
@@ -263,7 +265,7 @@ func fileDigest(path string) (string, int64, error) {
 	h := sha256.New()
 	n, err := io.Copy(h, f)
 	if err != nil {
-		return "", 0, err
+		return "", 0, fmt.Errorf("%s: %w", path, err)
 	}
 	return "sha256:" + hex.EncodeToString(h.Sum(nil)), n, nil
 }

@@ -97,23 +97,11 @@ func NewClient(opts Options) (*Client, error) {
 	skipConf.InsecureSkipVerify = true
 	c.noVerify = c.newTransport(skipConf)
 
-	var kcs []authn.Keychain
-	if o.CredentialService != nil {
-		kc, err := o.CredentialService.Keychain()
-		if err != nil {
-			return nil, err
-		}
-		kcs = append(kcs, kc)
+	kc, err := Keychain(o)
+	if err != nil {
+		return nil, err
 	}
-	if o.CredentialFile != "" {
-		kcs = append(kcs, CredentialFileKeychain(o.CredentialFile))
-	}
-	if o.Keychain != nil {
-		kcs = append(kcs, o.Keychain)
-	} else {
-		kcs = append(kcs, authn.DefaultKeychain)
-	}
-	c.keychain = authn.NewMultiKeychain(kcs...)
+	c.keychain = kc
 	return c, nil
 }
 
@@ -418,3 +406,27 @@ func (l limitedBody) Read(p []byte) (int, error) {
 }
 
 func (l limitedBody) Close() error { return l.c.Close() }
+
+// Keychain is the credential chain of a client made with o: the credential
+// service, then the credential file, then o.Keychain (docker's config and
+// credential helpers by default). Tools that hand credentials to another
+// registry library (containerd's resolver) use it to find the same ones.
+func Keychain(o Options) (authn.Keychain, error) {
+	var kcs []authn.Keychain
+	if o.CredentialService != nil {
+		kc, err := o.CredentialService.Keychain()
+		if err != nil {
+			return nil, err
+		}
+		kcs = append(kcs, kc)
+	}
+	if o.CredentialFile != "" {
+		kcs = append(kcs, CredentialFileKeychain(o.CredentialFile))
+	}
+	if o.Keychain != nil {
+		kcs = append(kcs, o.Keychain)
+	} else {
+		kcs = append(kcs, authn.DefaultKeychain)
+	}
+	return authn.NewMultiKeychain(kcs...), nil
+}

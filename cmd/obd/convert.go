@@ -2,11 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"runtime"
 	"strings"
@@ -298,7 +295,7 @@ func pushCommand() *cli.Command {
 				if !tarred {
 					zap.L().Warn("layer is not tar-wrapped; registries and the snapshotter expect obd commit -t output", zap.String("layer", p))
 				}
-				dg, size, err := digestFile(p)
+				dg, size, err := convert.FileDigest(p)
 				if err != nil {
 					return err
 				}
@@ -316,18 +313,4 @@ func pushCommand() *cli.Command {
 			return writeOutput(c.Context, client, args[len(args)-1], img, nil)
 		},
 	}
-}
-
-func digestFile(path string) (string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, fmt.Errorf("%s: %w", path, err)
-	}
-	return "sha256:" + hex.EncodeToString(h.Sum(nil)), n, nil
 }

@@ -56,7 +56,7 @@ func rpullCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			kc, err := registryKeychain(ro.Registry)
+			kc, err := registry.Keychain(ro.Registry)
 			if err != nil {
 				return err
 			}
@@ -80,23 +80,6 @@ func rpullCommand() *cli.Command {
 			return nil
 		},
 	}
-}
-
-// registryKeychain is the credential chain obd's registry client uses: the
-// credential service, then the credential file, then docker's config.
-func registryKeychain(o registry.Options) (authn.Keychain, error) {
-	var kcs []authn.Keychain
-	if o.CredentialService != nil {
-		kc, err := o.CredentialService.Keychain()
-		if err != nil {
-			return nil, err
-		}
-		kcs = append(kcs, kc)
-	}
-	if o.CredentialFile != "" {
-		kcs = append(kcs, registry.CredentialFileKeychain(o.CredentialFile))
-	}
-	return authn.NewMultiKeychain(append(kcs, authn.DefaultKeychain)...), nil
 }
 
 // keychainCreds answers containerd's resolver with the keychain's credentials for

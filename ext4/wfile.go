@@ -168,6 +168,16 @@ func (w *Writer) setExtents(ri *rawInode, exts []extent, goal uint64) (treeBlock
 		first uint32
 		blk   uint64
 	}
+	// writeNode puts one tree block near goal and counts it.
+	writeNode := func(b []byte) (uint64, error) {
+		blk, _, err := w.allocRun(goal, 1)
+		if err != nil {
+			return 0, err
+		}
+		treeBlocks++
+		_, err = w.dev.WriteAt(b, int64(blk)*wBlockSize)
+		return blk, err
+	}
 	var level []node
 	for i := 0; i < len(exts); i += perBlock {
 		chunk := exts[i:min(i+perBlock, len(exts))]
@@ -176,12 +186,8 @@ func (w *Writer) setExtents(ri *rawInode, exts []extent, goal uint64) (treeBlock
 		for j, e := range chunk {
 			putLeaf(b[12+12*j:], e)
 		}
-		blk, _, err := w.allocRun(goal, 1)
+		blk, err := writeNode(b)
 		if err != nil {
-			return treeBlocks, err
-		}
-		treeBlocks++
-		if _, err := w.dev.WriteAt(b, int64(blk)*wBlockSize); err != nil {
 			return treeBlocks, err
 		}
 		level = append(level, node{chunk[0].lblk, blk})
@@ -196,12 +202,8 @@ func (w *Writer) setExtents(ri *rawInode, exts []extent, goal uint64) (treeBlock
 			for j, c := range chunk {
 				putIndex(b[12+12*j:], c.first, c.blk)
 			}
-			blk, _, err := w.allocRun(goal, 1)
+			blk, err := writeNode(b)
 			if err != nil {
-				return treeBlocks, err
-			}
-			treeBlocks++
-			if _, err := w.dev.WriteAt(b, int64(blk)*wBlockSize); err != nil {
 				return treeBlocks, err
 			}
 			next = append(next, node{chunk[0].first, blk})

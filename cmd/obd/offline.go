@@ -200,7 +200,7 @@ func createLayer(s createSpec) (err error) {
 		return fmt.Errorf("%s: %w", s.data, err)
 	}
 	if s.mkfs {
-		if err = mkfsLayer(w, s.data); err != nil {
+		if err = mkfsLayer(w); err != nil {
 			w.Close()
 			return err
 		}

@@ -134,7 +134,7 @@ func TestReferenceToolCommandLines(t *testing.T) {
 
 // overlaybd-create --mkfs formats the disk as ext4 with the reference's parameters.
 func TestCreateMkfs(t *testing.T) {
-	for _, tool := range []string{"mkfs.ext4", "tune2fs", "e2fsck", "dumpe2fs"} {
+	for _, tool := range []string{"e2fsck", "dumpe2fs"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s not installed (make test installs e2fsprogs): %v", tool, err)
 		}
@@ -155,7 +155,7 @@ func TestCreateMkfs(t *testing.T) {
 			t.Fatal(err)
 		}
 		h := string(out)
-		for _, want := range []string{"Filesystem UUID:          " + mkfsUUID, "Block size:               4096", "Inode size:\t          256",
+		for _, want := range []string{"Filesystem UUID:          bdf7bb2e-c231-43ce-87c2-299792458ef5", "Block size:               4096", "Inode size:\t          256",
 			"Default directory hash:   half_md4", "Maximum mount count:      -1", "sparse_super2", "flex_bg", "64bit", "extent"} {
 			if !strings.Contains(h, want) {
 				t.Errorf("dumpe2fs: no %q in\n%s", want, h)

@@ -221,14 +221,8 @@ func (w *Writer) flushDir(d *dir) error {
 		return err
 	}
 	if d.grown {
-		_, tree, err := w.fileExtents(ri)
-		if err != nil {
+		if err := w.freeTree(ri); err != nil {
 			return err
-		}
-		for _, b := range tree {
-			if err := w.freeRun(b, 1); err != nil {
-				return err
-			}
 		}
 		goal := w.blockGoal
 		var exts []extent

@@ -789,14 +789,8 @@ func (w *Writer) release(num uint32, ri *rawInode) error {
 				}
 			}
 		}
-		_, tree, err := w.fileExtents(ri)
-		if err != nil {
+		if err := w.freeTree(ri); err != nil {
 			return err
-		}
-		for _, b := range tree {
-			if err := w.freeRun(b, 1); err != nil {
-				return err
-			}
 		}
 	} else if ri.mode()&modeType == ModeRegular || ri.mode()&modeType == ModeSymlink || isDir {
 		if err := w.freeData(ri); err != nil {
@@ -934,4 +928,19 @@ func aclFromDisk(v []byte) ([]byte, error) {
 		e = e[n:]
 	}
 	return out, nil
+}
+
+// freeTree frees the blocks of an inode's extent tree (its index and leaf blocks,
+// not the data they map).
+func (w *Writer) freeTree(ri *rawInode) error {
+	_, tree, err := w.fileExtents(ri)
+	if err != nil {
+		return err
+	}
+	for _, b := range tree {
+		if err := w.freeRun(b, 1); err != nil {
+			return err
+		}
+	}
+	return nil
 }

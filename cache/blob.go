@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/obd-project/obd/crc32c"
+	"github.com/obd-project/obd/internal/blobio"
 	"go.uber.org/zap"
 )
 
@@ -25,13 +26,13 @@ type Blob struct {
 	closed atomic.Bool
 }
 
-// A Blob is what the image layer consumes (image.Blob) and what zfile evicts from
-// (zfile.Evicter).
+// A Blob is what the image layer consumes (image.Blob), read with an intent
+// (blobio.Reader) and what zfile evicts from (zfile.Evicter).
 var _ interface {
 	io.ReaderAt
 	io.Closer
-	Size() int64
-	Evict(off, n int64) error
+	blobio.Reader
+	blobio.Evicter
 } = (*Blob)(nil)
 
 // Stats counts a blob's activity since it was opened (shared by every handle of
@@ -113,9 +114,9 @@ var stampInterval = 30 * time.Second
 // flight is one fill of units [first, first+n): single-flight for each unit.
 type flight struct {
 	first, n int
-	ahead    bool            // read-ahead: a reader failing on it retries with its own fill
-	dropping bool            // not a fill: Evict dropping the unit; readers retry after it
-	ctx      context.Context // passed to a ContextSource; nil: plain ReadAt
+	ahead    bool          // read-ahead: a reader failing on it retries with its own fill
+	dropping bool          // not a fill: Evict dropping the unit; readers retry after it
+	intent   blobio.Intent // of the read that started the fill, passed to the Source
 	done     chan struct{}
 	start    int64  // blob offset of buf
 	buf      []byte // the units' bytes, once done without err
@@ -325,27 +326,21 @@ func (b *Blob) Close() error {
 // ReadAt reads len(p) bytes at off, fetching missing units from the source. A
 // read reaching past Size returns the bytes up to Size and io.EOF. A failed fetch
 // fails only the reads that need its units.
-func (b *Blob) ReadAt(p []byte, off int64) (int, error) { return b.readAt(nil, p, off) }
+func (b *Blob) ReadAt(p []byte, off int64) (int, error) { return b.readAt(blobio.Demand, p, off) }
 
-type noReadAheadKey struct{}
-
-// WithoutReadAhead marks reads through ReadAtContext as exact: they start no
-// read-ahead (trace replay and pull know what they want).
-func WithoutReadAhead(ctx context.Context) context.Context {
-	return context.WithValue(ctx, noReadAheadKey{}, true)
-}
-
-// ReadAtContext is ReadAt whose fills carry ctx's values to a ContextSource (e.g.
-// a prefetch priority for trace replay and pull). A fill is shared by every
-// reader of its units, so ctx's cancellation does not reach it.
-func (b *Blob) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
+// ReadAtIntent is ReadAt with the read's intent: the fills it starts pass it to
+// the Source (e.g. a prefetch priority for trace replay and pull), and an Exact
+// read starts no read-ahead (trace replay, pull and an open know what they
+// want). A fill is shared by every reader of its units, so ctx's cancellation
+// does not reach it: ctx only stops a read that has not begun.
+func (b *Blob) ReadAtIntent(ctx context.Context, in blobio.Intent, p []byte, off int64) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	return b.readAt(context.WithoutCancel(ctx), p, off)
+	return b.readAt(in, p, off)
 }
 
-func (b *Blob) readAt(ctx context.Context, p []byte, off int64) (int, error) {
+func (b *Blob) readAt(in blobio.Intent, p []byte, off int64) (int, error) {
 	s := b.s
 	if b.closed.Load() {
 		return 0, fmt.Errorf("cache: blob %s: %w", s.key, os.ErrClosed)
@@ -363,7 +358,7 @@ func (b *Blob) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if rem := s.size - off; int64(len(p)) > rem {
 		want = p[:rem]
 	}
-	n, err := s.read(ctx, b.src, want, off)
+	n, err := s.read(in, b.src, want, off)
 	s.served.Add(int64(n))
 	if err == nil && len(want) < len(p) {
 		err = io.EOF
@@ -371,15 +366,15 @@ func (b *Blob) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 	return n, err
 }
 
-func (s *blobState) read(ctx context.Context, src Source, p []byte, off int64) (int, error) {
+func (s *blobState) read(in blobio.Intent, src Source, p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	us := int64(s.us)
 	end := off + int64(len(p))
 	u0, u1 := int(off/us), int((end-1)/us)
-	flights := s.ensure(ctx, src, u0, u1, false)
-	if ctx == nil || ctx.Value(noReadAheadKey{}) == nil {
+	flights := s.ensure(in, src, u0, u1, false)
+	if !in.Exact {
 		// Read ahead of a stream only while it misses or consumes read-ahead.
 		fetch := false
 		for u := u0; u <= u1; u++ {
@@ -409,13 +404,13 @@ func (s *blobState) read(ctx context.Context, src Source, p []byte, off int64) (
 				if tries >= maxLocalTries {
 					return n, fmt.Errorf("cache: blob %s: unit %d (bytes [%d, %d)): local copy failed its checksum %d times", s.key, u, int64(u)*us, min(int64(u+1)*us, s.size), tries)
 				}
-				f = s.ensure(ctx, src, u, u, false)[0]
+				f = s.ensure(in, src, u, u, false)[0]
 				continue
 			}
 			<-f.done
 			if f.err != nil {
 				if (f.ahead || f.dropping) && tries < maxLocalTries {
-					f = s.ensure(ctx, src, u, u, false)[0]
+					f = s.ensure(in, src, u, u, false)[0]
 					continue
 				}
 				return n, f.err
@@ -432,7 +427,7 @@ func (s *blobState) read(ctx context.Context, src Source, p []byte, off int64) (
 // ensure returns, for each unit in [u0, u1], nil if it is cached, else the fill
 // that brings it (joining a running one or starting new ones: adjacent missing
 // units share a fill of at most MaxFetchSize).
-func (s *blobState) ensure(ctx context.Context, src Source, u0, u1 int, ahead bool) []*flight {
+func (s *blobState) ensure(in blobio.Intent, src Source, u0, u1 int, ahead bool) []*flight {
 	o := &s.c.opts
 	maxUnits := o.MaxFetchSize / s.us
 	out := make([]*flight, u1-u0+1)
@@ -471,7 +466,7 @@ func (s *blobState) ensure(ctx context.Context, src Source, u0, u1 int, ahead bo
 			s.refetches.Add(1)
 		}
 		if run == nil || run.n == maxUnits {
-			run = &flight{first: u, ahead: ahead, ctx: ctx, done: make(chan struct{}), start: int64(u) * int64(s.us)}
+			run = &flight{first: u, ahead: ahead, intent: in, done: make(chan struct{}), start: int64(u) * int64(s.us)}
 			launch = append(launch, run)
 		}
 		run.n++
@@ -548,7 +543,7 @@ func (s *blobState) readAhead(src Source, off, end int64, fetch bool) {
 	}
 	s.mu.Unlock()
 	if missing > 0 && (firstMissing || 2*missing >= ub-ua+1) {
-		s.ensure(s.c.opts.AheadContext, src, ua, ub, true)
+		s.ensure(blobio.ReadAhead, src, ua, ub, true)
 	}
 }
 
@@ -604,13 +599,7 @@ func (s *blobState) fill(src Source, f *flight) {
 	}
 	s.c.fetches.acquire(group)
 	buf := make([]byte, length)
-	var n int
-	var err error
-	if cs, ok := contextSource(src, f.ctx); ok {
-		n, err = cs.ReadAtContext(f.ctx, buf, f.start)
-	} else {
-		n, err = src.ReadAt(buf, f.start)
-	}
+	n, err := src.ReadAtIntent(context.Background(), f.intent, buf, f.start)
 	s.c.fetches.release(group)
 	if n < length {
 		if err == nil || errors.Is(err, io.EOF) {
@@ -648,15 +637,6 @@ func (s *blobState) fill(src Source, f *flight) {
 		fillHook("record")
 	}
 	f.metas = metas
-}
-
-// contextSource returns src's ContextSource when a fill has a context for it.
-func contextSource(src Source, ctx context.Context) (ContextSource, bool) {
-	if ctx == nil {
-		return nil, false
-	}
-	cs, ok := src.(ContextSource)
-	return cs, ok
 }
 
 // adopt takes f's units from disk when all their records are valid and the data

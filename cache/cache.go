@@ -52,7 +52,6 @@
 package cache
 
 import (
-	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -67,6 +66,7 @@ import (
 	"time"
 
 	"github.com/obd-project/obd/crc32c"
+	"github.com/obd-project/obd/internal/blobio"
 	"go.uber.org/zap"
 )
 
@@ -107,10 +107,7 @@ type Options struct {
 	// within RefetchWindow; beyond it reads of the unit fail (ErrRefetchLimit).
 	MaxRefetches  int
 	RefetchWindow time.Duration
-	// AheadContext is the context of read-ahead fills: its values (e.g.
-	// p2p.WithPriority) reach a Source that is a ContextSource. nil: plain ReadAt.
-	AheadContext context.Context
-	Logger       *zap.Logger // nil: zap.L()
+	Logger        *zap.Logger // nil: zap.L()
 }
 
 func (o Options) normalized() (Options, error) {
@@ -155,17 +152,14 @@ func (o Options) normalized() (Options, error) {
 	return o, nil
 }
 
-// Source is the remote side of a blob: ranged reads of Size() bytes.
+// Source is the remote side of a blob: ranged reads of Size() bytes. A fill
+// reads it with the intent of the read that started the fill (Blob.ReadAtIntent;
+// a plain ReadAt is blobio.Demand) and read-ahead with blobio.ReadAhead (in
+// Dragonfly mode a prefetch priority). A fill is shared by every reader of its
+// units, so its context is never a reader's: cancellation ends it only through
+// the Source itself (Close).
 type Source interface {
-	ReadAt(p []byte, off int64) (int, error)
-	Size() int64
-}
-
-// ContextSource is an optional capability of a Source: reads that carry a
-// context, through which fills started by Blob.ReadAtContext and read-ahead
-// (Options.AheadContext) pass values such as a P2P priority.
-type ContextSource interface {
-	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
+	blobio.Reader
 }
 
 // ErrRefetchLimit is returned for a unit dropped by Evict more than

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/obd-project/obd/internal/blobio"
 )
 
 func TestRandomConcurrentReads(t *testing.T) {
@@ -702,8 +704,8 @@ func TestEvictionsOfClosedBlobsCounted(t *testing.T) {
 }
 
 // A stream over units cached by other reads (a trace replay, an earlier run)
-// fetches nothing more; once it misses, read-ahead starts; WithoutReadAhead reads
-// never read ahead.
+// fetches nothing more; once it misses, read-ahead starts; exact reads
+// (blobio.Intent.Exact) never read ahead.
 func TestReadAheadOnlyWhileFetching(t *testing.T) {
 	src := newSource(9, 32<<20)
 	o := testOptions()
@@ -711,9 +713,9 @@ func TestReadAheadOnlyWhileFetching(t *testing.T) {
 	c := openCache(t, t.TempDir(), o)
 	b := openBlob(t, c, testKey, src)
 	buf := make([]byte, 128<<10)
-	read := func(ctx context.Context, from, n int64) {
+	read := func(in blobio.Intent, from, n int64) {
 		for off := from; off < from+n; off += int64(len(buf)) {
-			if _, err := b.ReadAtContext(ctx, buf, off); err != nil {
+			if _, err := b.ReadAtIntent(context.Background(), in, buf, off); err != nil {
 				t.Fatal(err)
 			}
 			if string(buf) != string(src.data[off:off+int64(len(buf))]) {
@@ -722,16 +724,15 @@ func TestReadAheadOnlyWhileFetching(t *testing.T) {
 		}
 		b.s.wg.Wait()
 	}
-	exact := WithoutReadAhead(context.Background())
-	read(exact, 0, 4<<20) // a replay: exactly 4 MiB
+	read(blobio.Background, 0, 4<<20) // a replay: exactly 4 MiB
 	if got := src.bytes.Load(); got != 4<<20 {
 		t.Fatalf("exact reads of 4 MiB fetched %d bytes", got)
 	}
-	read(context.Background(), 0, 4<<20) // a stream over them: all hits
+	read(blobio.Demand, 0, 4<<20) // a stream over them: all hits
 	if got := src.bytes.Load(); got != 4<<20 {
 		t.Fatalf("a stream over cached units fetched %d more bytes", got-4<<20)
 	}
-	read(context.Background(), 4<<20, 2<<20) // it goes on into uncached data
+	read(blobio.Demand, 4<<20, 2<<20) // it goes on into uncached data
 	if got := src.bytes.Load(); got <= 6<<20 {
 		t.Fatalf("a stream missing fetched %d bytes: no read-ahead", got)
 	}

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"runtime"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/obd-project/obd/internal/blobio"
 	"github.com/obd-project/obd/zfile"
 )
 
@@ -19,7 +21,7 @@ import (
 type claimSource struct{ size int64 }
 
 func (c claimSource) Size() int64 { return c.size }
-func (c claimSource) ReadAt(p []byte, off int64) (int, error) {
+func (c claimSource) ReadAtIntent(_ context.Context, _ blobio.Intent, p []byte, off int64) (int, error) {
 	for i := range p {
 		p[i] = byte((off + int64(i)) * 7)
 	}
@@ -86,7 +88,7 @@ type hangSource struct {
 
 func (h *hangSource) Size() int64        { return h.size }
 func (h *hangSource) FetchGroup() string { return h.group }
-func (h *hangSource) ReadAt(p []byte, off int64) (int, error) {
+func (h *hangSource) ReadAtIntent(_ context.Context, _ blobio.Intent, p []byte, off int64) (int, error) {
 	h.waiting.Add(1)
 	<-h.release
 	return 0, errors.New("hung source released")

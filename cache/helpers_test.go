@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/obd-project/obd/internal/blobio"
 	"go.uber.org/zap"
 )
 
@@ -49,6 +51,11 @@ type memSource struct {
 func newSource(seed uint64, n int) *memSource { return &memSource{data: testData(seed, n)} }
 
 func (m *memSource) Size() int64 { return int64(len(m.data)) }
+
+// ReadAtIntent is the cache's read (Source); the intent does not change the bytes.
+func (m *memSource) ReadAtIntent(_ context.Context, _ blobio.Intent, p []byte, off int64) (int, error) {
+	return m.ReadAt(p, off)
+}
 
 func (m *memSource) ReadAt(p []byte, off int64) (int, error) {
 	call := m.calls.Add(1)

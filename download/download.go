@@ -419,21 +419,23 @@ type ContextReaderAt interface {
 	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
 }
 
-// readAt reads src at off, returning when ctx ends even if src cannot be
-// cancelled. An abandoned read still fills p later: the caller must drop p when
-// ctx has ended.
+// readAt reads src at off (with ctx when src is a ContextReaderAt), returning
+// when ctx ends even if the read does not honour it. An abandoned read still
+// fills p later: the caller must drop p when ctx has ended.
 func readAt(ctx context.Context, src io.ReaderAt, p []byte, off int64) (int, error) {
-	if cr, ok := src.(ContextReaderAt); ok {
-		return cr.ReadAtContext(ctx, p, off)
-	}
 	type result struct {
 		n   int
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		n, err := src.ReadAt(p, off)
-		done <- result{n, err}
+		var r result
+		if cr, ok := src.(ContextReaderAt); ok {
+			r.n, r.err = cr.ReadAtContext(ctx, p, off)
+		} else {
+			r.n, r.err = src.ReadAt(p, off)
+		}
+		done <- r
 	}()
 	select {
 	case r := <-done:

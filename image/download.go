@@ -2,7 +2,6 @@ package image
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,57 +10,27 @@ import (
 
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/download"
-	"github.com/obd-project/obd/zfile"
+	"github.com/obd-project/obd/internal/blobio"
 	"go.uber.org/zap"
 )
 
-// SourceBlob is an optional capability of a remote Blob: the raw remote side,
-// which the background download reads (as the reference does) so a full download
-// does not churn the extent cache.
-type SourceBlob interface {
-	Source() io.ReaderAt
-}
+// ReplayReader is b as trace replay reads it: in the background (blobio.Background:
+// in Dragonfly mode below on-demand reads, and no read-ahead beyond what the trace
+// names). It keeps b's Evict, for the ZFile self-healing of the replay's reads.
+func ReplayReader(b RemoteBlob) blobio.View { return blobio.View{R: b, In: blobio.Background} }
 
-// PrefetchBlob is an optional capability of a remote Blob: a view of it whose reads
-// are marked as prefetch (in Dragonfly mode, sent below on-demand reads). Trace
-// replay reads through it.
-type PrefetchBlob interface {
-	PrefetchReader() io.ReaderAt
+// DownloadReader is what the background download of b reads: its remote side past
+// the cache (RemoteBlob.Direct), in the background, cancelled with the download
+// (download.ContextReaderAt).
+func DownloadReader(b RemoteBlob) blobio.View {
+	return blobio.View{R: b.Direct(), In: blobio.Background}
 }
-
-// prefetchView is a swapBlob read at prefetch priority while it is remote.
-type prefetchView struct {
-	s      *swapBlob
-	remote io.ReaderAt
-}
-
-// prefetchView returns nil unless s is remote with a prefetch view (s may be nil).
-func (s *swapBlob) prefetchView() io.ReaderAt {
-	if s == nil {
-		return nil
-	}
-	pb, ok := s.remote.(PrefetchBlob)
-	if !ok {
-		return nil
-	}
-	return prefetchView{s, pb.PrefetchReader()}
-}
-
-func (v prefetchView) ReadAt(p []byte, off int64) (int, error) {
-	if v.s.Local() {
-		return v.s.ReadAt(p, off)
-	}
-	return v.remote.ReadAt(p, off)
-}
-
-// Evict keeps the ZFile self-healing of the replay's reads.
-func (v prefetchView) Evict(off, n int64) error { return v.s.Evict(off, n) }
 
 // swapBlob is a remote layer blob whose reads move to a verified local copy once
 // the background download has it. The copy holds the same bytes, so the layers
 // unwrapped above it (tar, ZFile, LSMT) never notice the switch.
 type swapBlob struct {
-	remote Blob
+	remote RemoteBlob
 	size   int64
 	cur    atomic.Pointer[io.ReaderAt]
 
@@ -69,7 +38,9 @@ type swapBlob struct {
 	local *os.File
 }
 
-func newSwapBlob(b Blob) *swapBlob {
+var _ RemoteBlob = (*swapBlob)(nil)
+
+func newSwapBlob(b RemoteBlob) *swapBlob {
 	s := &swapBlob{remote: b, size: b.Size()}
 	var r io.ReaderAt = b
 	s.cur.Store(&r)
@@ -80,22 +51,27 @@ func (s *swapBlob) Size() int64 { return s.size }
 
 func (s *swapBlob) ReadAt(p []byte, off int64) (int, error) { return (*s.cur.Load()).ReadAt(p, off) }
 
+// ReadAtIntent reads the remote blob with in, or the local copy once there is one.
+func (s *swapBlob) ReadAtIntent(ctx context.Context, in blobio.Intent, p []byte, off int64) (int, error) {
+	if s.Local() {
+		return s.ReadAt(p, off)
+	}
+	return s.remote.ReadAtIntent(ctx, in, p, off)
+}
+
+// Direct is the remote blob's remote side, also after the swap.
+func (s *swapBlob) Direct() blobio.Reader { return s.remote.Direct() }
+
 // Evict forwards a ZFile CRC failure to the cache. Once reads have moved to the
 // verified local copy (the bad bytes may have come from the remote side just
 // before the swap), the remote side is still told, so that the cache drops them,
 // and nil lets the reader re-read from the local copy.
 func (s *swapBlob) Evict(off, n int64) error {
 	local := s.Local()
-	if ev, ok := s.remote.(zfile.Evicter); ok {
-		if err := ev.Evict(off, n); err != nil && !local {
-			return err
-		}
-		return nil
+	if err := s.remote.Evict(off, n); err != nil && !local {
+		return err
 	}
-	if local {
-		return nil
-	}
-	return errors.New("remote blob cannot evict: a re-read would return the same bytes")
+	return nil
 }
 
 // switchTo moves reads to the file at path, which must have the blob's size.
@@ -153,12 +129,8 @@ func (im *Image) startDownload(cfg *config.ImageConfig, lowers []config.Layer, s
 		if s == nil || lowers[i].Dir == "" {
 			continue
 		}
-		var src io.ReaderAt = s.remote
-		if sb, ok := s.remote.(SourceBlob); ok {
-			src = sb.Source()
-		}
 		s := s
-		jobs = append(jobs, download.Job{Dir: lowers[i].Dir, Digest: lowers[i].Digest, Size: s.size, Source: src, Done: s.switchTo})
+		jobs = append(jobs, download.Job{Dir: lowers[i].Dir, Digest: lowers[i].Digest, Size: s.size, Source: DownloadReader(s.remote), Done: s.switchTo})
 	}
 	if len(jobs) == 0 {
 		return

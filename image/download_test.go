@@ -14,6 +14,7 @@ import (
 
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/download"
+	"github.com/obd-project/obd/internal/blobio"
 	"github.com/obd-project/obd/zfile"
 )
 
@@ -73,7 +74,7 @@ func TestEvictAfterSwapRereadsLocalCopy(t *testing.T) {
 	}
 
 	remote := &flakyRemote{data: zb.Bytes()}
-	s := newSwapBlob(remote)
+	s := newSwapBlob(remoteOf(remote))
 	defer s.Close()
 	z, err := zfile.Open(s, s.Size(), zfile.WithBlockCache(0))
 	if err != nil {
@@ -105,34 +106,35 @@ func TestEvictAfterSwapRereadsLocalCopy(t *testing.T) {
 // download reads) hangs, as a stalled registry does until the read's deadline; it
 // ends early only when the blob is closed. Its reads take no context.
 type hangingSourceBlob struct {
-	countingBlob
-	closed chan struct{}
-	delay  time.Duration
+	testRemoteBlob
+	countingBlob *countingBlob
+	closed       chan struct{}
+	delay        time.Duration
 }
 
-func (b *hangingSourceBlob) Close() error { close(b.closed); return b.File.Close() }
-func (b *hangingSourceBlob) Source() io.ReaderAt {
-	return readerFunc(func(p []byte, off int64) (int, error) {
-		select {
-		case <-time.After(b.delay):
-		case <-b.closed:
-		}
-		return 0, io.ErrUnexpectedEOF
-	})
+func (b *hangingSourceBlob) Close() error          { close(b.closed); return b.countingBlob.File.Close() }
+func (b *hangingSourceBlob) Direct() blobio.Reader { return hungReader{b} }
+
+// hungReader is the hanging registry side; its reads ignore their context.
+type hungReader struct{ b *hangingSourceBlob }
+
+func (h hungReader) Size() int64 { return h.b.Size() }
+func (h hungReader) ReadAtIntent(context.Context, blobio.Intent, []byte, int64) (int, error) {
+	select {
+	case <-time.After(h.b.delay):
+	case <-h.b.closed:
+	}
+	return 0, io.ErrUnexpectedEOF
 }
-
-type readerFunc func([]byte, int64) (int, error)
-
-func (f readerFunc) ReadAt(p []byte, off int64) (int, error) { return f(p, off) }
 
 type hangingRemote struct{ countingRemote }
 
-func (r *hangingRemote) OpenBlob(ctx context.Context, url string, l config.Layer) (Blob, error) {
-	b, err := r.countingRemote.OpenBlob(ctx, "b0.commit", l)
+func (r *hangingRemote) OpenBlob(ctx context.Context, url string, l config.Layer) (RemoteBlob, error) {
+	b, err := r.countingRemote.open("b0.commit")
 	if err != nil {
 		return nil, err
 	}
-	return &hangingSourceBlob{countingBlob: *b.(*countingBlob), closed: make(chan struct{}), delay: 10 * time.Second}, nil
+	return &hangingSourceBlob{testRemoteBlob: remoteOf(b), countingBlob: b, closed: make(chan struct{}), delay: 10 * time.Second}, nil
 }
 
 // Close (detach) does not wait for a background download read that hangs, even

@@ -40,13 +40,13 @@ type pageCacheBlob struct {
 
 const testPage = 4096
 
-func (r *pageCacheRemote) OpenBlob(_ context.Context, url string, _ config.Layer) (Blob, error) {
+func (r *pageCacheRemote) OpenBlob(_ context.Context, url string, _ config.Layer) (RemoteBlob, error) {
 	f, err := os.Open(filepath.Join(r.dir, filepath.Base(url)))
 	if err != nil {
 		return nil, err
 	}
 	st, _ := f.Stat()
-	return &pageCacheBlob{f: f, size: st.Size(), n: &r.fetched, pages: map[int64][]byte{}}, nil
+	return remoteOf(&pageCacheBlob{f: f, size: st.Size(), n: &r.fetched, pages: map[int64][]byte{}}), nil
 }
 
 func (b *pageCacheBlob) Size() int64  { return b.size }

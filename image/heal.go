@@ -1,11 +1,13 @@
 package image
 
 import (
+	"context"
 	"errors"
 	"sort"
 	"sync"
 	"sync/atomic"
 
+	"github.com/obd-project/obd/internal/blobio"
 	"github.com/obd-project/obd/lsmt"
 	"github.com/obd-project/obd/tarwrap"
 	"github.com/obd-project/obd/zfile"
@@ -29,25 +31,35 @@ func healable(err error) bool {
 }
 
 // openLog is a remote blob seen by the layer openers: until stop, it records the
-// ranges read, which are evicted when the open fails. It forwards Evict (the ZFile
-// block self-healing) to the blob.
+// ranges read (by either read method), which are evicted when the open fails.
+// The rest of RemoteBlob (Evict for the ZFile block self-healing, Direct, Size,
+// Close) is the swapBlob's.
 type openLog struct {
-	s       *swapBlob
+	*swapBlob
 	stopped atomic.Bool
 	mu      sync.Mutex
 	ranges  [][2]int64 // [off, end)
 }
 
+var _ RemoteBlob = (*openLog)(nil)
+
 func (l *openLog) ReadAt(p []byte, off int64) (int, error) {
+	l.note(p, off)
+	return l.swapBlob.ReadAt(p, off)
+}
+
+func (l *openLog) ReadAtIntent(ctx context.Context, in blobio.Intent, p []byte, off int64) (int, error) {
+	l.note(p, off)
+	return l.swapBlob.ReadAtIntent(ctx, in, p, off)
+}
+
+func (l *openLog) note(p []byte, off int64) {
 	if !l.stopped.Load() && len(p) > 0 {
 		l.mu.Lock()
 		l.ranges = append(l.ranges, [2]int64{off, off + int64(len(p))})
 		l.mu.Unlock()
 	}
-	return l.s.ReadAt(p, off)
 }
-
-func (l *openLog) Evict(off, n int64) error { return l.s.Evict(off, n) }
 
 // stop ends the recording: the open succeeded (or was given up).
 func (l *openLog) stop() {
@@ -75,7 +87,7 @@ func (l *openLog) evictRead() (int64, error) {
 	var n int64
 	var errs []error
 	for _, r := range merged {
-		if err := l.s.Evict(r[0], r[1]-r[0]); err != nil {
+		if err := l.Evict(r[0], r[1]-r[0]); err != nil {
 			errs = append(errs, err)
 		}
 		n += r[1] - r[0]

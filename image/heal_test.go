@@ -55,7 +55,9 @@ func (b *cachedFlipBlob) Evict(off, n int64) error {
 
 type flipRemote struct{ b *cachedFlipBlob }
 
-func (r flipRemote) OpenBlob(context.Context, string, config.Layer) (Blob, error) { return r.b, nil }
+func (r flipRemote) OpenBlob(context.Context, string, config.Layer) (RemoteBlob, error) {
+	return remoteOf(r.b), nil
+}
 
 // metadataRegions names a byte in each metadata structure of blob: the tar
 // headers, the ZFile header, trailer and jump table, the LSMT header, trailer and
@@ -208,8 +210,8 @@ func (b *unavailableBlob) ReadAt(p []byte, off int64) (int, error) {
 
 type unavailableRemote struct{ b *unavailableBlob }
 
-func (r unavailableRemote) OpenBlob(context.Context, string, config.Layer) (Blob, error) {
-	return r.b, nil
+func (r unavailableRemote) OpenBlob(context.Context, string, config.Layer) (RemoteBlob, error) {
+	return remoteOf(r.b), nil
 }
 
 // An I/O error at open is not retried: the registry client has retried already,

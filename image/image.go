@@ -15,6 +15,7 @@ import (
 	"github.com/obd-project/obd/blockdev"
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/download"
+	"github.com/obd-project/obd/internal/blobio"
 	"github.com/obd-project/obd/layer"
 	"github.com/obd-project/obd/lsmt"
 	"github.com/obd-project/obd/trace"
@@ -29,10 +30,27 @@ type Blob interface {
 	Size() int64
 }
 
+// RemoteBlob is a remote layer blob, all of it: the remote opener's blobs and
+// every wrapper this package puts around them (swapBlob, openLog) implement each
+// method, so no capability is lost through a wrapper and none is found by type
+// assertion (docs/ARCHITECTURE.md, "The remote read path").
+type RemoteBlob interface {
+	Blob          // ReadAt is a device read (blobio.Demand)
+	blobio.Reader // ReadAtIntent: a read with an explicit intent (trace replay, download)
+	// Evict drops [off, off+n) from the cache so that the next read fetches it
+	// again (the ZFile reader's self-healing, zfile.Evicter); it returns
+	// blobio.ErrNotEvictable when there is no cache.
+	Evict(off, n int64) error
+	// Direct is the remote side past the cache, which the background download
+	// reads (as the reference reads registryfs) so that a full download does
+	// not churn the extent cache.
+	Direct() blobio.Reader
+}
+
 // RemoteOpener opens a remote layer blob by URL (config.ImageConfig.BlobURL of its
 // digest). The remote-image code provides it; without one, remote layers fail to open.
 type RemoteOpener interface {
-	OpenBlob(ctx context.Context, url string, l config.Layer) (Blob, error)
+	OpenBlob(ctx context.Context, url string, l config.Layer) (RemoteBlob, error)
 }
 
 // Options configure Open.
@@ -179,9 +197,9 @@ type blob struct {
 // openLower finds layer i's blob (local candidates first, then the registry),
 // unwraps it (tar, ZFile), lets wrap see the LSMT file (trace recording) and opens
 // the LSMT layer. It also returns the unwrapped reader which trace replay reads:
-// with replay, for a remote blob, a second unwrapping over the blob's prefetch
-// view, so that replay reads are sent at prefetch priority and device reads keep
-// theirs.
+// with replay, for a remote blob, a second unwrapping over ReplayReader, so that
+// replay reads carry blobio.Background (prefetch priority, no read-ahead) and
+// device reads keep theirs.
 func openLower(ctx context.Context, cfg *config.ImageConfig, i int, l config.Layer, remote RemoteOpener,
 	wrap func(int, io.ReaderAt) io.ReaderAt, replay bool, lg *zap.Logger) (*lsmt.Layer, io.ReaderAt, io.Closer, *swapBlob, error) {
 	if l.TargetFile != "" || l.TargetDigest != "" {
@@ -201,7 +219,7 @@ func openLower(ctx context.Context, cfg *config.ImageConfig, i int, l config.Lay
 		r := b.r
 		var log *openLog
 		if b.swap != nil {
-			log = &openLog{s: b.swap}
+			log = &openLog{swapBlob: b.swap}
 			r = log
 		}
 		inner, isize, w, err = layer.Unwrap(r, b.size, b.name)
@@ -237,8 +255,8 @@ func openLower(ctx context.Context, cfg *config.ImageConfig, i int, l config.Lay
 		return nil, nil, nil, nil, fmt.Errorf("failed to open layer %d: %s: %w", i, b.name, err)
 	}
 	lg.Debug("opened layer", zap.Int("layer", i), zap.String("blob", b.name), zap.Strings("chain", w.Chain()))
-	if v := b.swap.prefetchView(); replay && v != nil {
-		if r, _, _, err := layer.Unwrap(v, b.size, b.name); err == nil {
+	if replay && b.swap != nil {
+		if r, _, _, err := layer.Unwrap(ReplayReader(b.swap), b.size, b.name); err == nil {
 			inner = r
 		} else {
 			lg.Warn("trace replay of this layer at on-demand priority", zap.Int("layer", i), zap.Error(err))

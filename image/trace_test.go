@@ -29,7 +29,15 @@ func (b *countingBlob) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-func (r *countingRemote) OpenBlob(_ context.Context, url string, l config.Layer) (Blob, error) {
+func (r *countingRemote) OpenBlob(ctx context.Context, url string, l config.Layer) (RemoteBlob, error) {
+	b, err := r.open(url)
+	if err != nil {
+		return nil, err
+	}
+	return remoteOf(b), nil
+}
+
+func (r *countingRemote) open(url string) (*countingBlob, error) {
 	f, err := os.Open(filepath.Join(bstack, filepath.Base(url)))
 	if err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/obd-project/obd/cache"
+	"github.com/obd-project/obd/internal/blobio"
 	"github.com/obd-project/obd/registry"
 	"go.uber.org/zap"
 )
@@ -137,10 +138,10 @@ type limited struct {
 	m   *Metrics
 }
 
-func (l *limited) ReadAt(p []byte, off int64) (int, error) {
+func (l *limited) ReadAtIntent(ctx context.Context, in blobio.Intent, p []byte, off int64) (int, error) {
 	l.sem <- struct{}{}
 	defer func() { <-l.sem }()
-	n, err := l.Source.ReadAt(p, off)
+	n, err := l.Source.ReadAtIntent(ctx, in, p, off)
 	l.m.bytes("registry", n)
 	return n, err
 }
@@ -200,9 +201,15 @@ var _ cache.Source = (*Source)(nil)
 // Size is the blob size.
 func (s *Source) Size() int64 { return s.reg.Size() }
 
-// ReadAt reads p at off: each chunk piece from its owner, else the next peer,
-// else the registry. Pieces are fetched in parallel.
+// ReadAt reads p at off on demand (ReadAtIntent).
 func (s *Source) ReadAt(p []byte, off int64) (int, error) {
+	return s.ReadAtIntent(context.Background(), blobio.Demand, p, off)
+}
+
+// ReadAtIntent reads p at off: each chunk piece from its owner, else the next
+// peer, else the registry, which gets ctx and in (peers do not take an intent).
+// Pieces are fetched in parallel.
+func (s *Source) ReadAtIntent(ctx context.Context, in blobio.Intent, p []byte, off int64) (int, error) {
 	size := s.reg.Size()
 	if off < 0 {
 		return 0, fmt.Errorf("p2p: blob %s: negative offset %d", s.digest, off)
@@ -228,7 +235,7 @@ func (s *Source) ReadAt(p []byte, off int64) (int, error) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := s.readChunk(piece, at, chunk); err != nil {
+			if err := s.readChunk(ctx, in, piece, at, chunk); err != nil {
 				errMu.Lock()
 				if firstErr == nil {
 					firstErr = err
@@ -248,7 +255,7 @@ func (s *Source) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-func (s *Source) readChunk(p []byte, off, chunk int64) error {
+func (s *Source) readChunk(ctx context.Context, in blobio.Intent, p []byte, off, chunk int64) error {
 	set := s.c.o.Peers
 	self := set.Self()
 	s.mu.Lock()
@@ -294,7 +301,7 @@ func (s *Source) readChunk(p []byte, off, chunk int64) error {
 		s.c.o.Logger.Debug("p2p peer read failed", zap.String("peer", peer), zap.String("blob", s.digest),
 			zap.Int64("off", off), zap.Error(err))
 	}
-	n, err := s.reg.ReadAt(p, off)
+	n, err := s.reg.ReadAtIntent(ctx, in, p, off)
 	if n == len(p) {
 		err = nil
 	}

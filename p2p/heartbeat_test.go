@@ -2,6 +2,7 @@ package p2p
 
 import (
 	"bytes"
+	"context"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/obd-project/obd/cache"
+	"github.com/obd-project/obd/internal/blobio"
 	"go.uber.org/zap"
 )
 
@@ -20,7 +22,7 @@ type slowSource struct {
 }
 
 func (s *slowSource) Size() int64 { return s.size }
-func (s *slowSource) ReadAt(p []byte, off int64) (int, error) {
+func (s *slowSource) ReadAtIntent(_ context.Context, _ blobio.Intent, p []byte, off int64) (int, error) {
 	s.reads.Add(1)
 	time.Sleep(s.delay)
 	for i := range p {
@@ -79,7 +81,7 @@ func TestPeerWaitsForSlowOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := make([]byte, us)
-	ownReg.ReadAt(want, chunk*us)
+	ownReg.ReadAtIntent(context.Background(), blobio.Demand, want, chunk*us)
 	if !bytes.Equal(got, want) {
 		t.Error("wrong bytes")
 	}

@@ -24,8 +24,8 @@ import (
 
 // TestDragonflyPriority: in Dragonfly mode, what a reader waits for goes to
 // dfdaemon at the on-demand priority, and prefetching at the prefetch priority:
-// the cache's read-ahead, trace replay's view (image.PrefetchBlob), the
-// background download's source (image.SourceBlob) and obd pull.
+// the cache's read-ahead, trace replay's view (image.ReplayReader), the
+// background download's source (image.DownloadReader) and obd pull.
 func TestDragonflyPriority(t *testing.T) {
 	reg := registrytest.New(t)
 	g := registrytest.OverlaybdImage(t, 31, 6<<20)
@@ -98,16 +98,8 @@ func TestDragonflyPriority(t *testing.T) {
 	}
 
 	// Trace replay's view and the download's source: prefetch only.
-	pb, ok := b.(image.PrefetchBlob)
-	if !ok {
-		t.Fatal("a remote blob has no prefetch view")
-	}
-	read(pb.PrefetchReader(), 4<<20+2*unit, unit)
-	sb, ok := b.(image.SourceBlob)
-	if !ok {
-		t.Fatal("a remote blob has no source")
-	}
-	read(sb.Source(), 4<<20, unit)
+	read(image.ReplayReader(b), 4<<20+2*unit, unit)
+	read(image.DownloadReader(b), 4<<20, unit)
 	if got, n = priorities(n); got[prefetch] == 0 || len(got) != 1 {
 		t.Errorf("replay and download reads: priorities %v; want all %s", got, prefetch)
 	}
@@ -120,7 +112,7 @@ func TestDragonflyPriority(t *testing.T) {
 }
 
 // TestDragonflyPriorityTraceReplay: a trace replayed by image.Open reads its
-// ranges through the layers' prefetch view: dfdaemon sees them at the prefetch
+// ranges through the layers' replay view (image.ReplayReader): dfdaemon sees them at the prefetch
 // priority, while the image's own reads (opening the layer) stay on demand.
 func TestDragonflyPriorityTraceReplay(t *testing.T) {
 	reg := registrytest.New(t)

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/obd-project/obd/internal/blobio"
 	"github.com/obd-project/obd/registry"
 	"go.uber.org/zap"
 )
@@ -32,26 +33,6 @@ const (
 	minProxyDown              = 5 * time.Second
 	maxProxyDown              = 2 * time.Minute
 )
-
-// Priority is how urgent a read is; Dragonfly mode sends it as X-Dragonfly-Priority.
-type Priority int
-
-const (
-	OnDemand Priority = iota // a reader is waiting (the default)
-	Prefetch                 // trace replay, background download
-)
-
-type priorityKey struct{}
-
-// WithPriority marks reads made with ctx (registry.Blob.ReadAtContext).
-func WithPriority(ctx context.Context, p Priority) context.Context {
-	return context.WithValue(ctx, priorityKey{}, p)
-}
-
-func priorityOf(ctx context.Context) Priority {
-	p, _ := ctx.Value(priorityKey{}).(Priority)
-	return p
-}
 
 // ProxyOptions configure a Proxy.
 type ProxyOptions struct {
@@ -308,12 +289,13 @@ func (p *Proxy) downLocked(err error) {
 		zap.Duration("for", p.downFor), zap.Error(err))
 }
 
-// RoundTrip implements registry.DataProxy.
-func (p *Proxy) RoundTrip(req *http.Request, direct http.RoundTripper) (*http.Response, error) {
+// RoundTrip implements registry.DataProxy. In Dragonfly mode, in's Priority
+// picks the X-Dragonfly-Priority (blobio.Prefetch: PriorityPrefetch).
+func (p *Proxy) RoundTrip(req *http.Request, direct http.RoundTripper, in blobio.Intent) (*http.Response, error) {
 	if !p.usable(req.Context()) {
 		return p.direct(req, direct)
 	}
-	preq, err := p.proxyRequest(req)
+	preq, err := p.proxyRequest(req, in)
 	if err != nil {
 		p.down(err)
 		return p.direct(req, direct)
@@ -345,12 +327,12 @@ func (p *Proxy) direct(req *http.Request, direct http.RoundTripper) (*http.Respo
 	return resp, err
 }
 
-func (p *Proxy) proxyRequest(req *http.Request) (*http.Request, error) {
+func (p *Proxy) proxyRequest(req *http.Request, in blobio.Intent) (*http.Request, error) {
 	r := req.Clone(req.Context())
 	if p.dragonfly {
 		r.Header.Set(HeaderDragonflyUseP2P, "true")
 		prio := p.o.PriorityOnDemand
-		if priorityOf(req.Context()) == Prefetch {
+		if in.Priority == blobio.Prefetch {
 			prio = p.o.PriorityPrefetch
 		}
 		r.Header.Set(HeaderDragonflyPriority, strconv.Itoa(prio))

@@ -15,6 +15,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/obd-project/obd/cache"
+	"github.com/obd-project/obd/internal/blobio"
 	"github.com/obd-project/obd/registry"
 	"go.uber.org/zap"
 )
@@ -201,14 +202,12 @@ func (s *Server) fetchRange(ctx context.Context, digest, url string, size, first
 	// reader (chunk by chunk, each from its owner). Peers asking for the same
 	// chunk one after another would look like a stream here, and read-ahead
 	// would fetch chunks nobody asked for from the registry.
-	if n, err := h.blob.ReadAtContext(serveCtx, buf, first); n < len(buf) {
+	if n, err := h.blob.ReadAtIntent(context.Background(), blobio.Exact, buf, first); n < len(buf) {
 		s.o.Logger.Debug("p2p serve failed", zap.String("blob", digest), zap.Int64("off", first), zap.Error(err))
 		return nil, http.StatusBadGateway, fmt.Sprintf("read: %v", err)
 	}
 	return buf, 0, ""
 }
-
-var serveCtx = cache.WithoutReadAhead(context.Background())
 
 // heartbeat sends a 102 Processing to the requester every Heartbeat until
 // stop is called (which returns once no more can be sent, so the handler may

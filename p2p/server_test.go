@@ -1,6 +1,7 @@
 package p2p
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/obd-project/obd/cache"
+	"github.com/obd-project/obd/internal/blobio"
 	"go.uber.org/zap"
 )
 
@@ -68,7 +70,7 @@ type stallSource struct {
 }
 
 func (s *stallSource) Size() int64 { return s.size }
-func (s *stallSource) ReadAt(p []byte, off int64) (int, error) {
+func (s *stallSource) ReadAtIntent(_ context.Context, _ blobio.Intent, p []byte, off int64) (int, error) {
 	if off >= s.stallFrom {
 		select {
 		case <-s.stalled:
@@ -156,7 +158,7 @@ type recordSource struct {
 }
 
 func (s *recordSource) Size() int64 { return s.size }
-func (s *recordSource) ReadAt(p []byte, off int64) (int, error) {
+func (s *recordSource) ReadAtIntent(_ context.Context, _ blobio.Intent, p []byte, off int64) (int, error) {
 	s.mu.Lock()
 	s.offs = append(s.offs, off)
 	s.mu.Unlock()

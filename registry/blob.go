@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/obd-project/obd/internal/blobio"
 	"go.uber.org/zap"
 )
 
@@ -87,7 +88,7 @@ func (c *Client) openBlobAt(ctx context.Context, blobURL string, size int64) (*B
 		return nil, err
 	}
 	var one [1]byte
-	if err := b.fetch(ctx, one[:], 0); err != nil {
+	if err := b.fetch(ctx, blobio.Exact, one[:], 0); err != nil {
 		b.cancel()
 		return nil, fmt.Errorf("open blob %s: %w", b.red, withTLSHint(b.repo.RegistryStr(), err))
 	}
@@ -205,11 +206,12 @@ func (b *Blob) Close() error {
 // ReadAt reads len(p) bytes at off (fewer, with io.EOF, at the end of the blob).
 // On error it returns 0: p may hold partial data, but no byte of it is reported.
 func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
-	return b.ReadAtContext(b.ctx, p, off)
+	return b.ReadAtIntent(b.ctx, blobio.Demand, p, off)
 }
 
-// ReadAtContext is ReadAt bounded also by ctx.
-func (b *Blob) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
+// ReadAtIntent is ReadAt bounded also by ctx, with the read's intent: a data
+// request goes to the DataProxy with it (Dragonfly's priority).
+func (b *Blob) ReadAtIntent(ctx context.Context, in blobio.Intent, p []byte, off int64) (int, error) {
 	if b.ctx.Err() != nil {
 		return 0, fmt.Errorf("blob %s: %w", b.red, os.ErrClosed)
 	}
@@ -233,7 +235,7 @@ func (b *Blob) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 		stop := context.AfterFunc(b.ctx, cancel)
 		defer stop()
 	}
-	if err := b.fetch(ctx, p[:n], off); err != nil {
+	if err := b.fetch(ctx, in, p[:n], off); err != nil {
 		if b.ctx.Err() != nil {
 			return 0, fmt.Errorf("blob %s: %w", b.red, os.ErrClosed)
 		}
@@ -273,7 +275,7 @@ func failed(kind failure, format string, args ...any) *attemptError {
 // fetch fills p with bytes [off, off+len(p)) of the blob, retrying within the
 // policy. Bytes that arrived before an interruption are kept: the next attempt
 // asks only for the rest. With b.size < 0 (OpenBlob) it learns the size.
-func (b *Blob) fetch(ctx context.Context, p []byte, off int64) error {
+func (b *Blob) fetch(ctx context.Context, in blobio.Intent, p []byte, off int64) error {
 	pol := b.c.opts.Retry
 	ctx, cancel := context.WithTimeout(ctx, pol.Deadline)
 	defer cancel()
@@ -281,7 +283,7 @@ func (b *Blob) fetch(ctx context.Context, p []byte, off int64) error {
 	trustETag := false
 	var last *attemptError
 	for attempt := 1; ; attempt++ {
-		n, ae := b.attempt(ctx, p[done:], off+int64(done), trustETag)
+		n, ae := b.attempt(ctx, in, p[done:], off+int64(done), trustETag)
 		done += n
 		if ae == nil {
 			if obs := b.c.opts.Observer; obs != nil {
@@ -379,7 +381,7 @@ func backoff(pol RetryPolicy, attempt int) time.Duration {
 
 // attempt makes one request (plus the storage request if the registry redirects)
 // and returns how many bytes of p it filled.
-func (b *Blob) attempt(ctx context.Context, p []byte, off int64, trustETag bool) (int, *attemptError) {
+func (b *Blob) attempt(ctx context.Context, in blobio.Intent, p []byte, off int64, trustETag bool) (int, *attemptError) {
 	actx, cancel := context.WithTimeout(ctx, b.c.opts.Retry.AttemptTimeout)
 	defer cancel()
 	b.mu.Lock()
@@ -401,7 +403,7 @@ func (b *Blob) attempt(ctx context.Context, p []byte, off int64, trustETag bool)
 		if b.selfServes.Load() {
 			// Known to serve the blob itself (Self mode): a data request, for the
 			// DataProxy. The first request resolves the mode directly.
-			req = b.dataRequest(req)
+			req = b.dataRequest(req, in)
 		}
 		client := &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 		resp, err := client.Do(req)
@@ -441,7 +443,7 @@ func (b *Blob) attempt(ctx context.Context, p []byte, off int64, trustETag bool)
 	if err != nil {
 		return 0, failed(fatal, "%w", err)
 	}
-	req = b.dataRequest(req)
+	req = b.dataRequest(req, in)
 	client := &http.Client{Transport: b.c, CheckRedirect: func(_ *http.Request, via []*http.Request) error {
 		if len(via) >= maxRedirects {
 			return fmt.Errorf("more than %d redirects", maxRedirects)
@@ -469,12 +471,12 @@ func (b *Blob) request(ctx context.Context, u string, p []byte, off int64) (*htt
 	return req, nil
 }
 
-// dataRequest marks req for the DataProxy, if there is one.
-func (b *Blob) dataRequest(req *http.Request) *http.Request {
+// dataRequest marks req for the DataProxy, if there is one, with the read's intent.
+func (b *Blob) dataRequest(req *http.Request, in blobio.Intent) *http.Request {
 	if b.c.opts.DataProxy == nil {
 		return req
 	}
-	return req.WithContext(withDataRequest(req.Context(), req.URL.String()))
+	return req.WithContext(withDataRequest(req.Context(), req.URL.String(), in))
 }
 
 func isRedirect(code int) bool {

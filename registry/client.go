@@ -37,6 +37,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/obd-project/obd/internal/blobio"
 )
 
 // Client holds what the requests of many images and blobs share: the keep-alive
@@ -154,8 +155,8 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	start := time.Now()
 	var resp *http.Response
 	var err error
-	if dp := c.opts.DataProxy; dp != nil && isDataRequest(req) {
-		resp, err = dp.RoundTrip(r, t)
+	if in, data := dataRequestIntent(req); data && c.opts.DataProxy != nil {
+		resp, err = c.opts.DataProxy.RoundTrip(r, t, in)
 	} else {
 		resp, err = t.RoundTrip(r)
 	}
@@ -173,17 +174,25 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // dataKey marks a request context with the URL of the blob data request made
-// under it; only that exact URL goes to the DataProxy, not the token requests or
-// redirect hops made with the same context.
+// under it and the read's intent; only that exact URL goes to the DataProxy, not
+// the token requests or redirect hops made with the same context. The context is
+// the only way through http.Client and ggcr's auth transport to RoundTrip; it
+// stays inside this package: the DataProxy gets the intent as an argument.
 type dataKey struct{}
 
-func withDataRequest(ctx context.Context, u string) context.Context {
-	return context.WithValue(ctx, dataKey{}, u)
+type dataRequest struct {
+	url string
+	in  blobio.Intent
 }
 
-func isDataRequest(req *http.Request) bool {
-	u, _ := req.Context().Value(dataKey{}).(string)
-	return u != "" && u == req.URL.String()
+func withDataRequest(ctx context.Context, u string, in blobio.Intent) context.Context {
+	return context.WithValue(ctx, dataKey{}, dataRequest{u, in})
+}
+
+// dataRequestIntent reports whether req is a blob data request, and its intent.
+func dataRequestIntent(req *http.Request) (blobio.Intent, bool) {
+	d, _ := req.Context().Value(dataKey{}).(dataRequest)
+	return d.in, d.url != "" && d.url == req.URL.String()
 }
 
 func closeBody(req *http.Request) {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/obd-project/obd/internal/blobio"
 	"github.com/obd-project/obd/layer"
 	"github.com/obd-project/obd/registry/registrytest"
 )
@@ -242,7 +243,7 @@ func TestCloseAbortsRead(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Fatal("Close did not abort the read")
 	}
-	if _, err := b.ReadAtContext(context.Background(), make([]byte, 1), 0); !errors.Is(err, os.ErrClosed) {
+	if _, err := b.ReadAtIntent(context.Background(), blobio.Demand, make([]byte, 1), 0); !errors.Is(err, os.ErrClosed) {
 		t.Errorf("after Close: %v", err)
 	}
 	_ = io.EOF

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/obd-project/obd/internal/blobio"
 	"go.uber.org/zap"
 )
 
@@ -118,9 +119,10 @@ type Observer interface {
 // Authorization set); direct sends it that way. A proxy that fails (cannot be
 // reached, answers with an error of its own, frames the range wrongly) must fall
 // back to direct itself, so that its failures neither use up the read's retry
-// budget nor look like a registry or blob fault. Called concurrently.
+// budget nor look like a registry or blob fault. in is the intent of the read
+// the request serves (registry.Blob.ReadAtIntent). Called concurrently.
 type DataProxy interface {
-	RoundTrip(req *http.Request, direct http.RoundTripper) (*http.Response, error)
+	RoundTrip(req *http.Request, direct http.RoundTripper, in blobio.Intent) (*http.Response, error)
 }
 
 func (o Options) withDefaults() Options {

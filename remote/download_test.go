@@ -3,7 +3,6 @@ package remote
 import (
 	"bytes"
 	"context"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/download"
 	"github.com/obd-project/obd/image"
+	"github.com/obd-project/obd/internal/blobio"
 	"github.com/obd-project/obd/registry/registrytest"
 	"go.uber.org/zap"
 )
@@ -21,21 +21,22 @@ import (
 // a registry (or mirror) serving other bytes to the full download only.
 type tamperOpener struct{ *Opener }
 
-type tamperBlob struct{ image.Blob }
+type tamperBlob struct{ image.RemoteBlob }
 
-type flipper struct{ r io.ReaderAt }
+type flipper struct{ r blobio.Reader }
 
-func (f flipper) ReadAt(p []byte, off int64) (int, error) {
-	n, err := f.r.ReadAt(p, off)
+func (f flipper) Size() int64 { return f.r.Size() }
+func (f flipper) ReadAtIntent(ctx context.Context, in blobio.Intent, p []byte, off int64) (int, error) {
+	n, err := f.r.ReadAtIntent(ctx, in, p, off)
 	if n > 0 {
 		p[n/2] ^= 0x55
 	}
 	return n, err
 }
 
-func (b tamperBlob) Source() io.ReaderAt { return flipper{b.Blob.(image.SourceBlob).Source()} }
+func (b tamperBlob) Direct() blobio.Reader { return flipper{b.RemoteBlob.Direct()} }
 
-func (o tamperOpener) OpenBlob(ctx context.Context, url string, l config.Layer) (image.Blob, error) {
+func (o tamperOpener) OpenBlob(ctx context.Context, url string, l config.Layer) (image.RemoteBlob, error) {
 	b, err := o.Opener.OpenBlob(ctx, url, l)
 	if err != nil {
 		return nil, err

@@ -196,10 +196,10 @@ func newOpener(t testing.TB, cacheDir string, co cache.Options) *Opener {
 type recorder struct {
 	*Opener
 	mu    sync.Mutex
-	blobs []image.Blob
+	blobs []image.RemoteBlob
 }
 
-func (r *recorder) OpenBlob(ctx context.Context, url string, l config.Layer) (image.Blob, error) {
+func (r *recorder) OpenBlob(ctx context.Context, url string, l config.Layer) (image.RemoteBlob, error) {
 	b, err := r.Opener.OpenBlob(ctx, url, l)
 	if err == nil {
 		r.mu.Lock()

@@ -13,9 +13,9 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/obd-project/obd/cache"
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/internal/atomicfile"
+	"github.com/obd-project/obd/internal/blobio"
 	"github.com/obd-project/obd/registry"
 	godigest "github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
@@ -104,7 +104,6 @@ func (o *Opener) Pull(ctx context.Context, ref string, po PullOptions) (PullResu
 	}
 	progress(0)
 	g, gctx := errgroup.WithContext(ctx)
-	pctx := cache.WithoutReadAhead(prefetchContext(gctx)) // chunks at prefetch priority, exactly (no read-ahead)
 	// Each layer is hashed in order while later chunks are still being fetched,
 	// read back from the cache as the fetched prefix grows, so verifying costs
 	// no time after the last byte arrives.
@@ -117,7 +116,7 @@ func (o *Opener) Pull(ctx context.Context, ref string, po PullOptions) (PullResu
 		g.Go(func() error {
 			buf := make([]byte, po.ChunkSize)
 			for c := range work {
-				if _, err := blobs[c.layer].ReadAtContext(pctx, buf[:c.n], c.off); err != nil && !(errors.Is(err, io.EOF) && c.off+int64(c.n) == blobs[c.layer].Size()) {
+				if _, err := blobs[c.layer].ReadAtIntent(gctx, blobio.Background, buf[:c.n], c.off); err != nil && !(errors.Is(err, io.EOF) && c.off+int64(c.n) == blobs[c.layer].Size()) {
 					return fmt.Errorf("layer %d (%s) at %d: %w", c.layer, cfg.Lowers[c.layer].Digest, c.off, err)
 				}
 				hashers[c.layer].fetched(c.off, c.n)

@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
@@ -19,6 +18,7 @@ import (
 	"github.com/obd-project/obd/cache"
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/image"
+	"github.com/obd-project/obd/internal/blobio"
 	"github.com/obd-project/obd/p2p"
 	"github.com/obd-project/obd/registry"
 	"github.com/prometheus/client_golang/prometheus"
@@ -137,9 +137,6 @@ func NewOpener(o Options) (*Opener, error) {
 	}
 	if o.Cache.MaxFetchSize == 0 {
 		o.Cache.MaxFetchSize = DefaultMaxFetchSize
-	}
-	if o.Cache.AheadContext == nil {
-		o.Cache.AheadContext = prefetchCtx
 	}
 	// One bound on blob sizes, whichever side was given it.
 	if o.Cache.MaxBlobSize == 0 {
@@ -324,7 +321,7 @@ func (o *Opener) Close() {
 // OpenBlob opens the blob at url (repoBlobUrl/digest) through the cache. The cache
 // key is the digest, so blobs are shared across repositories and registries, as
 // the reference's cache does.
-func (o *Opener) OpenBlob(ctx context.Context, url string, l config.Layer) (image.Blob, error) {
+func (o *Opener) OpenBlob(ctx context.Context, url string, l config.Layer) (image.RemoteBlob, error) {
 	return o.openBlob(ctx, url, l, false)
 }
 
@@ -405,22 +402,20 @@ func openTail(size int64) int64 {
 	return min(max(size/64, openTailMin), openTailMax)
 }
 
-// exactCtx: reads of the open, which know what they want (no read-ahead).
-var exactCtx = cache.WithoutReadAhead(context.Background())
-
 // warmOpen reads the blob's head and tail into the cache, at once, and waits
 // for both (the layer's open needs both next), or for ctx; the head read's
 // error (auth, not found, size) is the open's. A failed tail read is left to
-// the layer's own read of it, which retries and reports it.
+// the layer's own read of it, which retries and reports it. The reads know
+// what they want (blobio.Exact: no read-ahead).
 func (b *cachedBlob) warmOpen(ctx context.Context) error {
 	size := b.Size()
 	head := min(size, openHead)
 	var wg sync.WaitGroup
 	if tail := max(head, size-openTail(size)); tail < size {
-		wg.Go(func() { b.Blob.ReadAtContext(exactCtx, make([]byte, size-tail), tail) })
+		wg.Go(func() { b.Blob.ReadAtIntent(context.Background(), blobio.Exact, make([]byte, size-tail), tail) })
 	}
 	var err error
-	wg.Go(func() { _, err = b.Blob.ReadAtContext(exactCtx, make([]byte, head), 0) })
+	wg.Go(func() { _, err = b.Blob.ReadAtIntent(context.Background(), blobio.Exact, make([]byte, head), 0) })
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	select {
@@ -431,8 +426,9 @@ func (b *cachedBlob) warmOpen(ctx context.Context) error {
 	}
 }
 
-// cachedBlob closes the registry side with the cache handle. It keeps the cache's
-// Evict, which the ZFile reader calls when a block fails its CRC.
+// cachedBlob is a remote blob read through the cache (image.RemoteBlob): ReadAt
+// and ReadAtIntent are the cache's, Evict also penalises peers, Direct is the
+// registry blob, and Close closes the registry side with the cache handle.
 type cachedBlob struct {
 	*cache.Blob
 	src   *registry.Blob
@@ -449,41 +445,11 @@ func (b *cachedBlob) Evict(off, n int64) error {
 	return err
 }
 
-// Source is the registry blob itself, which the background download reads, at
-// prefetch priority.
-func (b *cachedBlob) Source() io.ReaderAt { return prefetchReader{b.src} }
+var _ image.RemoteBlob = (*cachedBlob)(nil)
 
-// PrefetchReader is the blob through the cache at prefetch priority (trace replay).
-func (b *cachedBlob) PrefetchReader() io.ReaderAt { return prefetchReader{b.Blob} }
-
-// prefetchContext marks reads as prefetch: in Dragonfly mode they are sent with
-// the prefetch X-Dragonfly-Priority, below on-demand reads.
-func prefetchContext(ctx context.Context) context.Context {
-	return p2p.WithPriority(ctx, p2p.Prefetch)
-}
-
-// prefetchReader reads r at prefetch priority.
-type prefetchReader struct {
-	r interface {
-		ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
-	}
-}
-
-var prefetchCtx = prefetchContext(context.Background())
-
-// replayCtx: trace replay reads exact ranges at prefetch priority, without
-// read-ahead (which would fetch beyond what the trace names).
-var replayCtx = cache.WithoutReadAhead(prefetchCtx)
-
-func (p prefetchReader) ReadAt(b []byte, off int64) (int, error) {
-	return p.r.ReadAtContext(replayCtx, b, off)
-}
-
-// ReadAtContext is ReadAt bounded also by ctx: the background download's reads,
-// which a detach cancels at once (download.ContextReaderAt).
-func (p prefetchReader) ReadAtContext(ctx context.Context, b []byte, off int64) (int, error) {
-	return p.r.ReadAtContext(cache.WithoutReadAhead(prefetchContext(ctx)), b, off)
-}
+// Direct is the registry blob itself, which the background download reads (in
+// peer mode too: the download reads the registry, as the reference does).
+func (b *cachedBlob) Direct() blobio.Reader { return b.src }
 
 func (b *cachedBlob) Close() error {
 	err := b.Blob.Close()

@@ -16,6 +16,8 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+
+	"github.com/obd-project/obd/internal/blobio"
 )
 
 // BlockSize is the tar block size.
@@ -109,27 +111,20 @@ type Payload struct {
 // Offset is the file offset of the payload's first byte.
 func (p *Payload) Offset() int64 { return p.offset }
 
-// evictablePayload forwards the optional Evict capability (see zfile.Evicter) of
-// the underlying ReaderAt, shifted to file offsets.
-type evictablePayload struct{ *Payload }
-
-type evicter interface{ Evict(off, n int64) error }
-
-func (p evictablePayload) Evict(off, n int64) error {
-	return p.r.(evicter).Evict(p.offset+off, n)
+// Evict forwards Evict (zfile.Evicter) to the underlying ReaderAt, shifted to
+// file offsets; blobio.ErrNotEvictable when it has no cache (a local file).
+func (p *Payload) Evict(off, n int64) error {
+	return blobio.Evict(p.r, p.offset+off, n)
 }
 
 // Open looks for a tar wrapper at the start of r (size bytes). If there is none,
 // it returns ok == false and no error: the file is used raw. If a wrapper is found
 // but malformed (unsupported header chain, payload past the end of the file), it
-// returns an error naming the field. The returned payload implements Evict when r does.
+// returns an error naming the field. The payload forwards Evict to r (Payload.Evict).
 func Open(r io.ReaderAt, size int64) (payload io.ReaderAt, payloadSize int64, ok bool, err error) {
 	p, err := OpenPayload(r, size)
 	if p == nil || err != nil {
 		return nil, 0, false, err
-	}
-	if _, can := r.(evicter); can {
-		return evictablePayload{p}, p.Size(), true, nil
 	}
 	return p, p.Size(), true, nil
 }

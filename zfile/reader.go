@@ -9,13 +9,15 @@ import (
 	"sync"
 
 	"github.com/obd-project/obd/crc32c"
+	"github.com/obd-project/obd/internal/blobio"
 )
 
 // Evicter is an optional capability of the io.ReaderAt given to Open: a caching
 // layer drops [off, off+n) so that the next read fetches those bytes again. When a
 // block fails its CRC or does not decompress, the Reader evicts the block's
 // compressed range and re-reads it (at most maxTries reads in all) before giving up.
-// Local files do not implement it: re-reading them cannot help.
+// Local files do not implement it, and wrappers over them return
+// blobio.ErrNotEvictable: re-reading them cannot help.
 type Evicter interface {
 	Evict(off, n int64) error
 }
@@ -559,8 +561,10 @@ func (z *Reader) settle(i, off int64, dst []byte, done int, cause error) error {
 				return &BlockError{Name: z.name, Block: i, Off: off, Len: l, Tries: done, Err: cause}
 			}
 			if err := ev.Evict(off, l); err != nil {
-				return &BlockError{Name: z.name, Block: i, Off: off, Len: l, Tries: done,
-					Err: fmt.Errorf("%w (evicting for a re-read failed: %v)", cause, err)}
+				if !errors.Is(err, blobio.ErrNotEvictable) { // not evictable: as without Evict
+					cause = fmt.Errorf("%w (evicting for a re-read failed: %v)", cause, err)
+				}
+				return &BlockError{Name: z.name, Block: i, Off: off, Len: l, Tries: done, Err: cause}
 			}
 		}
 		done++

@@ -10,6 +10,8 @@ import (
 	"os"
 	"strconv"
 	"testing"
+
+	"github.com/obd-project/obd/internal/blobio"
 )
 
 const (
@@ -361,9 +363,10 @@ func TestEvictForwarded(t *testing.T) {
 	if len(er.evicted) != 1 || er.evicted[0] != [2]int64{HeaderSize + 10, 20} {
 		t.Fatalf("evicted %v", er.evicted)
 	}
+	// One payload type: over a plain reader it says a re-read cannot help.
 	p2, _, _, _ := Open(bytes.NewReader(b), int64(len(b)))
-	if _, ok := p2.(interface{ Evict(off, n int64) error }); ok {
-		t.Fatal("payload of a plain reader claims Evict")
+	if err := p2.(blobio.Evicter).Evict(10, 20); !errors.Is(err, blobio.ErrNotEvictable) {
+		t.Fatalf("payload of a plain reader: Evict = %v, want blobio.ErrNotEvictable", err)
 	}
 }
 

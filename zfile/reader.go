@@ -18,9 +18,7 @@ import (
 // compressed range and re-reads it (at most maxTries reads in all) before giving up.
 // Local files do not implement it, and wrappers over them return
 // blobio.ErrNotEvictable: re-reading them cannot help.
-type Evicter interface {
-	Evict(off, n int64) error
-}
+type Evicter = blobio.Evicter
 
 // maxTries is the number of reads of a bad block: 1 + 4 retries (the reference
 // makes 1 + 2), one per refetch the extent cache allows a unit in its window

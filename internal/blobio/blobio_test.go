@@ -1,0 +1,66 @@
+package blobio
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"testing"
+)
+
+type recorder struct {
+	*bytes.Reader
+	in      []Intent
+	ctx     []context.Context
+	evicted [][2]int64
+}
+
+func (r *recorder) ReadAtIntent(ctx context.Context, in Intent, p []byte, off int64) (int, error) {
+	r.in, r.ctx = append(r.in, in), append(r.ctx, ctx)
+	return r.ReadAt(p, off)
+}
+
+func (r *recorder) Evict(off, n int64) error {
+	r.evicted = append(r.evicted, [2]int64{off, n})
+	return nil
+}
+
+type plain struct{ *bytes.Reader }
+
+func (p plain) ReadAtIntent(_ context.Context, _ Intent, b []byte, off int64) (int, error) {
+	return p.ReadAt(b, off)
+}
+
+var (
+	_ io.ReaderAt = View{}
+	_ Evicter     = View{}
+)
+
+// A View reads with its intent (and ReadAtContext with the caller's context),
+// and forwards Evict, or says ErrNotEvictable for a reader without a cache.
+func TestView(t *testing.T) {
+	r := &recorder{Reader: bytes.NewReader([]byte("abcdefgh"))}
+	v := View{R: r, In: Background}
+	buf := make([]byte, 3)
+	if _, err := v.ReadAt(buf, 2); err != nil || string(buf) != "cde" {
+		t.Fatalf("ReadAt: %q, %v", buf, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := v.ReadAtContext(ctx, buf, 0); err != nil || string(buf) != "abc" {
+		t.Fatalf("ReadAtContext: %q, %v", buf, err)
+	}
+	if len(r.in) != 2 || r.in[0] != Background || r.in[1] != Background || r.ctx[0] == nil || r.ctx[1] != ctx {
+		t.Fatalf("intents %+v, contexts %v", r.in, r.ctx)
+	}
+	if v.Size() != 8 {
+		t.Fatalf("size %d", v.Size())
+	}
+	if err := v.Evict(1, 2); err != nil || len(r.evicted) != 1 || r.evicted[0] != [2]int64{1, 2} {
+		t.Fatalf("Evict: %v, %v", err, r.evicted)
+	}
+	pv := View{R: plain{bytes.NewReader(nil)}, In: Demand}
+	if err := pv.Evict(0, 1); !errors.Is(err, ErrNotEvictable) {
+		t.Fatalf("Evict of a reader without a cache: %v", err)
+	}
+}

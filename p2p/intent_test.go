@@ -2,7 +2,6 @@ package p2p
 
 import (
 	"context"
-	"sync"
 	"testing"
 
 	"github.com/obd-project/obd/cache"
@@ -16,22 +15,6 @@ var (
 	_ cache.Source = (*limited)(nil)
 	_ cache.Source = (*closingSource)(nil)
 )
-
-// intentRegistry records the intents of the reads that reach the registry.
-type intentRegistry struct {
-	size int64
-	mu   sync.Mutex
-	seen []blobio.Intent
-}
-
-func (r *intentRegistry) Size() int64 { return r.size }
-func (r *intentRegistry) ReadAtIntent(_ context.Context, in blobio.Intent, p []byte, _ int64) (int, error) {
-	r.mu.Lock()
-	r.seen = append(r.seen, in)
-	r.mu.Unlock()
-	clear(p)
-	return len(p), nil
-}
 
 // A chunk no peer serves is read from the registry with the intent of the read
 // (through the client's registry limit).
@@ -47,7 +30,7 @@ func TestPeerSourceForwardsIntentToRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	reg := &intentRegistry{size: 4 * us}
+	reg := &recordSource{size: 4 * us}
 	src := c.Source("sha256:00", "https://r.invalid/v2/x/blobs/sha256:0", reg)
 	buf := make([]byte, us)
 	if _, err := src.ReadAtIntent(context.Background(), blobio.Background, buf, 0); err != nil {
@@ -58,7 +41,7 @@ func TestPeerSourceForwardsIntentToRegistry(t *testing.T) {
 	}
 	reg.mu.Lock()
 	defer reg.mu.Unlock()
-	if len(reg.seen) != 2 || reg.seen[0] != blobio.Background || reg.seen[1] != blobio.Demand {
-		t.Fatalf("intents at the registry %+v, want [Background Demand]", reg.seen)
+	if len(reg.ins) != 2 || reg.ins[0] != blobio.Background || reg.ins[1] != blobio.Demand {
+		t.Fatalf("intents at the registry %+v, want [Background Demand]", reg.ins)
 	}
 }

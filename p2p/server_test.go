@@ -150,17 +150,18 @@ func TestServerCloseDoesNotStallOthers(t *testing.T) {
 
 func digestOf(i int) string { return fmt.Sprintf("sha256:%x", sha256.Sum256([]byte{byte(i)})) }
 
-// recordSource serves zeros and records the offsets it is asked for.
+// recordSource serves zeros and records the offsets and intents it is asked for.
 type recordSource struct {
 	size int64
 	mu   sync.Mutex
 	offs []int64
+	ins  []blobio.Intent
 }
 
 func (s *recordSource) Size() int64 { return s.size }
-func (s *recordSource) ReadAtIntent(_ context.Context, _ blobio.Intent, p []byte, off int64) (int, error) {
+func (s *recordSource) ReadAtIntent(_ context.Context, in blobio.Intent, p []byte, off int64) (int, error) {
 	s.mu.Lock()
-	s.offs = append(s.offs, off)
+	s.offs, s.ins = append(s.offs, off), append(s.ins, in)
 	s.mu.Unlock()
 	clear(p)
 	return len(p), nil

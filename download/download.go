@@ -21,6 +21,7 @@ import (
 
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/internal/atomicfile"
+	"github.com/obd-project/obd/internal/blobio"
 	digest "github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
@@ -77,10 +78,10 @@ type Job struct {
 	Dir    string // layer directory: receives .download, then overlaybd.commit
 	Digest string // "sha256:<hex>": the downloaded bytes must hash to it
 	Size   int64  // blob size
-	// Source is the remote blob (the reference reads the registry, not the cache).
-	// A Source implementing ContextReaderAt has its reads cancelled when the run
-	// stops; any other read is abandoned then (its buffer is dropped).
-	Source io.ReaderAt
+	// Source is the remote blob (the reference reads the registry, not the cache),
+	// read with ReadIntent. Its reads get a context that ends when the run stops;
+	// a read that does not return then is abandoned (its buffer is dropped).
+	Source blobio.Reader
 	// Done is called with the local copy's path once it is verified, to switch the
 	// layer's reads to it; an error fails the attempt.
 	Done func(path string) error
@@ -412,30 +413,24 @@ func fetchChunk(ctx context.Context, f *os.File, j Job, o Options, buf []byte, o
 	return nil
 }
 
-// ContextReaderAt is an optional capability of Job.Source: a read that ctx can
-// cancel at once (a registry blob's HTTP request), so that Stop (a detach, a daemon
-// stop) does not wait for a stalled registry's read deadline.
-type ContextReaderAt interface {
-	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
-}
+// ReadIntent is the intent of the download's reads: in the background (in
+// Dragonfly mode below on-demand reads), exactly the asked ranges.
+var ReadIntent = blobio.Background
 
-// readAt reads src at off (with ctx when src is a ContextReaderAt), returning
-// when ctx ends even if the read does not honour it. An abandoned read still
-// fills p later: the caller must drop p when ctx has ended.
-func readAt(ctx context.Context, src io.ReaderAt, p []byte, off int64) (int, error) {
+// readAt reads src at off with ctx, which cancels a registry blob's HTTP request
+// at once, so that Stop (a detach, a daemon stop) does not wait for a stalled
+// registry's read deadline. It returns when ctx ends even if the read does not
+// honour it: an abandoned read still fills p later, so the caller must drop p
+// when ctx has ended.
+func readAt(ctx context.Context, src blobio.Reader, p []byte, off int64) (int, error) {
 	type result struct {
 		n   int
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		var r result
-		if cr, ok := src.(ContextReaderAt); ok {
-			r.n, r.err = cr.ReadAtContext(ctx, p, off)
-		} else {
-			r.n, r.err = src.ReadAt(p, off)
-		}
-		done <- r
+		n, err := src.ReadAtIntent(ctx, ReadIntent, p, off)
+		done <- result{n, err}
 	}()
 	select {
 	case r := <-done:

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/obd-project/obd/config"
+	"github.com/obd-project/obd/internal/blobio"
 	"github.com/obd-project/obd/registry"
 	"github.com/obd-project/obd/registry/registrytest"
 )
@@ -47,18 +48,26 @@ func digestOf(b []byte) string {
 // counting counts the bytes read from a source; flip, when set, inverts one byte
 // of every read (a registry or proxy serving other bytes under the digest).
 type counting struct {
-	r    io.ReaderAt
+	r    blobio.Reader
 	n    atomic.Int64
 	flip bool
 }
 
-func (c *counting) ReadAt(p []byte, off int64) (int, error) {
-	n, err := c.r.ReadAt(p, off)
+func (c *counting) Size() int64 { return c.r.Size() }
+func (c *counting) ReadAtIntent(ctx context.Context, in blobio.Intent, p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAtIntent(ctx, in, p, off)
 	c.n.Add(int64(n))
 	if c.flip && n > 0 {
 		p[n/2] ^= 0xff
 	}
 	return n, err
+}
+
+// localSource is a local reader as a Source (it has no use for the intent).
+type localSource struct{ *io.SectionReader }
+
+func (s localSource) ReadAtIntent(_ context.Context, _ blobio.Intent, p []byte, off int64) (int, error) {
+	return s.ReadAt(p, off)
 }
 
 func wait(t *testing.T, r *Run) {
@@ -169,7 +178,7 @@ func TestDownloadResumes(t *testing.T) {
 // attempts are bounded.
 func TestDownloadShortSource(t *testing.T) {
 	blobs, srcs, ds := served(t, 1<<20)
-	short := io.NewSectionReader(srcs[0], 0, int64(len(blobs[0])/2))
+	short := localSource{io.NewSectionReader(srcs[0], 0, int64(len(blobs[0])/2))}
 	r := Start(context.Background(), []Job{{Dir: t.TempDir(), Digest: ds[0], Size: int64(len(blobs[0])), Source: short}},
 		Options{Tries: 2, Gap: time.Millisecond, BlockSize: 256 << 10})
 	wait(t, r)
@@ -228,7 +237,7 @@ func TestDownloadStop(t *testing.T) {
 }
 
 func TestDownloadBadDigest(t *testing.T) {
-	_, err := Fetch(context.Background(), Job{Dir: t.TempDir(), Digest: "md5:abc", Size: 10, Source: bytes.NewReader(make([]byte, 10))}, Options{}, false)
+	_, err := Fetch(context.Background(), Job{Dir: t.TempDir(), Digest: "md5:abc", Size: 10, Source: localSource{io.NewSectionReader(bytes.NewReader(make([]byte, 10)), 0, 10)}}, Options{}, false)
 	if err == nil || errors.Is(err, ErrDigest) {
 		t.Fatalf("unsupported digest: %v", err)
 	}

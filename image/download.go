@@ -19,13 +19,6 @@ import (
 // names). It keeps b's Evict, for the ZFile self-healing of the replay's reads.
 func ReplayReader(b RemoteBlob) blobio.View { return blobio.View{R: b, In: blobio.Background} }
 
-// DownloadReader is what the background download of b reads: its remote side past
-// the cache (RemoteBlob.Direct), in the background, cancelled with the download
-// (download.ContextReaderAt).
-func DownloadReader(b RemoteBlob) blobio.View {
-	return blobio.View{R: b.Direct(), In: blobio.Background}
-}
-
 // swapBlob is a remote layer blob whose reads move to a verified local copy once
 // the background download has it. The copy holds the same bytes, so the layers
 // unwrapped above it (tar, ZFile, LSMT) never notice the switch.
@@ -130,7 +123,7 @@ func (im *Image) startDownload(cfg *config.ImageConfig, lowers []config.Layer, s
 			continue
 		}
 		s := s
-		jobs = append(jobs, download.Job{Dir: lowers[i].Dir, Digest: lowers[i].Digest, Size: s.size, Source: DownloadReader(s.remote), Done: s.switchTo})
+		jobs = append(jobs, download.Job{Dir: lowers[i].Dir, Digest: lowers[i].Digest, Size: s.size, Source: s.remote.Direct(), Done: s.switchTo})
 	}
 	if len(jobs) == 0 {
 		return

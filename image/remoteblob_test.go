@@ -48,7 +48,7 @@ var (
 )
 
 // The wrappers between a layer reader and the remote blob (openLog, swapBlob,
-// the replay and download views) hand on each read's intent, Evict and Direct;
+// the replay view) hand on each read's intent, Evict and Direct;
 // once the blob is local, reads with an intent go to the local copy.
 func TestRemoteBlobWrappersForwardIntent(t *testing.T) {
 	data := []byte("0123456789abcdef")
@@ -66,8 +66,8 @@ func TestRemoteBlobWrappersForwardIntent(t *testing.T) {
 	if _, err := ReplayReader(log).ReadAt(buf, 4); err != nil || string(buf) != "4567" {
 		t.Fatalf("replay view: %q, %v", buf, err)
 	}
-	if _, err := DownloadReader(log).ReadAtContext(context.Background(), buf, 8); err != nil || string(buf) != "89ab" {
-		t.Fatalf("download view: %q, %v", buf, err)
+	if _, err := log.Direct().ReadAtIntent(context.Background(), blobio.Background, buf, 8); err != nil || string(buf) != "89ab" {
+		t.Fatalf("the remote side through openLog and swapBlob: %q, %v", buf, err)
 	}
 	want := []blobio.Intent{blobio.Demand, blobio.Exact, blobio.Background, blobio.ReadAhead, blobio.Background, blobio.Background}
 	if got := rb.seen(); len(got) != len(want) {

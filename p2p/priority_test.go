@@ -13,7 +13,9 @@ import (
 
 	"github.com/obd-project/obd/cache"
 	"github.com/obd-project/obd/config"
+	"github.com/obd-project/obd/download"
 	"github.com/obd-project/obd/image"
+	"github.com/obd-project/obd/internal/blobio"
 	"github.com/obd-project/obd/p2p"
 	"github.com/obd-project/obd/registry"
 	"github.com/obd-project/obd/registry/registrytest"
@@ -25,7 +27,8 @@ import (
 // TestDragonflyPriority: in Dragonfly mode, what a reader waits for goes to
 // dfdaemon at the on-demand priority, and prefetching at the prefetch priority:
 // the cache's read-ahead, trace replay's view (image.ReplayReader), the
-// background download's source (image.DownloadReader) and obd pull.
+// background download's source (RemoteBlob.Direct, read with download.ReadIntent)
+// and obd pull.
 func TestDragonflyPriority(t *testing.T) {
 	reg := registrytest.New(t)
 	g := registrytest.OverlaybdImage(t, 31, 6<<20)
@@ -99,7 +102,7 @@ func TestDragonflyPriority(t *testing.T) {
 
 	// Trace replay's view and the download's source: prefetch only.
 	read(image.ReplayReader(b), 4<<20+2*unit, unit)
-	read(image.DownloadReader(b), 4<<20, unit)
+	read(blobio.View{R: b.Direct(), In: download.ReadIntent}, 4<<20, unit)
 	if got, n = priorities(n); got[prefetch] == 0 || len(got) != 1 {
 		t.Errorf("replay and download reads: priorities %v; want all %s", got, prefetch)
 	}

@@ -71,8 +71,8 @@ func Evict(r any, off, n int64) error {
 }
 
 // View is R read with the intent In, for code that takes an io.ReaderAt (the
-// format readers, the background download): the intent is fixed where the view
-// is made. It forwards Evict to R.
+// format readers): the intent is fixed where the view is made. It forwards Evict
+// to R.
 type View struct {
 	R  Reader
 	In Intent
@@ -81,11 +81,6 @@ type View struct {
 // ReadAt reads with the view's intent.
 func (v View) ReadAt(p []byte, off int64) (int, error) {
 	return v.R.ReadAtIntent(context.Background(), v.In, p, off)
-}
-
-// ReadAtContext is ReadAt bounded also by ctx (download.ContextReaderAt).
-func (v View) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
-	return v.R.ReadAtIntent(ctx, v.In, p, off)
 }
 
 // Size is R's size.

@@ -36,8 +36,8 @@ var (
 	_ Evicter     = View{}
 )
 
-// A View reads with its intent (and ReadAtContext with the caller's context),
-// and forwards Evict, or says ErrNotEvictable for a reader without a cache.
+// A View reads with its intent and forwards Evict, or says ErrNotEvictable for a
+// reader without a cache.
 func TestView(t *testing.T) {
 	r := &recorder{Reader: bytes.NewReader([]byte("abcdefgh"))}
 	v := View{R: r, In: Background}
@@ -45,12 +45,7 @@ func TestView(t *testing.T) {
 	if _, err := v.ReadAt(buf, 2); err != nil || string(buf) != "cde" {
 		t.Fatalf("ReadAt: %q, %v", buf, err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if _, err := v.ReadAtContext(ctx, buf, 0); err != nil || string(buf) != "abc" {
-		t.Fatalf("ReadAtContext: %q, %v", buf, err)
-	}
-	if len(r.in) != 2 || r.in[0] != Background || r.in[1] != Background || r.ctx[0] == nil || r.ctx[1] != ctx {
+	if len(r.in) != 1 || r.in[0] != Background || r.ctx[0] == nil {
 		t.Fatalf("intents %+v, contexts %v", r.in, r.ctx)
 	}
 	if v.Size() != 8 {

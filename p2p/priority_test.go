@@ -15,7 +15,6 @@ import (
 	"github.com/obd-project/obd/config"
 	"github.com/obd-project/obd/download"
 	"github.com/obd-project/obd/image"
-	"github.com/obd-project/obd/internal/blobio"
 	"github.com/obd-project/obd/p2p"
 	"github.com/obd-project/obd/registry"
 	"github.com/obd-project/obd/registry/registrytest"
@@ -102,7 +101,10 @@ func TestDragonflyPriority(t *testing.T) {
 
 	// Trace replay's view and the download's source: prefetch only.
 	read(image.ReplayReader(b), 4<<20+2*unit, unit)
-	read(blobio.View{R: b.Direct(), In: download.ReadIntent}, 4<<20, unit)
+	direct := make([]byte, unit)
+	if k, err := b.Direct().ReadAtIntent(context.Background(), download.ReadIntent, direct, 4<<20); k != unit || string(direct) != string(g.Blobs[0][4<<20:4<<20+unit]) {
+		t.Fatalf("download read [%d, +%d): %d bytes, %v, or wrong bytes", 4<<20, unit, k, err)
+	}
 	if got, n = priorities(n); got[prefetch] == 0 || len(got) != 1 {
 		t.Errorf("replay and download reads: priorities %v; want all %s", got, prefetch)
 	}

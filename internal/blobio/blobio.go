@@ -13,6 +13,7 @@ package blobio
 import (
 	"context"
 	"errors"
+	"io"
 )
 
 // Priority is how urgent a read is; the Dragonfly proxy sends it as
@@ -61,9 +62,9 @@ type Evicter interface {
 var ErrNotEvictable = errors.New("blob cannot evict: a re-read would return the same bytes")
 
 // Evict evicts [off, off+n) of r if r is an Evicter, else returns ErrNotEvictable:
-// the one place that looks for the capability, so that a wrapper (tarwrap.Payload,
-// View) always has Evict and forwards it.
-func Evict(r any, off, n int64) error {
+// the one place that looks for the capability, for wrappers over a plain
+// io.ReaderAt (tarwrap.Payload), which thus always have Evict and forward it.
+func Evict(r io.ReaderAt, off, n int64) error {
 	if ev, ok := r.(Evicter); ok {
 		return ev.Evict(off, n)
 	}
@@ -74,7 +75,10 @@ func Evict(r any, off, n int64) error {
 // format readers): the intent is fixed where the view is made. It forwards Evict
 // to R.
 type View struct {
-	R  Reader
+	R interface {
+		Reader
+		Evicter
+	}
 	In Intent
 }
 
@@ -86,5 +90,5 @@ func (v View) ReadAt(p []byte, off int64) (int, error) {
 // Size is R's size.
 func (v View) Size() int64 { return v.R.Size() }
 
-// Evict forwards to R (ErrNotEvictable when R has no cache).
-func (v View) Evict(off, n int64) error { return Evict(v.R, off, n) }
+// Evict forwards to R.
+func (v View) Evict(off, n int64) error { return v.R.Evict(off, n) }

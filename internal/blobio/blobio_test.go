@@ -25,19 +25,13 @@ func (r *recorder) Evict(off, n int64) error {
 	return nil
 }
 
-type plain struct{ *bytes.Reader }
-
-func (p plain) ReadAtIntent(_ context.Context, _ Intent, b []byte, off int64) (int, error) {
-	return p.ReadAt(b, off)
-}
-
 var (
 	_ io.ReaderAt = View{}
 	_ Evicter     = View{}
 )
 
-// A View reads with its intent and forwards Evict, or says ErrNotEvictable for a
-// reader without a cache.
+// A View reads with its intent and forwards Evict; Evict of a plain reader says
+// ErrNotEvictable.
 func TestView(t *testing.T) {
 	r := &recorder{Reader: bytes.NewReader([]byte("abcdefgh"))}
 	v := View{R: r, In: Background}
@@ -54,8 +48,10 @@ func TestView(t *testing.T) {
 	if err := v.Evict(1, 2); err != nil || len(r.evicted) != 1 || r.evicted[0] != [2]int64{1, 2} {
 		t.Fatalf("Evict: %v, %v", err, r.evicted)
 	}
-	pv := View{R: plain{bytes.NewReader(nil)}, In: Demand}
-	if err := pv.Evict(0, 1); !errors.Is(err, ErrNotEvictable) {
+	if err := Evict(bytes.NewReader(nil), 0, 1); !errors.Is(err, ErrNotEvictable) {
 		t.Fatalf("Evict of a reader without a cache: %v", err)
+	}
+	if err := Evict(r, 5, 1); err != nil || len(r.evicted) != 2 {
+		t.Fatalf("Evict of an Evicter: %v, %v", err, r.evicted)
 	}
 }

@@ -98,7 +98,9 @@ func newTestSnapshotter(t *testing.T, mutate func(*BootConfig)) (*Snapshotter, *
 	}
 	t.Cleanup(func() {
 		exec.Command("sh", "-c", "grep -o ' "+dir+"[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l").Run()
-		exec.Command("sh", "-c", "losetup --list --noheadings --output NAME,BACK-FILE | grep ' "+dir+"/' | cut -d' ' -f1 | xargs -r -n1 losetup -d").Run()
+		// A read-only layer's outer loop device sits on the loop device over the file.
+		exec.Command("sh", "-c", "for l in $(losetup --list --noheadings --output NAME,BACK-FILE | grep ' "+dir+"/' | cut -d' ' -f1); do "+
+			"losetup --list --noheadings --output NAME,BACK-FILE | grep \" $l\\$\" | cut -d' ' -f1 | xargs -r -n1 losetup -d; losetup -d $l; done").Run()
 		sn.Close()
 	})
 	return sn, devs
@@ -246,6 +248,15 @@ func TestContainerOnRemoteLayer(t *testing.T) {
 	if !strings.HasPrefix(string(mark), "/dev/loop") {
 		t.Errorf("backstore_mark %q, want the loop device", mark)
 	}
+	// The read-only layer is mounted from a loop device over the loop device over
+	// the image file, which a restarted daemon can move (recover.go).
+	rec, err := readDeviceRecord(sn.blockDir(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Inner == "" || loopBackingFile(rec.Block) != rec.Inner || loopBackingFile(rec.Inner) != rec.Path {
+		t.Errorf("device record %+v: want %s over %s over %s", rec, rec.Block, rec.Inner, rec.Path)
+	}
 	// A restarted snapshotter finds the device and the mount.
 	sn.Close()
 	sn2, err := New(sn.cfg, devs, fakeObd)
@@ -270,6 +281,11 @@ func TestContainerOnRemoteLayer(t *testing.T) {
 	}
 	if devs.count() != 0 || isMountPoint(sn.mountpoint(id)) {
 		t.Errorf("device still attached (%d) or mounted after the last container's removal", devs.count())
+	}
+	for _, l := range []string{rec.Block, rec.Inner} {
+		if f := loopBackingFile(l); f != "" {
+			t.Errorf("%s still over %s after the last container's removal", l, f)
+		}
 	}
 	if err := sn2.Remove(ctx, "chain1"); err != nil {
 		t.Fatal(err)
@@ -520,4 +536,10 @@ func TestSecondInstanceRefused(t *testing.T) {
 	if _, err := New(sn.cfg, devs, fakeObd); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("second instance: %v, want an in-use error", err)
 	}
+}
+
+// loopBackingFile is what the loop device dev reads ("" when unbound).
+func loopBackingFile(dev string) string {
+	b, _ := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	return strings.TrimSpace(string(b))
 }

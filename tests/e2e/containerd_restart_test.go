@@ -35,21 +35,25 @@ func TestContainerdDaemonRestart(t *testing.T) {
 	if out, err := run(t, 2*time.Minute, bin("obd"), "rpull", "--containerd-address", e.sock, "--namespace", e.namespace, ref); err != nil {
 		t.Fatalf("obd rpull: %v\n%s\n%s", err, out, e.logs())
 	}
-	e.mustCtr(t, "run", "-d", "--snapshotter", "overlaybd", ref, "c1", "sh", "-c", "exec sleep 3600")
+	// runc keeps its state per namespace and id under /run, outside the private
+	// containerd: ids of this test's own, and the task gone before containerd stops.
+	const running = "restart-c1"
+	t.Cleanup(func() { e.killTask(t, running) })
+	e.mustCtr(t, "run", "-d", "--snapshotter", "overlaybd", ref, running, "sh", "-c", "exec sleep 3600")
 	// The task is up once an exec in it works.
 	var out string
 	var err error
 	for i := 0; i < 100; i++ {
-		if out, err = e.ctr(t, "task", "exec", "--exec-id", "up"+strings.Repeat("x", i), "c1", "ls", "/"); err == nil {
+		if out, err = e.ctr(t, "task", "exec", "--exec-id", "up"+strings.Repeat("x", i), running, "ls", "/"); err == nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil || !strings.Contains(out, "big1") {
-		t.Fatalf("ls / in c1: %v %q\n%s", err, out, e.logs())
+		t.Fatalf("ls / in the container: %v %q\n%s", err, out, e.logs())
 	}
 	if n := e.devices(t); n != 1 {
-		t.Fatalf("%d devices with c1 running, want 1 (the image layer's)", n)
+		t.Fatalf("%d devices with the container running, want 1 (the image layer's)", n)
 	}
 
 	e.daemon.kill()
@@ -69,12 +73,26 @@ func TestContainerdDaemonRestart(t *testing.T) {
 	if len(devs) != 1 || devs[0].State != "live" {
 		t.Errorf("devices after the daemon restart: %s, want one live device\n%s", statesOut, e.logs())
 	}
-	out, err = e.ctr(t, "task", "exec", "--exec-id", "after", "c1", "md5sum", "/big1")
+	out, err = e.ctr(t, "task", "exec", "--exec-id", "after", running, "md5sum", "/big1")
 	if err != nil || !strings.Contains(out, want["big1"]) {
-		t.Errorf("md5sum /big1 in c1 after the daemon restart: %v %q, want %s\n%s", err, out, want["big1"], e.logs())
+		t.Errorf("md5sum /big1 in the running container after the daemon restart: %v %q, want %s\n%s", err, out, want["big1"], e.logs())
 	}
-	out, err = e.ctr(t, "run", "--snapshotter", "overlaybd", "--rm", ref, "c2", "md5sum", "/big2")
+	out, err = e.ctr(t, "run", "--snapshotter", "overlaybd", "--rm", ref, "restart-c2", "md5sum", "/big2")
 	if err != nil || !strings.Contains(out, want["big2"]) {
 		t.Errorf("md5sum /big2 in a new container after the daemon restart: %v %q, want %s\n%s", err, out, want["big2"], e.logs())
 	}
+}
+
+// killTask kills and deletes the task and the container id, if they exist.
+func (e *containerdEnv) killTask(t testing.TB, id string) {
+	t.Helper()
+	if _, err := e.ctr(t, "task", "kill", "-s", "KILL", id); err == nil {
+		for i := 0; i < 100; i++ {
+			if _, err := e.ctr(t, "task", "rm", id); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	e.ctr(t, "container", "rm", id)
 }

@@ -579,6 +579,12 @@ func TestTakeOverStaleRebind(t *testing.T) {
 	if err != nil || !bytes.Equal(got, tgt.data[:4096]) {
 		t.Errorf("%s after the rebind: %v, %d bytes, want the new mount's data", ro, err, len(got))
 	}
+	if devs, err := TakeOverStale(dir); err != nil || devs != nil {
+		t.Errorf("TakeOverStale of a live mount: %v, %v; want nothing", devs, err)
+	}
+	if devs, err := TakeOverStale(filepath.Join(dir+"-missing", "0")); err != nil || devs != nil {
+		t.Errorf("TakeOverStale of a missing directory: %v, %v; want nothing", devs, err)
+	}
 	run(t, ctx, "losetup", "-d", ro)
 	run(t, ctx, "losetup", "-d", rw)
 	within(t, ctx, "Close", func() {

@@ -13,10 +13,13 @@ import (
 // TakeOverStale is CleanupStale for a server that serves the same files at dir
 // again (a restarted daemon recovering its devices): the loop devices over files
 // of the dead mount at dir are kept, in use or not, and returned for
-// RebindLoops once the new mount is up. Nothing is returned for a live mount or
-// a plain directory.
+// RebindLoops once the new mount is up. Nothing is returned for a live mount, a
+// plain directory or a missing one.
 func TakeOverStale(dir string) ([]string, error) {
 	abs, err := resolveDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // no directory, no mount
+	}
 	if err != nil {
 		return nil, err
 	}

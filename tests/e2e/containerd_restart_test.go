@@ -81,6 +81,16 @@ func TestContainerdDaemonRestart(t *testing.T) {
 	if err != nil || !strings.Contains(out, want["big2"]) {
 		t.Errorf("md5sum /big2 in a new container after the daemon restart: %v %q, want %s\n%s", err, out, want["big2"], e.logs())
 	}
+	// The moved devices detach as usual: with the container and the image gone,
+	// no device, loop device or mount is left.
+	e.killTask(t, running)
+	e.mustCtr(t, "image", "rm", "--sync", ref)
+	if n := e.waitDevices(t, 0); n != 0 {
+		t.Errorf("%d devices after the image's removal, want 0\n%s", n, e.logs())
+	}
+	if out, _ := run(t, time.Minute, "losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"); strings.Contains(out, e.dir) {
+		t.Errorf("loop devices left over the test's files:\n%s", out)
+	}
 }
 
 // killTask kills and deletes the task and the container id, if they exist.

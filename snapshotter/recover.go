@@ -3,8 +3,13 @@ package snapshotter
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // A FUSE image file dies with the obd daemon that serves it; a restarted daemon
@@ -51,4 +56,52 @@ func loopOverFile(ctx context.Context, path string, readOnly bool) (block, inner
 		return "", "", err
 	}
 	return outer, dev, nil
+}
+
+// loopDead reports whether the loop device under rec no longer reads rec.Path,
+// the FUSE image file: the obd daemon serving it died and a restarted one took
+// the mount over without being able to move this loop device (a writable one,
+// or a restore that failed). The kernel then names the backing file relative to
+// the detached dead mount ("/image"), or the loop device is unbound. While the
+// daemon is down the dead mount is still in place and nothing is reported: no
+// new device could be had anyway.
+func loopDead(rec *deviceRecord) bool {
+	if !rec.Loop {
+		return false
+	}
+	dev := rec.Block
+	if rec.Inner != "" {
+		dev = rec.Inner
+	}
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	if err != nil {
+		return true
+	}
+	backing := strings.TrimSpace(string(b))
+	if backing == rec.Path {
+		return false
+	}
+	// The kernel names the file with symlinks resolved: resolve the mount
+	// directory's parent (the mount itself may be dead).
+	mountDir := filepath.Dir(rec.Path)
+	parent, err := filepath.EvalSymlinks(filepath.Dir(mountDir))
+	return err != nil || backing != filepath.Join(parent, filepath.Base(mountDir), filepath.Base(rec.Path))
+}
+
+// dropDeadDevice undoes a device whose loop device died with the obd daemon
+// (loopDead), so that it is attached anew: its mount goes (refused while a
+// container still uses it: that container's I/O fails until it is stopped), the
+// loop devices, and the daemon's device, which a restarted daemon serves again.
+func (s *Snapshotter) dropDeadDevice(ctx context.Context, id string, rec *deviceRecord) error {
+	zap.L().Warn("device died with the obd daemon: attaching it again", zap.String("snapshot", id), zap.String("device", rec.Block), zap.String("file", rec.Path))
+	mp := s.mountpoint(id)
+	if isMountPoint(mp) {
+		if err := unix.Unmount(mp, 0); err != nil {
+			return fmt.Errorf("snapshot %s: its device %s died with the obd daemon and is still in use at %s (stop the containers on it): %w", id, rec.Block, mp, err)
+		}
+	}
+	if err := detachBlock(ctx, s.devs, rec); err != nil {
+		zap.L().Warn("dead device", zap.String("snapshot", id), zap.Error(err))
+	}
+	return os.Remove(filepath.Join(s.blockDir(id), "device.json"))
 }

@@ -543,3 +543,54 @@ func loopBackingFile(dev string) string {
 	b, _ := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
 	return strings.TrimSpace(string(b))
 }
+
+// TestDeadLoopAttachedAgain: a dir-mode container's loop device that no longer
+// reads its device file (the obd daemon died, and a restarted one could not move
+// a writable loop device) is unmounted, detached and attached again at the next
+// Mounts, e.g. when the container is started again.
+func TestDeadLoopAttachedAgain(t *testing.T) {
+	needRoot(t)
+	sn, devs := newTestSnapshotter(t, func(c *BootConfig) { c.RwMode = RwDir })
+	ctx := context.Background()
+	prepareRemote(t, sn, "", "chain1", "sha256:"+strings.Repeat("1", 64))
+	if _, err := sn.Prepare(ctx, "c1", "chain1"); err != nil {
+		t.Fatal(err)
+	}
+	id := snapshotID(t, sn, "c1")
+	old, err := readDeviceRecord(sn.blockDir(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loopDead(old) {
+		t.Fatalf("a fresh device %+v reported dead", old)
+	}
+	// The loop device keeps reading the old file under another name, as it keeps
+	// a dead FUSE mount's file.
+	if err := os.Rename(old.Path, old.Path+".dead"); err != nil {
+		t.Fatal(err)
+	}
+	if !loopDead(old) {
+		t.Fatalf("device %+v over a file gone from its path not reported dead", old)
+	}
+	if _, err := sn.Mounts(ctx, "c1"); err != nil {
+		t.Fatalf("Mounts over a dead device: %v", err)
+	}
+	rec, err := readDeviceRecord(sn.blockDir(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.ID == old.ID || loopBackingFile(rec.Block) != rec.Path || !isMountPoint(sn.mountpoint(id)) {
+		t.Errorf("after Mounts: %+v (old %+v), mounted %v; want a new device over its file, mounted", rec, old, isMountPoint(sn.mountpoint(id)))
+	}
+	if f := loopBackingFile(old.Block); f != "" && old.Block != rec.Block {
+		t.Errorf("the dead loop device %s is still over %s", old.Block, f)
+	}
+	if devs.count() != 1 {
+		t.Errorf("%d devices, want 1 (the container's new one)", devs.count())
+	}
+	for _, k := range []string{"c1", "chain1"} {
+		if err := sn.Remove(ctx, k); err != nil {
+			t.Fatalf("Remove %s: %v", k, err)
+		}
+	}
+}

@@ -30,7 +30,7 @@ func busyboxLayer(t *testing.T, extra map[string][]byte) []byte {
 	root := filepath.Join(dir, "root")
 	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
 	mustRun(t, "cp", bb, filepath.Join(root, "bin", "busybox"))
-	for _, a := range []string{"sh", "sleep", "cat", "echo", "grep", "ls", "md5sum"} {
+	for _, a := range []string{"sh", "sleep", "cat", "echo", "grep", "ls", "md5sum", "dd"} {
 		if err := os.Symlink("busybox", filepath.Join(root, "bin", a)); err != nil {
 			t.Fatal(err)
 		}

@@ -228,7 +228,8 @@ func (m *Manager) serve(d *device) error {
 }
 
 // recover serves d.target through the recorded device of a dead server: the
-// quiesced ublk device (user recovery) or the FUSE mount point again.
+// quiesced ublk device (user recovery) or the FUSE mount point again, with the
+// loop devices over it moved to the new mount.
 func (m *Manager) recover(d *device) error {
 	switch d.rec.Frontend {
 	case FrontendUblk:
@@ -238,7 +239,7 @@ func (m *Manager) recover(d *device) error {
 		}
 		d.srv = dev
 	case FrontendFUSE:
-		return m.serveFUSE(d)
+		return m.recoverFUSE(d)
 	default:
 		return fmt.Errorf("unknown frontend %q", d.rec.Frontend)
 	}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -517,4 +518,78 @@ func TestUnescapeMount(t *testing.T) {
 			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// TestTakeOverStaleRebind: loop devices over the file of a killed process's mount
+// fail their reads; once the mount is taken over and served again at the same
+// path, the read-only one reads the new mount's data (LOOP_CHANGE_FD), the
+// writable one is reported as not movable.
+func TestTakeOverStaleRebind(t *testing.T) {
+	requireRoot(t, "losetup")
+	ctx := testCtx(t, time.Minute)
+	dir := t.TempDir()
+	cmd := startHelper(t, ctx, dir, "kill")
+	path := filepath.Join(dir, "disk")
+	ro := losetup(t, ctx, path, "--read-only", "--direct-io=on")
+	rw := losetup(t, ctx, path, "--direct-io=on")
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+
+	readLoop := func(dev string) ([]byte, error) {
+		f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_DIRECT, 0)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		// O_DIRECT wants an aligned buffer: a page of its own.
+		b, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+		if err != nil {
+			return nil, err
+		}
+		defer unix.Munmap(b)
+		_, err = f.ReadAt(b, 0)
+		return append([]byte(nil), b...), err
+	}
+	if _, err := readLoop(ro); err == nil {
+		t.Fatalf("%s read after its server was killed: want an I/O error", ro)
+	}
+	devs, err := TakeOverStale(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(devs)
+	want := []string{ro, rw}
+	sort.Strings(want)
+	if strings.Join(devs, " ") != strings.Join(want, " ") {
+		t.Fatalf("TakeOverStale: %v, want %v", devs, want)
+	}
+	tgt := newMemTarget(1 << 20)
+	for i := 0; i < 4096; i++ {
+		tgt.data[i] = 0xAB
+	}
+	m, err := Mount(dir, "disk", tgt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = RebindLoops(devs, m.Path())
+	if err == nil || !strings.Contains(err.Error(), rw) || strings.Contains(err.Error(), ro) {
+		t.Errorf("RebindLoops: %v, want an error for the writable %s only", err, rw)
+	}
+	got, err := readLoop(ro)
+	if err != nil || !bytes.Equal(got, tgt.data[:4096]) {
+		t.Errorf("%s after the rebind: %v, %d bytes, want the new mount's data", ro, err, len(got))
+	}
+	if devs, err := TakeOverStale(dir); err != nil || devs != nil {
+		t.Errorf("TakeOverStale of a live mount: %v, %v; want nothing", devs, err)
+	}
+	if devs, err := TakeOverStale(filepath.Join(dir+"-missing", "0")); err != nil || devs != nil {
+		t.Errorf("TakeOverStale of a missing directory: %v, %v; want nothing", devs, err)
+	}
+	run(t, ctx, "losetup", "-d", ro)
+	run(t, ctx, "losetup", "-d", rw)
+	within(t, ctx, "Close", func() {
+		if err := m.Close(); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -58,6 +57,8 @@ type deviceRecord struct {
 	Block  string `json:"block"`  // the block device (Path, or a loop device over it)
 	Loop   bool   `json:"loop"`   // Block is a loop device this snapshotter set up
 	FsType string `json:"fsType"` // the file system found on Block
+	// Inner is the loop device over Path under a stacked Block (recover.go).
+	Inner string `json:"inner,omitempty"`
 }
 
 func readDeviceRecord(dir string) (*deviceRecord, error) {
@@ -89,16 +90,11 @@ func attachBlock(ctx context.Context, devs Devices, blockDir, configPath string,
 		return nil, fmt.Errorf("attach %s: %s: %w", configPath, path, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
-		args := []string{"--find", "--show", "--direct-io=on"}
-		if readOnly {
-			args = append(args, "--read-only")
-		}
-		out, err := exec.CommandContext(ctx, "losetup", append(args, path)...).CombinedOutput()
-		if err != nil {
+		if rec.Block, rec.Inner, err = loopOverFile(ctx, path, readOnly); err != nil {
 			devs.Detach(context.WithoutCancel(ctx), id)
-			return nil, fmt.Errorf("losetup %s: %w: %s", path, err, strings.TrimSpace(string(out)))
+			return nil, err
 		}
-		rec.Block, rec.Loop = strings.TrimSpace(string(out)), true
+		rec.Loop = true
 	}
 	if err := writeFileAtomic(filepath.Join(blockDir, "device.json"), mustJSON(rec), 0o600); err != nil {
 		detachBlock(context.WithoutCancel(ctx), devs, rec)
@@ -116,8 +112,15 @@ func attachBlock(ctx context.Context, devs Devices, blockDir, configPath string,
 func detachBlock(ctx context.Context, devs Devices, rec *deviceRecord) error {
 	var errs []error
 	if rec.Loop {
-		if out, err := exec.CommandContext(ctx, "losetup", "-d", rec.Block).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("losetup -d %s: %w: %s", rec.Block, err, strings.TrimSpace(string(out))))
+		if err := loopDetach(ctx, rec.Block); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if rec.Inner != "" {
+		// Still open by the outer one for a moment: the kernel then clears it on
+		// its last close (autoclear).
+		if err := loopDetach(ctx, rec.Inner); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := devs.Detach(ctx, rec.ID); err != nil {

@@ -511,6 +511,12 @@ func (s *Snapshotter) ensureDevice(ctx context.Context, id string, readOnly, mou
 	defer s.mu.Unlock()
 	mp := s.mountpoint(id)
 	rec, err := readDeviceRecord(s.blockDir(id))
+	if err == nil && loopDead(rec) {
+		if err := s.dropDeadDevice(ctx, id, rec); err != nil {
+			return nil, err
+		}
+		rec, err = nil, os.ErrNotExist
+	}
 	if err == nil && (!mountIt || isMountPoint(mp)) {
 		return rec, nil
 	}

@@ -98,7 +98,9 @@ func newTestSnapshotter(t *testing.T, mutate func(*BootConfig)) (*Snapshotter, *
 	}
 	t.Cleanup(func() {
 		exec.Command("sh", "-c", "grep -o ' "+dir+"[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l").Run()
-		exec.Command("sh", "-c", "losetup --list --noheadings --output NAME,BACK-FILE | grep ' "+dir+"/' | cut -d' ' -f1 | xargs -r -n1 losetup -d").Run()
+		// A read-only layer's outer loop device sits on the loop device over the file.
+		exec.Command("sh", "-c", "for l in $(losetup --list --noheadings --output NAME,BACK-FILE | grep ' "+dir+"/' | cut -d' ' -f1); do "+
+			"losetup --list --noheadings --output NAME,BACK-FILE | grep \" $l\\$\" | cut -d' ' -f1 | xargs -r -n1 losetup -d; losetup -d $l; done").Run()
 		sn.Close()
 	})
 	return sn, devs
@@ -246,6 +248,15 @@ func TestContainerOnRemoteLayer(t *testing.T) {
 	if !strings.HasPrefix(string(mark), "/dev/loop") {
 		t.Errorf("backstore_mark %q, want the loop device", mark)
 	}
+	// The read-only layer is mounted from a loop device over the loop device over
+	// the image file, which a restarted daemon can move (recover.go).
+	rec, err := readDeviceRecord(sn.blockDir(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Inner == "" || loopBackingFile(rec.Block) != rec.Inner || loopBackingFile(rec.Inner) != rec.Path {
+		t.Errorf("device record %+v: want %s over %s over %s", rec, rec.Block, rec.Inner, rec.Path)
+	}
 	// A restarted snapshotter finds the device and the mount.
 	sn.Close()
 	sn2, err := New(sn.cfg, devs, fakeObd)
@@ -270,6 +281,11 @@ func TestContainerOnRemoteLayer(t *testing.T) {
 	}
 	if devs.count() != 0 || isMountPoint(sn.mountpoint(id)) {
 		t.Errorf("device still attached (%d) or mounted after the last container's removal", devs.count())
+	}
+	for _, l := range []string{rec.Block, rec.Inner} {
+		if f := loopBackingFile(l); f != "" {
+			t.Errorf("%s still over %s after the last container's removal", l, f)
+		}
 	}
 	if err := sn2.Remove(ctx, "chain1"); err != nil {
 		t.Fatal(err)
@@ -519,5 +535,62 @@ func TestSecondInstanceRefused(t *testing.T) {
 	sn, devs := newTestSnapshotter(t, nil)
 	if _, err := New(sn.cfg, devs, fakeObd); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("second instance: %v, want an in-use error", err)
+	}
+}
+
+// loopBackingFile is what the loop device dev reads ("" when unbound).
+func loopBackingFile(dev string) string {
+	b, _ := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	return strings.TrimSpace(string(b))
+}
+
+// TestDeadLoopAttachedAgain: a dir-mode container's loop device that no longer
+// reads its device file (the obd daemon died, and a restarted one could not move
+// a writable loop device) is unmounted, detached and attached again at the next
+// Mounts, e.g. when the container is started again.
+func TestDeadLoopAttachedAgain(t *testing.T) {
+	needRoot(t)
+	sn, devs := newTestSnapshotter(t, func(c *BootConfig) { c.RwMode = RwDir })
+	ctx := context.Background()
+	prepareRemote(t, sn, "", "chain1", "sha256:"+strings.Repeat("1", 64))
+	if _, err := sn.Prepare(ctx, "c1", "chain1"); err != nil {
+		t.Fatal(err)
+	}
+	id := snapshotID(t, sn, "c1")
+	old, err := readDeviceRecord(sn.blockDir(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loopDead(old) {
+		t.Fatalf("a fresh device %+v reported dead", old)
+	}
+	// The loop device keeps reading the old file under another name, as it keeps
+	// a dead FUSE mount's file.
+	if err := os.Rename(old.Path, old.Path+".dead"); err != nil {
+		t.Fatal(err)
+	}
+	if !loopDead(old) {
+		t.Fatalf("device %+v over a file gone from its path not reported dead", old)
+	}
+	if _, err := sn.Mounts(ctx, "c1"); err != nil {
+		t.Fatalf("Mounts over a dead device: %v", err)
+	}
+	rec, err := readDeviceRecord(sn.blockDir(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.ID == old.ID || loopBackingFile(rec.Block) != rec.Path || !isMountPoint(sn.mountpoint(id)) {
+		t.Errorf("after Mounts: %+v (old %+v), mounted %v; want a new device over its file, mounted", rec, old, isMountPoint(sn.mountpoint(id)))
+	}
+	if f := loopBackingFile(old.Block); f != "" && old.Block != rec.Block {
+		t.Errorf("the dead loop device %s is still over %s", old.Block, f)
+	}
+	if devs.count() != 1 {
+		t.Errorf("%d devices, want 1 (the container's new one)", devs.count())
+	}
+	for _, k := range []string{"c1", "chain1"} {
+		if err := sn.Remove(ctx, k); err != nil {
+			t.Fatalf("Remove %s: %v", k, err)
+		}
 	}
 }

@@ -254,7 +254,8 @@ func pushCommand() *cli.Command {
 		ArgsUsage: "LAYER... DST   (DST: an image reference, or a directory path for an OCI layout)",
 		Flags: append(registryFlags(),
 			&cli.StringFlag{Name: "config", Usage: "image config JSON to start from (its diff_ids are replaced; default: os/arch only)"},
-			&cli.StringFlag{Name: "platform", Usage: "OS/ARCH[/VARIANT] of the default config"},
+			&cli.StringFlag{Name: "platform", Usage: "OS/ARCH[/VARIANT] of the default config, or of the image taken from an index with --base"},
+			&cli.StringFlag{Name: "base", Usage: "overlaybd image REF to stack the layers on (its layers, config and media types stay), e.g. the image a committed container ran from"},
 		),
 		Action: func(c *cli.Context) error {
 			args := c.Args().Slice()
@@ -301,16 +302,45 @@ func pushCommand() *cli.Command {
 				}
 				layers = append(layers, convert.Layer{Path: p, Digest: dg, Size: size})
 			}
-			img, err := convert.BuildImage(layers, cfg, c.Bool("oci"))
-			if err != nil {
-				return err
-			}
 			client, err := registryClient(c, platform)
 			if err != nil {
 				return err
 			}
 			defer client.Close()
+			var img v1.Image
+			if base := c.String("base"); base != "" {
+				if c.IsSet("config") || c.IsSet("oci") {
+					return errors.New("push: --base takes the config and the media types from the base image; drop --config/--oci")
+				}
+				img, err = pushBase(c.Context, client, base, platform, layers)
+			} else {
+				img, err = convert.BuildImage(layers, cfg, c.Bool("oci"))
+			}
+			if err != nil {
+				return err
+			}
 			return writeOutput(c.Context, client, args[len(args)-1], img, nil)
 		},
 	}
+}
+
+// pushBase stacks layers on the overlaybd image base (`obd push --base`).
+func pushBase(ctx context.Context, client *registry.Client, base string, platform *v1.Platform, layers []convert.Layer) (v1.Image, error) {
+	ref, err := client.ParseReference(base)
+	if err != nil {
+		return nil, err
+	}
+	opts := client.RemoteOptions(ctx)
+	if platform != nil {
+		opts = append(opts, remote.WithPlatform(*platform))
+	}
+	img, err := remote.Image(ref, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("push: --base %s: %w", base, err)
+	}
+	img, err = convert.AppendImage(img, layers)
+	if err != nil {
+		return nil, fmt.Errorf("push: --base %s: %w", base, err)
+	}
+	return img, nil
 }

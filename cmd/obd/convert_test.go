@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/obd-project/obd/ext4"
@@ -177,5 +178,45 @@ func TestConvertUnprivileged(t *testing.T) {
 	asRoot := strings.TrimSpace(mustObd(t, "convert", "--from-tar", tarPath, "--vsize", "1", filepath.Join(t.TempDir(), "layout")))
 	if asNobody != asRoot {
 		t.Fatalf("as nobody %s, as root %s", asNobody, asRoot)
+	}
+}
+
+// TestPushBase: obd push --base stacks a committed layer on an overlaybd image in
+// the registry (its layers and config stay); a base with an ordinary layer and
+// --base with --oci are refused.
+func TestPushBase(t *testing.T) {
+	reg := registrytest.New(t)
+	tarPath := rootfsTar(t)
+	work := t.TempDir()
+	mustObd(t, "convert", "--from-tar", tarPath, "--vsize", "1", "--work-dir", work, reg.Ref("app:obd"))
+	top := filepath.Join(work, "0000", "overlaybd.commit")
+	d := strings.TrimSpace(mustObd(t, "push", "--base", reg.Ref("app:obd"), top, reg.Ref("app:stacked")))
+	ref, _ := name.ParseReference(reg.Ref("app:stacked"), name.Insecure)
+	img, err := remote.Image(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dg, _ := img.Digest(); dg.String() != d {
+		t.Fatalf("pushed %s, printed %s", dg, d)
+	}
+	m, _ := img.Manifest()
+	cfg, _ := img.ConfigFile()
+	if len(m.Layers) != 2 || m.Layers[1].Annotations["containerd.io/snapshot/overlaybd/blob-digest"] != m.Layers[1].Digest.String() ||
+		len(cfg.RootFS.DiffIDs) != 2 || m.MediaType != types.DockerManifestSchema2 {
+		t.Fatalf("stacked image: manifest %+v, diff_ids %v", m, cfg.RootFS.DiffIDs)
+	}
+	if out, err := obd(t, "push", "--base", reg.Ref("app:obd"), "--oci", top, reg.Ref("app:x")); err == nil || !strings.Contains(out, "drop --config/--oci") {
+		t.Errorf("--base with --oci: %v %s", err, out)
+	}
+	plain, _ := name.ParseReference(reg.Ref("plain:v1"), name.Insecure)
+	rimg, err := random.Image(64, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(plain, rimg); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := obd(t, "push", "--base", reg.Ref("plain:v1"), top, reg.Ref("app:y")); err == nil || !strings.Contains(out, "not an overlaybd image") {
+		t.Errorf("--base of an ordinary image: %v %s", err, out)
 	}
 }

@@ -17,8 +17,8 @@ import (
 )
 
 // busyboxLayer builds a one-layer overlaybd blob: a 64 GiB ext4 disk holding a
-// static busybox and a few applet links.
-func busyboxLayer(t *testing.T) []byte {
+// static busybox, a few applet links and the extra files (path: content).
+func busyboxLayer(t *testing.T, extra map[string][]byte) []byte {
 	t.Helper()
 	bb := "/bin/busybox"
 	if _, err := os.Stat(bb); err != nil {
@@ -30,8 +30,13 @@ func busyboxLayer(t *testing.T) []byte {
 	root := filepath.Join(dir, "root")
 	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
 	mustRun(t, "cp", bb, filepath.Join(root, "bin", "busybox"))
-	for _, a := range []string{"sh", "sleep", "cat", "echo", "grep", "ls"} {
+	for _, a := range []string{"sh", "sleep", "cat", "echo", "grep", "ls", "md5sum", "dd"} {
 		if err := os.Symlink("busybox", filepath.Join(root, "bin", a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for p, b := range extra {
+		if err := os.WriteFile(filepath.Join(root, p), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -78,7 +83,7 @@ func withCmd(t *testing.T, img v1.Image, cmd ...string) v1.Image {
 func TestContainerdLifecycle(t *testing.T) {
 	e := startContainerdEnv(t, nil)
 	reg := registrytest.New(t)
-	reg.PushImage(t, "busybox", "obd", withCmd(t, registrytest.LayersImage(t, busyboxLayer(t)), "sh"))
+	reg.PushImage(t, "busybox", "obd", withCmd(t, registrytest.LayersImage(t, busyboxLayer(t, nil)), "sh"))
 	base, err := os.ReadFile(extractBase(t, t.TempDir()))
 	if err != nil {
 		t.Fatal(err)

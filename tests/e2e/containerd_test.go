@@ -89,7 +89,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		// Image layers still attached (a failed test, or autoRemoveDev off): their
 		// mounts and loop devices go first, so that the daemon can stop its devices.
 		exec.Command("sh", "-c", "grep -o ' "+dir+"[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount").Run()
-		exec.Command("sh", "-c", "losetup --list --noheadings --output NAME,BACK-FILE | grep ' "+dir+"' | cut -d' ' -f1 | xargs -r -n1 losetup -d").Run()
+		// (A read-only layer's outer loop device sits on the loop device over the file.)
+		exec.Command("sh", "-c", "for l in $(losetup --list --noheadings --output NAME,BACK-FILE | grep ' "+dir+"' | cut -d' ' -f1); do "+
+			"losetup --list --noheadings --output NAME,BACK-FILE | grep \" $l\\$\" | cut -d' ' -f1 | xargs -r -n1 losetup -d; losetup -d $l; done").Run()
 		e.daemon.stop(t)
 		exec.Command("sh", "-c", "grep -o ' "+dir+"[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l").Run()
 	})

@@ -162,3 +162,34 @@ func mkfsDevice(ctx context.Context, spec fsSpec, dev string) error {
 	}
 	return nil
 }
+
+// formatAndMount attaches a fresh writable layer, formats it with the spec's mkfs
+// and, if mountIt, mounts it at block/mountpoint.
+func (s *Snapshotter) formatAndMount(ctx context.Context, id string, spec fsSpec, mountIt bool) error {
+	rec, err := s.ensureDevice(ctx, id, false, false)
+	if err != nil {
+		return err
+	}
+	if err := mkfsDevice(ctx, spec, rec.Block); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rec.FsType, err = detectFsType(rec.Block); err != nil {
+		return err
+	}
+	if rec.FsType == "" {
+		rec.FsType = spec.Type
+	}
+	if err := writeFileAtomic(filepath.Join(s.blockDir(id), "device.json"), mustJSON(rec), 0o600); err != nil {
+		return err
+	}
+	if !mountIt {
+		return nil
+	}
+	mp := s.mountpoint(id)
+	if err := os.MkdirAll(mp, 0o755); err != nil {
+		return err
+	}
+	return mountFs(rec.Block, mp, rec.FsType, spec, false)
+}

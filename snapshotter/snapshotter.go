@@ -624,13 +624,7 @@ func (s *Snapshotter) prepareWritable(ctx context.Context, sn storage.Snapshot, 
 		return err
 	}
 	if mkfsOnDevice {
-		rec, err := s.ensureDevice(ctx, sn.ID, false, false)
-		if err != nil {
-			return err
-		}
-		if err := mkfsDevice(ctx, spec, rec.Block); err != nil {
-			return err
-		}
+		return s.formatAndMount(ctx, sn.ID, spec, mode == RwDir)
 	}
 	_, err = s.ensureDevice(ctx, sn.ID, false, mode == RwDir)
 	return err

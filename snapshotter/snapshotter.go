@@ -287,6 +287,7 @@ type overlaybdLower struct {
 type overlaybdUpper struct {
 	Index string `json:"index,omitempty"`
 	Data  string `json:"data,omitempty"`
+	Vsize int    `json:"vsize,omitempty"` // GB, as ACI records it
 }
 
 func (s *Snapshotter) readConfig(id string) (*overlaybdConfig, error) {
@@ -616,7 +617,7 @@ func (s *Snapshotter) prepareWritable(ctx context.Context, sn storage.Snapshot, 
 	if err := s.runTool(ctx, args...); err != nil {
 		return err
 	}
-	c.Upper = overlaybdUpper{Index: index, Data: data}
+	c.Upper = overlaybdUpper{Index: index, Data: data, Vsize: vsize}
 	if err := s.writeFsSpec(sn.ID, rawSpec); err != nil {
 		return err
 	}

@@ -115,7 +115,9 @@ func attachBlock(ctx context.Context, devs Devices, blockDir, configPath string,
 // detachBlock releases the loop device and the device manager's device.
 func detachBlock(ctx context.Context, devs Devices, rec *deviceRecord) error {
 	var errs []error
-	if rec.Loop {
+	// A loop device already released (a detach retried after the device manager
+	// failed) is left alone, as is one reused for another file.
+	if rec.Loop && loopBacks(rec.Block, rec.Path) {
 		if out, err := exec.CommandContext(ctx, "losetup", "-d", rec.Block).CombinedOutput(); err != nil {
 			errs = append(errs, fmt.Errorf("losetup -d %s: %w: %s", rec.Block, err, strings.TrimSpace(string(out))))
 		}
@@ -193,4 +195,17 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		os.Remove(tmp)
 	}
 	return err
+}
+
+// loopBacks: the loop device dev is set up over the file path.
+func loopBacks(dev, path string) bool {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	if err != nil {
+		return false
+	}
+	back := strings.TrimSpace(string(b))
+	if real, err := filepath.EvalSymlinks(path); err == nil && back == real {
+		return true
+	}
+	return back == path
 }

@@ -34,6 +34,9 @@ type Snapshotter struct {
 	obdCmd []string
 	// mu serialises device attach and detach.
 	mu sync.Mutex
+	// background: asyncRemove's removals still running (Close waits for them).
+	background sync.WaitGroup
+	metrics    *metrics
 }
 
 // New opens (or creates) the snapshotter's root. obdCmd runs obd's layer tools:
@@ -53,7 +56,8 @@ func New(cfg *BootConfig, devs Devices, obdCmd []string) (*Snapshotter, error) {
 	if err := ms.WithTransaction(context.Background(), false, func(context.Context) error { return nil }); err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(cfg.Root, "metadata.db"), err)
 	}
-	return &Snapshotter{cfg: cfg, root: cfg.Root, ms: ms, devs: devs, obdCmd: obdCmd}, nil
+	m := newMetrics()
+	return &Snapshotter{cfg: cfg, root: cfg.Root, ms: ms, devs: m.devices(devs), obdCmd: obdCmd, metrics: m}, nil
 }
 
 // checkNotLocked fails when another process holds the metadata database: bolt
@@ -141,7 +145,10 @@ func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters .
 
 // Close implements snapshots.Snapshotter. Devices and mounts stay: running
 // containers keep their root file systems while the snapshotter restarts.
-func (s *Snapshotter) Close() error { return s.ms.Close() }
+func (s *Snapshotter) Close() error {
+	s.background.Wait()
+	return s.ms.Close()
+}
 
 // Prepare implements snapshots.Snapshotter.
 func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
@@ -451,11 +458,21 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
+	if s.cfg.AsyncRemove {
+		s.inBackground(key, func(ctx context.Context) error { return s.finishRemove(ctx, id, parentIDs) })
+		return nil
+	}
+	return s.finishRemove(ctx, id, parentIDs)
+}
+
+// finishRemove releases what a removed snapshot held: its device, its directory
+// and, with autoRemoveDev, the device of the layer it sat on.
+func (s *Snapshotter) finishRemove(ctx context.Context, id string, parentIDs []string) error {
 	var errs []error
 	if err := s.releaseDevice(ctx, id); err != nil {
+		// The directory stays (its mountpoint may still be mounted): Cleanup retries.
 		errs = append(errs, err)
-	}
-	if err := os.RemoveAll(s.snDir(id)); err != nil {
+	} else if err := os.RemoveAll(s.snDir(id)); err != nil {
 		errs = append(errs, err)
 	}
 	if s.cfg.AutoRemoveDev {

@@ -31,13 +31,13 @@ func TestParseQuota(t *testing.T) {
 func TestBootConfigValidatesExtras(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "c.json")
 	for body, msg := range map[string]string{
-		`{"rootfsQuota":"20x"}`:                                 "rootfsQuota",
-		`{"defaultFsType":"ext4;ro,,x"}`:                        "defaultFsType",
-		`{"tenant":-2}`:                                         "tenant",
-		`{"turboFsType":["btrfs"]}`:                             "turboFsType",
-		`{"exporterConfig":{"enable":true,"port":0}}`:           "exporterConfig.port",
-		`{"exporterConfig":{"enable":true,"uriPrefix":"m"}}`:    "exporterConfig.uriPrefix",
-		`{"exporterConfig":{"enable":true,"port":70000}}`:       "exporterConfig.port",
+		`{"rootfsQuota":"20x"}`:                                "rootfsQuota",
+		`{"defaultFsType":"ext4;ro,,x"}`:                       "defaultFsType",
+		`{"tenant":-2}`:                                        "tenant",
+		`{"turboFsType":["btrfs"]}`:                            "turboFsType",
+		`{"exporterConfig":{"enable":true,"port":0}}`:          "exporterConfig.port",
+		`{"exporterConfig":{"enable":true,"uriPrefix":"m"}}`:   "exporterConfig.uriPrefix",
+		`{"exporterConfig":{"enable":true,"port":70000}}`:      "exporterConfig.port",
 		`{"rootfsQuota":"20g","tenant":3,"defaultFsType":"x"}`: "",
 	} {
 		os.WriteFile(p, []byte(body), 0o644)
@@ -86,7 +86,7 @@ func TestRootfsQuotaNeedsPrjquota(t *testing.T) {
 	if _, err := sn.Prepare(ctx, "extract-1 l1", "", snapshots.WithLabels(map[string]string{LabelTargetRef: "l1"})); err != nil {
 		t.Fatalf("unpacking a layer: %v", err)
 	}
-	if mountOpts(t, sn.root, "prjquota") {
+	if mountOpts(sn.root, "prjquota") {
 		t.Skip("the test directory is on a prjquota file system")
 	}
 	_, err := sn.Prepare(ctx, "c1", "")
@@ -98,7 +98,7 @@ func TestRootfsQuotaNeedsPrjquota(t *testing.T) {
 	}
 }
 
-func mountOpts(t *testing.T, dir, opt string) bool {
+func mountOpts(dir, opt string) bool {
 	out, err := exec.Command("findmnt", "-n", "-o", "VFS-OPTIONS,FS-OPTIONS", "--target", dir).Output()
 	return err == nil && strings.Contains(string(out), opt)
 }

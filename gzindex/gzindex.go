@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"sync"
 
 	"github.com/obd-project/obd/crc32c"
 )
@@ -43,7 +44,23 @@ type Reader struct {
 	gzSize   int64
 	zlibDict bool // windows are zlib-compressed
 	entries  []entry
+
+	// chunks caches the last inflated spans between checkpoints: the kernel reads a
+	// file in small pieces, each of which would inflate its span again.
+	mu     sync.Mutex
+	chunks []chunk // most recent first
 }
+
+// chunk is the uncompressed stream from checkpoint entry to the next one.
+type chunk struct {
+	entry int
+	data  []byte
+}
+
+const (
+	cachedChunks  = 4
+	maxChunkBytes = 16 << 20 // longer spans (an index of few checkpoints) are streamed
+)
 
 // Open reads the index idx (idxSize bytes) of the gzip file gz (gzSize bytes); name
 // is used in error messages. The index must have been made for this gzip file (its
@@ -144,8 +161,10 @@ func (r *Reader) window(e entry) ([]byte, error) {
 	return w, nil
 }
 
-// ReadAt reads the uncompressed stream: from the last checkpoint at or before off,
-// inflating and dropping what lies before off. Reads past the end are short (io.EOF).
+// ReadAt reads the uncompressed stream: the span of the last checkpoint at or before
+// off, inflated once and cached (a read across checkpoints, or in a span too long to
+// cache, inflates from the checkpoint and drops what lies before off). Reads past the
+// end are short (io.EOF).
 func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("gzip %s: read at negative offset %d", r.name, off)
@@ -162,15 +181,25 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 		i = 0
 	}
 	e := r.entries[i]
-	dict, err := r.window(e)
+	end := r.size
+	if i+1 < len(r.entries) {
+		end = r.entries[i+1].DePos
+	}
+	if end-e.DePos <= maxChunkBytes && off+int64(len(want)) <= end {
+		data, err := r.chunk(i, end)
+		if err != nil {
+			return 0, err
+		}
+		n := copy(want, data[off-e.DePos:])
+		if len(want) < len(p) {
+			return n, io.EOF
+		}
+		return n, nil
+	}
+	fr, err := r.inflateFrom(i)
 	if err != nil {
 		return 0, err
 	}
-	src := io.Reader(bufio.NewReaderSize(io.NewSectionReader(r.gz, e.EnPos, r.gzSize-e.EnPos), readBuf))
-	if e.Bits > 0 {
-		src = &bitShifter{r: bufio.NewReaderSize(io.NewSectionReader(r.gz, e.EnPos-1, r.gzSize-e.EnPos+1), readBuf), shift: 8 - e.Bits}
-	}
-	fr := flate.NewReaderDict(src, dict)
 	defer fr.Close()
 	if _, err := io.CopyN(io.Discard, fr, off-e.DePos); err != nil {
 		return 0, fmt.Errorf("gzip %s: inflating from checkpoint %d (offset %d) to %d: %w", r.name, i, e.DePos, off, err)
@@ -183,6 +212,51 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// inflateFrom starts inflating at checkpoint i.
+func (r *Reader) inflateFrom(i int) (io.ReadCloser, error) {
+	e := r.entries[i]
+	dict, err := r.window(e)
+	if err != nil {
+		return nil, err
+	}
+	src := io.Reader(bufio.NewReaderSize(io.NewSectionReader(r.gz, e.EnPos, r.gzSize-e.EnPos), readBuf))
+	if e.Bits > 0 {
+		src = &bitShifter{r: bufio.NewReaderSize(io.NewSectionReader(r.gz, e.EnPos-1, r.gzSize-e.EnPos+1), readBuf), shift: 8 - e.Bits}
+	}
+	return flate.NewReaderDict(src, dict), nil
+}
+
+// chunk returns the uncompressed bytes from checkpoint i to end, from the cache or
+// inflated (and cached).
+func (r *Reader) chunk(i int, end int64) ([]byte, error) {
+	r.mu.Lock()
+	for k, c := range r.chunks {
+		if c.entry == i {
+			copy(r.chunks[1:k+1], r.chunks[:k])
+			r.chunks[0] = c
+			r.mu.Unlock()
+			return c.data, nil
+		}
+	}
+	r.mu.Unlock()
+	fr, err := r.inflateFrom(i)
+	if err != nil {
+		return nil, err
+	}
+	defer fr.Close()
+	data := make([]byte, end-r.entries[i].DePos)
+	if _, err := io.ReadFull(fr, data); err != nil {
+		return nil, fmt.Errorf("gzip %s: inflating checkpoint %d (offset %d, %d bytes): %w", r.name, i, r.entries[i].DePos, len(data), err)
+	}
+	r.mu.Lock()
+	r.chunks = append([]chunk{{i, data}}, r.chunks...)
+	if len(r.chunks) > cachedChunks {
+		r.chunks = r.chunks[:cachedChunks]
+	}
+	r.mu.Unlock()
+	return data, nil
 }
 
 // bitShifter yields the stream of r starting shift bits into its first byte

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/obd-project/obd/crc32c"
@@ -101,5 +102,36 @@ func TestBitShifter(t *testing.T) {
 				t.Fatalf("shift %d: bit %d is %d, want %d", shift, i, got, bit(i+int(shift)))
 			}
 		}
+	}
+}
+
+// countingReaderAt counts the reads of the gzip file.
+type countingReaderAt struct {
+	r io.ReaderAt
+	n atomic.Int64
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	c.n.Add(1)
+	return c.r.ReadAt(p, off)
+}
+
+// TestSpanCached: reads within one checkpoint's span inflate it once.
+func TestSpanCached(t *testing.T) {
+	gz, idx, tarData := load(t, "layer0.tar.gz"), load(t, "t0.gzip.meta"), load(t, "layer0.tar")
+	c := &countingReaderAt{r: bytes.NewReader(gz)}
+	r, err := Open(c, int64(len(gz)), bytes.NewReader(idx), int64(len(idx)), "t0.gzip.meta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 4096)
+	for off := int64(0); off+4096 <= int64(len(tarData)); off += 4096 {
+		if _, err := r.ReadAt(p, off); err != nil || !bytes.Equal(p, tarData[off:off+4096]) {
+			t.Fatalf("ReadAt(4096, %d): %v or wrong bytes", off, err)
+		}
+	}
+	// One inflate of the span: its compressed bytes in reads of the 64 KiB buffer.
+	if max := int64(len(gz))/readBuf + 2; c.n.Load() > max {
+		t.Errorf("%d reads of the gzip file for %d KiB read in 4 KiB pieces, want at most %d (one inflate)", c.n.Load(), len(tarData)>>10, max)
 	}
 }

@@ -203,7 +203,8 @@ type blob struct {
 func openLower(ctx context.Context, cfg *config.ImageConfig, i int, l config.Layer, remote RemoteOpener,
 	wrap func(int, io.ReaderAt) io.ReaderAt, replay bool, lg *zap.Logger) (*lsmt.Layer, io.ReaderAt, io.Closer, *swapBlob, error) {
 	if l.TargetFile != "" || l.TargetDigest != "" {
-		return nil, nil, nil, nil, fmt.Errorf("failed to open layer %d: TurboOCI layers (targetFile/targetDigest) are not supported yet", i)
+		ll, inner, c, err := openTurboLower(ctx, cfg, i, l, remote)
+		return ll, inner, c, nil, err
 	}
 	b, err := findBlob(ctx, cfg, i, l, remote)
 	if err != nil {

@@ -20,7 +20,7 @@ type Registry struct {
 	Insecure bool   `json:"insecure"`
 }
 
-// ExporterConfig is the metrics exporter section (accepted for compatibility).
+// ExporterConfig is the Prometheus exporter of the snapshotter's own metrics (metrics.go).
 type ExporterConfig struct {
 	Enable    bool   `json:"enable"`
 	URIPrefix string `json:"uriPrefix"`
@@ -102,5 +102,5 @@ func (c *BootConfig) validate(path string) error {
 	if c.Address == "" {
 		return fmt.Errorf("%s: address is empty", path)
 	}
-	return nil
+	return c.validateExtras(path)
 }

@@ -111,12 +111,18 @@ func attachBlock(ctx context.Context, devs Devices, blockDir, configPath string,
 // detachBlock releases the loop device and the device manager's device.
 func detachBlock(ctx context.Context, devs Devices, rec *deviceRecord) error {
 	var errs []error
-	if rec.Loop {
+	// A loop device already released (a detach retried after the device manager
+	// failed) is left alone, as is one reused for another file.
+	backing := rec.Path
+	if rec.Inner != "" {
+		backing = rec.Inner
+	}
+	if rec.Loop && loopBacks(rec.Block, backing) {
 		if err := loopDetach(ctx, rec.Block); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if rec.Inner != "" {
+	if rec.Inner != "" && loopBacks(rec.Inner, rec.Path) {
 		// Still open by the outer one for a moment: the kernel then clears it on
 		// its last close (autoclear).
 		if err := loopDetach(ctx, rec.Inner); err != nil {
@@ -196,4 +202,17 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		os.Remove(tmp)
 	}
 	return err
+}
+
+// loopBacks: the loop device dev is set up over the file path.
+func loopBacks(dev, path string) bool {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	if err != nil {
+		return false
+	}
+	back := strings.TrimSpace(string(b))
+	if real, err := filepath.EvalSymlinks(path); err == nil && back == real {
+		return true
+	}
+	return back == path
 }

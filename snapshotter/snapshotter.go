@@ -34,6 +34,9 @@ type Snapshotter struct {
 	obdCmd []string
 	// mu serialises device attach and detach.
 	mu sync.Mutex
+	// background: asyncRemove's removals still running (Close waits for them).
+	background sync.WaitGroup
+	metrics    *metrics
 }
 
 // New opens (or creates) the snapshotter's root. obdCmd runs obd's layer tools:
@@ -53,7 +56,8 @@ func New(cfg *BootConfig, devs Devices, obdCmd []string) (*Snapshotter, error) {
 	if err := ms.WithTransaction(context.Background(), false, func(context.Context) error { return nil }); err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(cfg.Root, "metadata.db"), err)
 	}
-	return &Snapshotter{cfg: cfg, root: cfg.Root, ms: ms, devs: devs, obdCmd: obdCmd}, nil
+	m := newMetrics()
+	return &Snapshotter{cfg: cfg, root: cfg.Root, ms: ms, devs: m.devices(devs), obdCmd: obdCmd, metrics: m}, nil
 }
 
 // checkNotLocked fails when another process holds the metadata database: bolt
@@ -141,7 +145,10 @@ func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters .
 
 // Close implements snapshots.Snapshotter. Devices and mounts stay: running
 // containers keep their root file systems while the snapshotter restarts.
-func (s *Snapshotter) Close() error { return s.ms.Close() }
+func (s *Snapshotter) Close() error {
+	s.background.Wait()
+	return s.ms.Close()
+}
 
 // Prepare implements snapshots.Snapshotter.
 func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
@@ -180,7 +187,8 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 		}
 	}
 	targetRef := base.Labels[LabelTargetRef]
-	remote := kind == snapshots.KindActive && targetRef != "" && isRemoteLayer(base.Labels)
+	// TurboOCI layers carry the remote labels too, but containerd unpacks their meta.
+	remote := kind == snapshots.KindActive && targetRef != "" && isRemoteLayer(base.Labels) && !isTurboLayer(base.Labels)
 
 	td, err := os.MkdirTemp(filepath.Join(s.root, "snapshots"), "new-")
 	if err != nil {
@@ -249,6 +257,11 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			}
 		}
 	}
+	if kind == snapshots.KindActive && isRootfs(base.Labels) && !s.isBlock(sn.ID) {
+		if err := s.applyRootfsQuota(sn, base.Labels); err != nil {
+			return nil, err
+		}
+	}
 	return s.mounts(ctx, sn, base.Labels)
 }
 
@@ -273,11 +286,15 @@ type overlaybdLower struct {
 	Size   int64  `json:"size,omitempty"`
 	Dir    string `json:"dir,omitempty"`
 	File   string `json:"file,omitempty"`
+	// TurboOCI: the original layer's digest and, for a gzip one, its gzip index.
+	TargetDigest string `json:"targetDigest,omitempty"`
+	GzipIndex    string `json:"gzipIndex,omitempty"`
 }
 
 type overlaybdUpper struct {
 	Index string `json:"index,omitempty"`
 	Data  string `json:"data,omitempty"`
+	Vsize int    `json:"vsize,omitempty"` // GB, as ACI records it
 }
 
 func (s *Snapshotter) readConfig(id string) (*overlaybdConfig, error) {
@@ -318,6 +335,13 @@ func (s *Snapshotter) writeRemoteConfig(sn storage.Snapshot, labels map[string]s
 	if err != nil {
 		return err
 	}
+	spec, err := s.layerFsSpec(labels, "")
+	if err != nil {
+		return fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if err := s.writeFsSpec(sn.ID, spec); err != nil {
+		return err
+	}
 	c.RepoBlobURL = blobURL
 	c.Lowers = append(c.Lowers, overlaybdLower{Digest: labels[LabelBlobDigest], Size: size, Dir: s.fsDir(sn.ID)})
 	return s.writeConfig(sn.ID, c)
@@ -351,18 +375,33 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		if err != nil {
 			return err
 		}
+		labels, err := commitLabels(ctx, key, opts)
+		if err != nil {
+			return err
+		}
 		if _, err := os.Stat(filepath.Join(s.blockDir(sn.ID), writableDataFileName)); err == nil {
 			sealed, err := s.sealWritable(ctx, sn)
 			if err != nil {
 				return fmt.Errorf("commit %s: %w", key, err)
 			}
 			opts = append(opts, withLabel(LabelLocalCommitPath, sealed))
+		} else if isTurboLayer(labels) {
+			if err := s.writeTurboConfig(sn, labels); err != nil {
+				return fmt.Errorf("commit %s: %w", key, err)
+			}
 		} else if isOverlaybdBlob(filepath.Join(s.fsDir(sn.ID), commitFileName)) {
 			c, err := s.parentConfig(sn)
 			if err != nil {
 				return err
 			}
 			c.Lowers = append(c.Lowers, overlaybdLower{Dir: s.fsDir(sn.ID)})
+			spec, err := s.layerFsSpec(labels, "")
+			if err != nil {
+				return fmt.Errorf("commit %s: %w", key, err)
+			}
+			if err := s.writeFsSpec(sn.ID, spec); err != nil {
+				return err
+			}
 			if err := s.writeConfig(sn.ID, c); err != nil {
 				return err
 			}
@@ -419,11 +458,21 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
+	if s.cfg.AsyncRemove {
+		s.inBackground(key, func(ctx context.Context) error { return s.finishRemove(ctx, id, parentIDs) })
+		return nil
+	}
+	return s.finishRemove(ctx, id, parentIDs)
+}
+
+// finishRemove releases what a removed snapshot held: its device, its directory
+// and, with autoRemoveDev, the device of the layer it sat on.
+func (s *Snapshotter) finishRemove(ctx context.Context, id string, parentIDs []string) error {
 	var errs []error
 	if err := s.releaseDevice(ctx, id); err != nil {
+		// The directory stays (its mountpoint may still be mounted): Cleanup retries.
 		errs = append(errs, err)
-	}
-	if err := os.RemoveAll(s.snDir(id)); err != nil {
+	} else if err := os.RemoveAll(s.snDir(id)); err != nil {
 		errs = append(errs, err)
 	}
 	if s.cfg.AutoRemoveDev {
@@ -536,11 +585,15 @@ func (s *Snapshotter) ensureDevice(ctx context.Context, id string, readOnly, mou
 		os.Remove(filepath.Join(s.blockDir(id), "device.json"))
 		return nil, err
 	}
+	spec, err := s.fsSpecOf(id)
+	if err != nil {
+		return fail(err)
+	}
 	if rec.FsType, err = detectFsType(rec.Block); err != nil {
 		return fail(err)
 	}
 	if rec.FsType == "" {
-		rec.FsType = s.cfg.DefaultFsType
+		rec.FsType = spec.Type
 	}
 	if err := writeFileAtomic(filepath.Join(s.blockDir(id), "device.json"), mustJSON(rec), 0o600); err != nil {
 		return fail(err)
@@ -551,15 +604,8 @@ func (s *Snapshotter) ensureDevice(ctx context.Context, id string, readOnly, mou
 	if err := os.MkdirAll(mp, 0o755); err != nil {
 		return fail(err)
 	}
-	var flags uintptr
-	data := ""
-	if readOnly {
-		flags |= unix.MS_RDONLY
-	} else if rec.FsType == "ext4" {
-		data = "discard"
-	}
-	if err := unix.Mount(rec.Block, mp, rec.FsType, flags, data); err != nil {
-		return fail(fmt.Errorf("mount %s (%s) at %s: %w", rec.Block, rec.FsType, mp, err))
+	if err := mountFs(rec.Block, mp, rec.FsType, spec, readOnly); err != nil {
+		return fail(err)
 	}
 	return rec, nil
 }
@@ -571,28 +617,38 @@ func (s *Snapshotter) prepareWritable(ctx context.Context, sn storage.Snapshot, 
 	if err != nil {
 		return err
 	}
-	vsize := defaultVsizeGB
-	if v := labels[LabelVsize]; v != "" {
-		if vsize, err = strconv.Atoi(v); err != nil || vsize <= 0 {
-			return fmt.Errorf("label %s=%q: want a size in GB: %w", LabelVsize, v, errdefs.ErrInvalidArgument)
-		}
+	vsize, err := s.writableVsizeGB(labels)
+	if err != nil {
+		return err
 	}
+	rawSpec, err := s.layerFsSpec(labels, "")
+	if err != nil {
+		return fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	spec, _ := parseFsSpec("", rawSpec)
+	mkfsOnDevice := len(c.Lowers) == 0 && spec.needsMkfsOnDevice()
 	data := filepath.Join(s.blockDir(sn.ID), writableDataFileName)
 	index := filepath.Join(s.blockDir(sn.ID), writableIndexFileName)
 	args := []string{"create"}
 	if s.cfg.WritableLayerType == "sparse" {
 		args = append(args, "--sparse")
 	}
-	if len(c.Lowers) == 0 {
+	if len(c.Lowers) == 0 && !mkfsOnDevice {
 		args = append(args, "--mkfs")
 	}
 	args = append(args, data, index, fmt.Sprintf("%dGiB", vsize))
 	if err := s.runTool(ctx, args...); err != nil {
 		return err
 	}
-	c.Upper = overlaybdUpper{Index: index, Data: data}
+	c.Upper = overlaybdUpper{Index: index, Data: data, Vsize: vsize}
+	if err := s.writeFsSpec(sn.ID, rawSpec); err != nil {
+		return err
+	}
 	if err := s.writeConfig(sn.ID, c); err != nil {
 		return err
+	}
+	if mkfsOnDevice {
+		return s.formatAndMount(ctx, sn.ID, spec, mode == RwDir)
 	}
 	_, err = s.ensureDevice(ctx, sn.ID, false, mode == RwDir)
 	return err

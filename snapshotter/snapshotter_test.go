@@ -28,6 +28,8 @@ type fakeDevices struct {
 	next     int
 	attached map[string]string // id -> config path
 	attaches []string
+	// serve, when set, makes the device's content from the config (else image).
+	serve func(configPath string) (string, error)
 }
 
 func (f *fakeDevices) Attach(_ context.Context, configPath string) (string, string, error) {
@@ -36,7 +38,14 @@ func (f *fakeDevices) Attach(_ context.Context, configPath string) (string, stri
 	f.next++
 	id := fmt.Sprint(f.next)
 	path := filepath.Join(f.dir, "dev"+id)
-	if out, err := exec.Command("cp", "--sparse=always", f.image, path).CombinedOutput(); err != nil {
+	src := f.image
+	if f.serve != nil {
+		var err error
+		if src, err = f.serve(configPath); err != nil {
+			return "", "", err
+		}
+	}
+	if out, err := exec.Command("cp", "--sparse=always", src, path).CombinedOutput(); err != nil {
 		return "", "", fmt.Errorf("cp: %v %s", err, out)
 	}
 	f.attached[id] = configPath

@@ -65,16 +65,28 @@ func snapshotterCommand() *cli.Command {
 				return err
 			}
 			srv := grpc.NewServer()
-			snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+			snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn.Instrumented()))
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			if cfg.Exporter.Enable {
+				ml, err := net.Listen("tcp", cfg.MetricsAddress())
+				if err != nil {
+					return fmt.Errorf("exporterConfig: %w", err)
+				}
+				go func() {
+					if err := sn.ServeMetrics(ctx, ml); err != nil {
+						zap.L().Error("metrics exporter stopped", zap.Error(err))
+					}
+				}()
+			}
 			go func() {
 				<-ctx.Done()
 				// Mounts and devices stay: running containers keep their root file systems.
 				srv.GracefulStop()
 			}()
 			zap.L().Info("overlaybd snapshotter serving", zap.String("address", cfg.Address), zap.String("root", cfg.Root),
-				zap.String("rwMode", cfg.RwMode), zap.String("obdSocket", c.String("socket")))
+				zap.String("rwMode", cfg.RwMode), zap.String("obdSocket", c.String("socket")),
+				zap.Bool("asyncRemove", cfg.AsyncRemove), zap.Int("tenant", cfg.Tenant))
 			if err := srv.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				return err
 			}

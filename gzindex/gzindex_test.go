@@ -1,0 +1,137 @@
+package gzindex
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/obd-project/obd/crc32c"
+)
+
+// Reference data (testdata/golden/reference/README.md, d_ext4): t0.gzip.meta is the
+// index turboOCI-apply made of layer0.tar.gz; layer0.tar is its uncompressed content.
+const ref = "../testdata/golden/reference/d_ext4/"
+
+func load(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(ref + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestReadReferenceIndex(t *testing.T) {
+	gz, idx, tarData := load(t, "layer0.tar.gz"), load(t, "t0.gzip.meta"), load(t, "layer0.tar")
+	r, err := Open(bytes.NewReader(gz), int64(len(gz)), bytes.NewReader(idx), int64(len(idx)), "t0.gzip.meta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Size() != int64(len(tarData)) {
+		t.Fatalf("size %d, want %d", r.Size(), len(tarData))
+	}
+	size := int64(len(tarData))
+	for _, c := range []struct{ off, n int64 }{{0, 1}, {0, 10}, {1000, 100000}, {4096, 512}, {size - 10, 10}, {size - 1, 1}, {0, size}} {
+		p := make([]byte, c.n)
+		n, err := r.ReadAt(p, c.off)
+		if err != nil || int64(n) != c.n || !bytes.Equal(p, tarData[c.off:c.off+c.n]) {
+			t.Errorf("ReadAt(%d, %d) = %d, %v; want the tar's bytes", c.n, c.off, n, err)
+		}
+	}
+	// Past the end: short reads with io.EOF, as the reference's pread.
+	p := make([]byte, 1000)
+	if n, err := r.ReadAt(p, size-400); n != 400 || err != io.EOF || !bytes.Equal(p[:400], tarData[size-400:]) {
+		t.Errorf("read across the end: %d, %v; want 400, EOF", n, err)
+	}
+	if n, err := r.ReadAt(p, size); n != 0 || err != io.EOF {
+		t.Errorf("read at the end: %d, %v; want 0, EOF", n, err)
+	}
+	if _, err := r.ReadAt(p, -1); err == nil {
+		t.Error("read at a negative offset succeeded")
+	}
+}
+
+// TestDamagedIndex: a damaged or mismatched index fails to open with an error
+// naming the file and the offset of the bad field; it never reads wrong data.
+func TestDamagedIndex(t *testing.T) {
+	gz, idx := load(t, "layer0.tar.gz"), load(t, "t0.gzip.meta")
+	resum := func(b []byte) { binary.LittleEndian.PutUint32(b[329:], crc32c.Checksum(b[:329])) }
+	for _, c := range []struct {
+		name   string
+		damage func([]byte) []byte
+		gzSize int64
+		want   string
+	}{
+		{"magic", func(b []byte) []byte { b[0] = 'x'; return b }, 0, "offset 0: magic"},
+		{"checksum", func(b []byte) []byte { b[100]++; return b }, 0, "offset 329: header checksum"},
+		{"version", func(b []byte) []byte { b[8] = 2; resum(b); return b }, 0, "offset 8: major version"},
+		{"entry size", func(b []byte) []byte { b[21] = 30; resum(b); return b }, 0, "offset 21: entry size"},
+		{"truncated", func(b []byte) []byte { return b[:len(b)-1] }, 0, "offset 41: index file size"},
+		{"short", func(b []byte) []byte { return b[:100] }, 0, "shorter than the 333-byte header"},
+		{"other gzip", func(b []byte) []byte { return b }, int64(len(gz)) - 1, "offset 33: made for a gzip file"},
+		{"entries", func(b []byte) []byte { b[len(b)-3] ^= 0xff; return b }, 0, "entries"},
+	} {
+		b := c.damage(bytes.Clone(idx))
+		gzSize := int64(len(gz))
+		if c.gzSize != 0 {
+			gzSize = c.gzSize
+		}
+		_, err := Open(bytes.NewReader(gz), gzSize, bytes.NewReader(b), int64(len(b)), "t0.gzip.meta")
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "t0.gzip.meta") {
+			t.Errorf("%s: %v, want an error naming t0.gzip.meta with %q", c.name, err, c.want)
+		}
+	}
+}
+
+// TestBitShifter: the stream starts shift bits into the first byte, LSB first, as
+// deflate reads bits.
+func TestBitShifter(t *testing.T) {
+	in := []byte{0b10110100, 0b01100011, 0b11110000}
+	bit := func(i int) byte { return in[i/8] >> (i % 8) & 1 }
+	for shift := uint8(1); shift < 8; shift++ {
+		out, _ := io.ReadAll(&bitShifter{r: bytes.NewReader(in), shift: shift})
+		if len(out) != len(in) {
+			t.Fatalf("shift %d: %d bytes, want %d", shift, len(out), len(in))
+		}
+		for i := 0; i < len(in)*8-int(shift); i++ {
+			if got := out[i/8] >> (i % 8) & 1; got != bit(i+int(shift)) {
+				t.Fatalf("shift %d: bit %d is %d, want %d", shift, i, got, bit(i+int(shift)))
+			}
+		}
+	}
+}
+
+// countingReaderAt counts the reads of the gzip file.
+type countingReaderAt struct {
+	r io.ReaderAt
+	n atomic.Int64
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	c.n.Add(1)
+	return c.r.ReadAt(p, off)
+}
+
+// TestSpanCached: reads within one checkpoint's span inflate it once.
+func TestSpanCached(t *testing.T) {
+	gz, idx, tarData := load(t, "layer0.tar.gz"), load(t, "t0.gzip.meta"), load(t, "layer0.tar")
+	c := &countingReaderAt{r: bytes.NewReader(gz)}
+	r, err := Open(c, int64(len(gz)), bytes.NewReader(idx), int64(len(idx)), "t0.gzip.meta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 4096)
+	for off := int64(0); off+4096 <= int64(len(tarData)); off += 4096 {
+		if _, err := r.ReadAt(p, off); err != nil || !bytes.Equal(p, tarData[off:off+4096]) {
+			t.Fatalf("ReadAt(4096, %d): %v or wrong bytes", off, err)
+		}
+	}
+	// One inflate of the span: its compressed bytes in reads of the 64 KiB buffer.
+	if max := int64(len(gz))/readBuf + 2; c.n.Load() > max {
+		t.Errorf("%d reads of the gzip file for %d KiB read in 4 KiB pieces, want at most %d (one inflate)", c.n.Load(), len(tarData)>>10, max)
+	}
+}

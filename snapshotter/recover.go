@@ -100,6 +100,15 @@ func (s *Snapshotter) dropDeadDevice(ctx context.Context, id string, rec *device
 			return fmt.Errorf("snapshot %s: its device %s died with the obd daemon and is still in use at %s (stop the containers on it): %w", id, rec.Block, mp, err)
 		}
 	}
+	// Its loop devices no longer read rec.Path, so detachBlock would leave them
+	// alone as reused: release them here.
+	for _, dev := range []string{rec.Block, rec.Inner} {
+		if dev != "" {
+			if err := loopDetach(ctx, dev); err != nil {
+				zap.L().Warn("dead loop device", zap.String("snapshot", id), zap.String("device", dev), zap.Error(err))
+			}
+		}
+	}
 	if err := detachBlock(ctx, s.devs, rec); err != nil {
 		zap.L().Warn("dead device", zap.String("snapshot", id), zap.Error(err))
 	}

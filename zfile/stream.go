@@ -9,18 +9,29 @@ import (
 )
 
 // streamSegmentBytes is the uncompressed size of one unit of WriteTo's pipeline:
-// one pread of its compressed blocks, decoded by one worker, one write.
-const streamSegmentBytes = 1 << 20
+// one pread of its compressed blocks, decoded by one worker, one write. 256 KiB
+// keeps a segment's compressed and decoded bytes in a core's L2 cache from the
+// read to the write, and the buffers in flight few (each page of them is faulted
+// in once): about 10% less CPU time than 1 MiB segments, no more wall time.
+const streamSegmentBytes = 256 << 10
 
 // segment is a run of consecutive blocks in WriteTo's pipeline.
 type segment struct {
-	first, end int64   // blocks [first, end)
-	off        int64   // file offset of block first
-	raw        *[]byte // compressed bytes of the run; nil if the read failed
-	out        *[]byte // decoded bytes
-	n          int     // good bytes in out
-	err        error   // first block error; out[:n] precedes the bad block
+	first, end int64 // blocks [first, end)
+	off        int64 // file offset of block first
+	bufs       *segmentBuffers
+	raw        []byte // compressed bytes of the run; nil if the read failed
+	n          int    // good bytes in bufs.out
+	err        error  // first block error; bufs.out[:n] precedes the bad block
 	ready      chan struct{}
+}
+
+// segmentBuffers are one segment's buffers. WriteTo allocates at most
+// pipelineDepth of them and hands each back to the reader once its segment is
+// written: a sync.Pool, emptied by every GC, made it allocate (and the kernel
+// fault in and zero) fresh megabytes all along, about a sixth of its CPU time.
+type segmentBuffers struct {
+	raw, out []byte
 }
 
 // WriteTo writes the whole uncompressed content to w. Reading, decoding and
@@ -36,12 +47,13 @@ func (z *Reader) WriteTo(w io.Writer) (int64, error) {
 	}
 	workers := min(runtime.GOMAXPROCS(0), maxDecoders)
 	perSeg := max(1, streamSegmentBytes/z.bs)
-	var rawBufs, outBufs sync.Pool
-	rawBufs.New = func() any { b := make([]byte, 0, perSeg*(z.bs+512+crcSize)); return &b }
-	outBufs.New = func() any { b := make([]byte, perSeg*z.bs); return &b }
+	// Segments in flight: one being read, one per worker, one being written.
+	depth := workers + 2
+	free := make(chan *segmentBuffers, depth)
+	allocated := 0
 
 	work := make(chan *segment, workers)
-	order := make(chan *segment, 2*workers)
+	order := make(chan *segment, depth)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range workers {
@@ -58,24 +70,36 @@ func (z *Reader) WriteTo(w io.Writer) (int64, error) {
 		defer close(order)
 		defer close(work)
 		for b := int64(0); b < nblocks; {
+			var bufs *segmentBuffers
 			select {
+			case bufs = <-free:
 			case <-stop:
 				return
 			default:
+				if allocated < depth {
+					allocated++
+					bufs = &segmentBuffers{out: make([]byte, perSeg*z.bs)}
+				} else {
+					select {
+					case bufs = <-free:
+					case <-stop:
+						return
+					}
+				}
 			}
-			s := &segment{first: b, end: min(b+perSeg, nblocks), off: z.blockOffset(b), ready: make(chan struct{})}
+			s := &segment{first: b, end: min(b+perSeg, nblocks), off: z.blockOffset(b), bufs: bufs, ready: make(chan struct{})}
 			clen := int64(0)
 			for i := s.first; i < s.end; i++ {
 				clen += int64(z.lens[i])
 			}
-			s.raw = rawBufs.Get().(*[]byte)
-			*s.raw = (*s.raw)[:clen]
-			if readFull(z.r, *s.raw, s.off) != nil {
-				// Each block is then read (and retried) on its own by decode.
-				rawBufs.Put(s.raw)
-				s.raw = nil
+			if int64(cap(bufs.raw)) < clen {
+				// Sized for the usual case at once: compressed runs are rarely larger.
+				bufs.raw = make([]byte, max(clen, perSeg*z.bs))
 			}
-			s.out = outBufs.Get().(*[]byte)
+			s.raw = bufs.raw[:clen]
+			if readFull(z.r, s.raw, s.off) != nil {
+				s.raw = nil // each block is then read (and retried) on its own by decode
+			}
 			select {
 			case order <- s:
 			case <-stop:
@@ -92,7 +116,7 @@ func (z *Reader) WriteTo(w io.Writer) (int64, error) {
 		<-s.ready
 		if err == nil {
 			var k int
-			k, err = w.Write((*s.out)[:s.n])
+			k, err = w.Write(s.bufs.out[:s.n])
 			written += int64(k)
 			if err == nil && s.err != nil {
 				err = s.err
@@ -101,10 +125,7 @@ func (z *Reader) WriteTo(w io.Writer) (int64, error) {
 				close(stop) // the producer stops; the segments in flight drain below
 			}
 		}
-		if s.raw != nil {
-			rawBufs.Put(s.raw)
-		}
-		outBufs.Put(s.out)
+		free <- s.bufs // never blocks: at most depth buffers exist
 	}
 	wg.Wait()
 	if err != nil {
@@ -117,11 +138,7 @@ func (z *Reader) WriteTo(w io.Writer) (int64, error) {
 
 // decodeSegment decodes the blocks of s into s.out, stopping at the first bad one.
 func (z *Reader) decodeSegment(s *segment) {
-	var raw []byte
-	if s.raw != nil {
-		raw = *s.raw
-	}
-	out := *s.out
+	raw, out := s.raw, s.bufs.out
 	pos := int64(0)
 	for i := s.first; i < s.end; i++ {
 		l := int64(z.lens[i])

@@ -6,7 +6,6 @@ import (
 	"io"
 	"runtime"
 	"sync"
-	"sync/atomic"
 )
 
 // streamSegmentBytes is the uncompressed size of one unit of WriteTo's work:
@@ -15,27 +14,43 @@ import (
 // the read to the write.
 const streamSegmentBytes = 256 << 10
 
+// streamAhead is how many segments per worker WriteTo may have decoded or in
+// hand beyond the next one to write. A worker descheduled by the kernel in the
+// middle of the next segment (other load on the machine) then stalls the others
+// only once they have decoded that far ahead, not at once.
+const streamAhead = 4
+
 // stream is the shared state of WriteTo's workers.
 type stream struct {
-	w       io.Writer
-	perSeg  int64 // blocks per segment
-	nseg    int64
-	next    atomic.Int64 // next segment to claim
-	stopped atomic.Bool  // an error happened: claim nothing more
+	w      io.Writer
+	perSeg int64 // blocks per segment
+	nseg   int64
 
 	mu      sync.Mutex
-	turn    sync.Cond // signalled when next to write changes
-	towrite int64     // the segment whose turn it is to be written
+	cond    sync.Cond // a segment was written, or the stream stopped
+	next    int64     // next segment to claim
+	towrite int64     // next segment to write
+	writing bool      // a worker is writing segments (only one does at a time)
+	slots   []streamSlot
+	spare   []*[]byte
 	written int64
-	err     error
+	err     error // first error: the stream stops
+}
+
+// streamSlot holds decoded segment k in slots[k % len(slots)] until it is written.
+type streamSlot struct {
+	out   *[]byte // decoded bytes, a spare buffer again once written
+	n     int     // good bytes in out
+	err   error   // first block error: out[:n] precedes the bad block
+	ready bool
 }
 
 // WriteTo writes the whole uncompressed content to w. GOMAXPROCS workers (the
 // caller among them) each claim the next 256 KiB segment, read its compressed
-// blocks, decode them and, when the segments before it are written, write it: one
-// core's reading and decoding overlap another's writing, and a segment's bytes
-// never leave the core that handles them (a pipeline of reader, decoder and writer
-// goroutines moved every byte between cores, and woke a goroutine at each step).
+// blocks and decode them; whichever worker finishes the next segment to write
+// writes it, and any that follow it ready. Reading, decoding and writing overlap
+// on every core, a segment's bytes stay on the core that decoded them, and no
+// worker waits for another unless it has decoded streamAhead segments ahead.
 // Bad blocks are retried as in ReadAt; the bytes before the first bad one are
 // written, then its *BlockError is returned.
 func (z *Reader) WriteTo(w io.Writer) (int64, error) {
@@ -45,8 +60,9 @@ func (z *Reader) WriteTo(w io.Writer) (int64, error) {
 	}
 	st := &stream{w: w, perSeg: max(1, streamSegmentBytes/z.bs)}
 	st.nseg = (nblocks + st.perSeg - 1) / st.perSeg
-	st.turn.L = &st.mu
+	st.cond.L = &st.mu
 	workers := int(min(int64(min(runtime.GOMAXPROCS(0), maxDecoders)), st.nseg))
+	st.slots = make([]streamSlot, streamAhead*workers)
 	var wg sync.WaitGroup
 	for range workers - 1 {
 		wg.Add(1)
@@ -67,56 +83,86 @@ func (z *Reader) WriteTo(w io.Writer) (int64, error) {
 }
 
 // streamSegments is one WriteTo worker: it handles segments until none is left or
-// an error stops the stream. Its buffers serve all its segments.
+// an error stops the stream. Its buffer for compressed bytes serves all its
+// segments; decoded ones wait in the slots to be written.
 func (z *Reader) streamSegments(st *stream) {
+	ring := int64(len(st.slots))
 	var raw []byte
-	out := make([]byte, st.perSeg*z.bs)
-	for !st.stopped.Load() {
-		k := st.next.Add(1) - 1
-		if k >= st.nseg {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for {
+		for st.err == nil && st.next < st.nseg && st.next >= st.towrite+ring {
+			st.cond.Wait()
+		}
+		if st.err != nil || st.next >= st.nseg {
 			return
 		}
-		first := k * st.perSeg
-		end := min(first+st.perSeg, int64(len(z.lens)))
-		off := z.blockOffset(first)
-		clen := int64(0)
-		for i := first; i < end; i++ {
-			clen += int64(z.lens[i])
+		k := st.next
+		st.next++
+		var out *[]byte
+		if n := len(st.spare); n > 0 {
+			out, st.spare = st.spare[n-1], st.spare[:n-1]
+		} else {
+			b := make([]byte, st.perSeg*z.bs)
+			out = &b
 		}
-		if int64(cap(raw)) < clen {
-			// Sized for the usual case at once: compressed runs are rarely larger.
-			raw = make([]byte, max(clen, int64(len(out))))
-		}
-		run := raw[:clen]
-		if readFull(z.r, run, off) != nil {
-			run = nil // each block is then read (and retried) on its own by decode
-		}
-		n, derr := z.decodeRun(first, end, off, run, out)
-
+		st.mu.Unlock()
+		var n int
+		var derr error
+		raw, n, derr = z.decodeSegment(k*st.perSeg, min((k+1)*st.perSeg, int64(len(z.lens))), raw, *out)
 		st.mu.Lock()
-		for st.towrite != k && !st.stopped.Load() {
-			st.turn.Wait()
+		st.slots[k%ring] = streamSlot{out: out, n: n, err: derr, ready: true}
+		if !st.writing {
+			st.writing = true
+			st.writeReady()
+			st.writing = false
 		}
-		if st.stopped.Load() {
-			st.mu.Unlock()
+	}
+}
+
+// writeReady writes the ready segments from towrite on, in order. It is called
+// with st.mu held and returns with it held; the lock is released during writes.
+func (st *stream) writeReady() {
+	ring := int64(len(st.slots))
+	for st.err == nil {
+		s := &st.slots[st.towrite%ring]
+		if !s.ready {
 			return
 		}
 		st.mu.Unlock()
-		// Only the segment whose turn it is writes: no lock needed around w.
-		m, werr := st.w.Write(out[:n])
+		m, err := st.w.Write((*s.out)[:s.n])
 		st.mu.Lock()
 		st.written += int64(m)
-		if werr == nil {
-			werr = derr
+		if err == nil {
+			err = s.err
 		}
-		if werr != nil {
-			st.err = werr
-			st.stopped.Store(true)
-		}
+		st.err = err
+		st.spare = append(st.spare, s.out)
+		*s = streamSlot{}
 		st.towrite++
-		st.turn.Broadcast()
-		st.mu.Unlock()
+		st.cond.Broadcast()
 	}
+}
+
+// decodeSegment reads the compressed bytes of blocks [first, end) at once into
+// raw (grown if needed, and returned) and decodes them into out, stopping at the
+// first bad block: it returns the good bytes before it with its error.
+func (z *Reader) decodeSegment(first, end int64, raw, out []byte) ([]byte, int, error) {
+	off := z.blockOffset(first)
+	clen := int64(0)
+	for i := first; i < end; i++ {
+		clen += int64(z.lens[i])
+	}
+	if int64(cap(raw)) < clen {
+		// Sized for the usual case at once: compressed runs are rarely larger.
+		raw = make([]byte, max(clen, int64(len(out))))
+	}
+	run := raw[:clen]
+	if readFull(z.r, run, off) != nil {
+		run = nil // each block is then read (and retried) on its own by decode
+	}
+	n, err := z.decodeRun(first, end, off, run, out)
+	return raw, n, err
 }
 
 // decodeRun decodes blocks [first, end), whose compressed bytes (from file offset

@@ -9,9 +9,9 @@ import (
 )
 
 // streamSegmentBytes is the uncompressed size of one unit of WriteTo's work:
-// one pread of its compressed blocks, decoded, one write, all by one worker. 256
-// KiB keeps a segment's compressed and decoded bytes in the core's L2 cache from
-// the read to the write.
+// one pread of its compressed blocks and their decoding by one worker, one write.
+// 256 KiB keeps a segment's bytes in the core's L2 cache while it decodes them,
+// and costs less CPU than 1 MiB (fewer pages to fault in, fewer cache misses).
 const streamSegmentBytes = 256 << 10
 
 // streamAhead is how many segments per worker WriteTo may have decoded or in

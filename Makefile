@@ -5,7 +5,7 @@ GOFLAGS_STATIC := CGO_ENABLED=0
 FUZZTIME  ?= 10s
 PKGS      := ./...
 
-.PHONY: all build test unit vet fuzz e2e bench bench-ublk demo clean
+.PHONY: all build test unit vet fuzz e2e bench bench-zfile bench-ublk demo clean
 
 all: build
 
@@ -37,8 +37,12 @@ e2e: build
 # The README's test command: everything CI runs.
 test: vet unit fuzz e2e
 
-bench:
+bench: bench-zfile
 	$(GO) test -run='^$$' -bench=. -count=1 $(PKGS)
+
+# obd zfile -x and compression against a C baseline of the reference's codec (liblz4).
+bench-zfile:
+	tests/bench/zfile-x.sh
 
 bench-ublk: build
 	tests/vm/bench-ublk.sh

@@ -192,3 +192,81 @@ func BenchmarkDecompressAll(b *testing.B) {
 	b.ReportMetric(float64(cp.Microseconds())/mib, "cpu-us/MiB-pread")
 	b.ReportMetric(float64(runtime.GOMAXPROCS(0)), "cpus")
 }
+
+// BenchmarkCodecFile runs the LZ4 codec over the blocks of one ZFile held in
+// memory, on one goroutine, and reports MB of output per CPU second: decoding
+// alone, decoding + CRC, and compressing the decoded blocks again + CRC: the
+// figures to set against liblz4's on the same blocks (tests/bench/lz4x -n, which
+// tests/bench/zfile-x.sh runs with ZFILE_BENCH_FILE naming the same file).
+// Without ZFILE_BENCH_FILE it uses 64 MiB of the Go toolchain's files.
+func BenchmarkCodecFile(b *testing.B) {
+	var zb []byte
+	if path := os.Getenv("ZFILE_BENCH_FILE"); path != "" {
+		var err error
+		if zb, err = os.ReadFile(path); err != nil {
+			b.Fatal(err)
+		}
+	} else {
+		zb = compressBytes(b, mixedData(b, 64<<20), Options{})
+	}
+	z := openBytes(b, zb, WithBlockCache(0))
+	if z.info.Algorithm != LZ4 {
+		b.Fatalf("%v file, want lz4", z.info.Algorithm)
+	}
+	type block struct {
+		raw  []byte
+		blen int
+	}
+	blocks := make([]block, len(z.lens))
+	for i := range blocks {
+		off := z.blockOffset(int64(i))
+		blocks[i] = block{zb[off : off+int64(z.lens[i])], int(z.blockLen(int64(i)))}
+	}
+	plain := make([]byte, z.size)
+	if _, err := z.ReadAt(plain, 0); err != nil {
+		b.Fatal(err)
+	}
+	out := make([]byte, z.bs)
+	decode := func() {
+		for _, bl := range blocks {
+			data := bl.raw
+			if z.info.Verify {
+				data = data[:len(data)-crcSize]
+			}
+			if err := decompressBlock(LZ4, data, out[:bl.blen]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	decodeCRC := func() {
+		for _, bl := range blocks {
+			if err := z.decodeOnce(bl.raw, out[:bl.blen]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	var c lz4.CompressorCCompat
+	cbuf := make([]byte, lz4.CompressBlockBound(int(z.bs)))
+	compress := func() {
+		for i, bl := range blocks {
+			n, err := c.CompressBlock(plain[int64(i)*z.bs:][:bl.blen], cbuf)
+			if err != nil {
+				b.Fatal(err)
+			}
+			crc32c.Salted(cbuf[:n])
+		}
+	}
+	b.SetBytes(z.size)
+	b.ResetTimer()
+	var wall, cd, cc, ce time.Duration
+	for i := 0; i < b.N; i++ {
+		timed(&wall, &cd, decode)
+		timed(&wall, &cc, decodeCRC)
+		timed(&wall, &ce, compress)
+	}
+	b.StopTimer()
+	n := int(z.size) * b.N
+	b.ReportMetric(mbps(n, cd), "MB/s-decode")
+	b.ReportMetric(mbps(n, cc), "MB/s-decode+crc")
+	b.ReportMetric(mbps(n, ce), "MB/s-compress+crc")
+}

@@ -8,133 +8,180 @@ import (
 	"sync"
 )
 
-// streamSegmentBytes is the uncompressed size of one unit of WriteTo's pipeline:
-// one pread of its compressed blocks, decoded by one worker, one write.
-const streamSegmentBytes = 1 << 20
+// streamSegmentBytes is the uncompressed size of one unit of WriteTo's work:
+// one pread of its compressed blocks and their decoding by one worker, one write.
+// 256 KiB keeps a segment's bytes in the core's L2 cache while it decodes them,
+// and costs less CPU than 1 MiB (fewer pages to fault in, fewer cache misses).
+const streamSegmentBytes = 256 << 10
 
-// segment is a run of consecutive blocks in WriteTo's pipeline.
-type segment struct {
-	first, end int64   // blocks [first, end)
-	off        int64   // file offset of block first
-	raw        *[]byte // compressed bytes of the run; nil if the read failed
-	out        *[]byte // decoded bytes
-	n          int     // good bytes in out
-	err        error   // first block error; out[:n] precedes the bad block
-	ready      chan struct{}
+// streamAhead is how many segments per worker WriteTo may have decoded or in
+// hand beyond the next one to write. A worker descheduled by the kernel in the
+// middle of the next segment (other load on the machine) then stalls the others
+// only once they have decoded that far ahead, not at once.
+const streamAhead = 4
+
+// stream is the shared state of WriteTo's workers.
+type stream struct {
+	w      io.Writer
+	perSeg int64 // blocks per segment
+	nseg   int64
+
+	mu      sync.Mutex
+	cond    sync.Cond // a segment was written, or the stream stopped
+	next    int64     // next segment to claim
+	towrite int64     // next segment to write
+	writing bool      // a worker is writing segments (only one does at a time)
+	slots   []streamSlot
+	spare   []*[]byte
+	written int64
+	err     error // first error: the stream stops
 }
 
-// WriteTo writes the whole uncompressed content to w. Reading, decoding and
-// writing overlap: one goroutine reads the compressed bytes of 1 MiB runs of
-// blocks ahead, GOMAXPROCS workers decode runs, and the caller writes them in
-// order, so neither the reads nor the writes leave the cores idle. Bad blocks are
-// retried as in ReadAt; the bytes before the first bad one are written, then its
-// *BlockError is returned.
+// streamSlot holds decoded segment k in slots[k % len(slots)] until it is written.
+type streamSlot struct {
+	out   *[]byte // decoded bytes, a spare buffer again once written
+	n     int     // good bytes in out
+	err   error   // first block error: out[:n] precedes the bad block
+	ready bool
+}
+
+// WriteTo writes the whole uncompressed content to w. GOMAXPROCS workers (the
+// caller among them) each claim the next 256 KiB segment, read its compressed
+// blocks and decode them; whichever worker finishes the next segment to write
+// writes it, and any that follow it ready. Reading, decoding and writing overlap
+// on every core, a segment's bytes stay on the core that decoded them, and no
+// worker waits for another unless it has decoded streamAhead segments ahead.
+// Bad blocks are retried as in ReadAt; the bytes before the first bad one are
+// written, then its *BlockError is returned.
 func (z *Reader) WriteTo(w io.Writer) (int64, error) {
 	nblocks := int64(len(z.lens))
 	if nblocks == 0 {
 		return 0, nil
 	}
-	workers := min(runtime.GOMAXPROCS(0), maxDecoders)
-	perSeg := max(1, streamSegmentBytes/z.bs)
-	var rawBufs, outBufs sync.Pool
-	rawBufs.New = func() any { b := make([]byte, 0, perSeg*(z.bs+512+crcSize)); return &b }
-	outBufs.New = func() any { b := make([]byte, perSeg*z.bs); return &b }
-
-	work := make(chan *segment, workers)
-	order := make(chan *segment, 2*workers)
-	stop := make(chan struct{})
+	st := &stream{w: w, perSeg: max(1, streamSegmentBytes/z.bs)}
+	st.nseg = (nblocks + st.perSeg - 1) / st.perSeg
+	st.cond.L = &st.mu
+	workers := int(min(int64(min(runtime.GOMAXPROCS(0), maxDecoders)), st.nseg))
+	st.slots = make([]streamSlot, streamAhead*workers)
 	var wg sync.WaitGroup
-	for range workers {
+	for range workers - 1 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for s := range work {
-				z.decodeSegment(s)
-				close(s.ready)
-			}
+			z.streamSegments(st)
 		}()
 	}
-	go func() {
-		defer close(order)
-		defer close(work)
-		for b := int64(0); b < nblocks; {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			s := &segment{first: b, end: min(b+perSeg, nblocks), off: z.blockOffset(b), ready: make(chan struct{})}
-			clen := int64(0)
-			for i := s.first; i < s.end; i++ {
-				clen += int64(z.lens[i])
-			}
-			s.raw = rawBufs.Get().(*[]byte)
-			*s.raw = (*s.raw)[:clen]
-			if readFull(z.r, *s.raw, s.off) != nil {
-				// Each block is then read (and retried) on its own by decode.
-				rawBufs.Put(s.raw)
-				s.raw = nil
-			}
-			s.out = outBufs.Get().(*[]byte)
-			select {
-			case order <- s:
-			case <-stop:
-				return
-			}
-			work <- s // workers drain work until it is closed: never blocks for good
-			b = s.end
-		}
-	}()
-
-	var written int64
-	var err error
-	for s := range order {
-		<-s.ready
-		if err == nil {
-			var k int
-			k, err = w.Write((*s.out)[:s.n])
-			written += int64(k)
-			if err == nil && s.err != nil {
-				err = s.err
-			}
-			if err != nil {
-				close(stop) // the producer stops; the segments in flight drain below
-			}
-		}
-		if s.raw != nil {
-			rawBufs.Put(s.raw)
-		}
-		outBufs.Put(s.out)
-	}
+	z.streamSegments(st)
 	wg.Wait()
+	err := st.err
 	if err != nil {
 		if be := (*BlockError)(nil); !errors.As(err, &be) {
-			err = fmt.Errorf("zfile %s: write at %d: %w", z.name, written, err)
+			err = fmt.Errorf("zfile %s: write at %d: %w", z.name, st.written, err)
 		}
 	}
-	return written, err
+	return st.written, err
 }
 
-// decodeSegment decodes the blocks of s into s.out, stopping at the first bad one.
-func (z *Reader) decodeSegment(s *segment) {
+// streamSegments is one WriteTo worker: it handles segments until none is left or
+// an error stops the stream. Its buffer for compressed bytes serves all its
+// segments; decoded ones wait in the slots to be written.
+func (z *Reader) streamSegments(st *stream) {
+	ring := int64(len(st.slots))
 	var raw []byte
-	if s.raw != nil {
-		raw = *s.raw
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for {
+		for st.err == nil && st.next < st.nseg && st.next >= st.towrite+ring {
+			st.cond.Wait()
+		}
+		if st.err != nil || st.next >= st.nseg {
+			return
+		}
+		k := st.next
+		st.next++
+		var out *[]byte
+		if n := len(st.spare); n > 0 {
+			out, st.spare = st.spare[n-1], st.spare[:n-1]
+		} else {
+			b := make([]byte, st.perSeg*z.bs)
+			out = &b
+		}
+		st.mu.Unlock()
+		var n int
+		var derr error
+		raw, n, derr = z.decodeSegment(k*st.perSeg, min((k+1)*st.perSeg, int64(len(z.lens))), raw, *out)
+		st.mu.Lock()
+		st.slots[k%ring] = streamSlot{out: out, n: n, err: derr, ready: true}
+		if !st.writing {
+			st.writing = true
+			st.writeReady()
+			st.writing = false
+		}
 	}
-	out := *s.out
-	pos := int64(0)
-	for i := s.first; i < s.end; i++ {
+}
+
+// writeReady writes the ready segments from towrite on, in order. It is called
+// with st.mu held and returns with it held; the lock is released during writes.
+func (st *stream) writeReady() {
+	ring := int64(len(st.slots))
+	for st.err == nil {
+		s := &st.slots[st.towrite%ring]
+		if !s.ready {
+			return
+		}
+		st.mu.Unlock()
+		m, err := st.w.Write((*s.out)[:s.n])
+		st.mu.Lock()
+		st.written += int64(m)
+		if err == nil {
+			err = s.err
+		}
+		st.err = err
+		st.spare = append(st.spare, s.out)
+		*s = streamSlot{}
+		st.towrite++
+		st.cond.Broadcast()
+	}
+}
+
+// decodeSegment reads the compressed bytes of blocks [first, end) at once into
+// raw (grown if needed, and returned) and decodes them into out, stopping at the
+// first bad block: it returns the good bytes before it with its error.
+func (z *Reader) decodeSegment(first, end int64, raw, out []byte) ([]byte, int, error) {
+	off := z.blockOffset(first)
+	clen := int64(0)
+	for i := first; i < end; i++ {
+		clen += int64(z.lens[i])
+	}
+	if int64(cap(raw)) < clen {
+		// Sized for the usual case at once: compressed runs are rarely larger.
+		raw = make([]byte, max(clen, int64(len(out))))
+	}
+	run := raw[:clen]
+	if readFull(z.r, run, off) != nil {
+		run = nil // each block is then read (and retried) on its own by decode
+	}
+	n, err := z.decodeRun(first, end, off, run, out)
+	return raw, n, err
+}
+
+// decodeRun decodes blocks [first, end), whose compressed bytes (from file offset
+// off) are raw, or still to be read if raw is nil, into out. It stops at the
+// first bad block and returns the good bytes before it with its error.
+func (z *Reader) decodeRun(first, end, off int64, raw, out []byte) (int, error) {
+	n, pos := 0, int64(0)
+	for i := first; i < end; i++ {
 		l := int64(z.lens[i])
 		var blk []byte
 		if raw != nil {
 			blk = raw[pos : pos+l]
 		}
 		blen := int(z.blockLen(i))
-		if err := z.decode(i, blk, s.off+pos, out[s.n:s.n+blen]); err != nil {
-			s.err = err
-			return
+		if err := z.decode(i, blk, off+pos, out[n:n+blen]); err != nil {
+			return n, err
 		}
-		s.n += blen
+		n += blen
 		pos += l
 	}
+	return n, nil
 }

@@ -340,6 +340,9 @@ func TestContainerdUblk(t *testing.T) {
 	logPath := fmt.Sprintf("/proc/%d/root/log", pid)
 	count := func() int {
 		b, err := os.ReadFile(logPath)
+		if os.IsNotExist(err) { // not written yet
+			return 0
+		}
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", logPath, err, e.logs())
 		}

@@ -178,7 +178,7 @@ func busyboxImage(t *testing.T, reg *registrytest.Registry) string {
 	}
 	tw := tar.NewWriter(tf)
 	hdrs := []*tar.Header{{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755}, {Name: "bin/busybox", Mode: 0o755, Size: int64(len(bb))}}
-	for _, a := range []string{"sh", "sleep", "cat", "echo", "printf", "sync", "seq", "wc", "tail"} {
+	for _, a := range []string{"sh", "sleep", "cat", "echo", "printf", "sync", "mv", "seq", "wc", "tail"} {
 		hdrs = append(hdrs, &tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777})
 	}
 	for _, h := range hdrs {
@@ -327,9 +327,10 @@ func TestContainerdUblk(t *testing.T) {
 
 	// rwMode dev by label: the container's root is its own ublk device (busybox layer
 	// + append upper), ext4 on /dev/ublkbN. It appends numbered lines and fsyncs
-	// every 16; any failed write or fsync ends it with a status.
+	// every 16, then renames the fsync'd line number into /synced; any failed write
+	// or fsync ends it with a status.
 	script := `i=0; while [ $i -lt 10000000 ]; do i=$((i+1)); echo "$i ` + writerPad + `" >> /log || exit 3; ` +
-		`if [ $((i % 16)) = 0 ]; then sync /log || exit 4; echo $i > /synced; fi; done`
+		`if [ $((i % 16)) = 0 ]; then sync /log || exit 4; echo $i > /synced.new && mv /synced.new /synced || exit 5; fi; done`
 	e.mustCtr(t, "run", "-d", "--no-pivot", "--snapshotter", "overlaybd",
 		"--snapshotter-label", "containerd.io/snapshot/overlaybd.writable=dev", bbRef, "w1", "/bin/sh", "-c", script)
 	pid := e.taskPID(t, "w1")
@@ -384,7 +385,10 @@ func TestContainerdUblk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lastSynced, _ := strconv.Atoi(strings.TrimSpace(string(synced)))
+	lastSynced, err := strconv.Atoi(strings.TrimSpace(string(synced)))
+	if err != nil {
+		t.Fatalf("/synced in the writer: %q: %v", synced, err)
+	}
 	final := count()
 	if final < lastSynced || lastSynced <= restarted {
 		t.Errorf("log has %d contiguous lines from the device, last fsync'd line %d (restart at line %d)", final, lastSynced, restarted)

@@ -39,7 +39,7 @@
 # First run (needs root): apt-get installs qemu-system-x86, busybox-static,
 # cpio, xz-utils, zstd, kmod, file; downloads the kernel .deb(s) (~110 MB) with a
 # private apt config (the system's sources.list is not changed) and builds a
-# base initramfs (busybox + ublk_drv, loop, virtio_blk, ext4, 9p modules).
+# base initramfs (busybox + ublk_drv, loop, virtio_blk, ext4, 9p, overlay modules).
 # Later runs reuse the cache: ~7 s for a trivial guest command on 2 cores (TCG).
 #
 # Example:
@@ -148,7 +148,7 @@ KCONFIG=$CACHE/kroot/boot/config-$KVER; [ -f "$KCONFIG" ] || KCONFIG=$MODROOT/$K
 grep -q '^CONFIG_BLK_DEV_UBLK=[ym]' "$KCONFIG" || die "kernel $KVER has no CONFIG_BLK_DEV_UBLK"
 
 BASE=$CACHE/base-initrd.cpio
-MODS="ublk_drv loop virtio_blk crc32c_generic crc32c-intel ext4 9pnet_virtio 9p ${UBLKVM_EXTRA_MODULES:-}"
+MODS="ublk_drv loop virtio_blk crc32c_generic crc32c-intel ext4 9pnet_virtio 9p overlay ${UBLKVM_EXTRA_MODULES:-}"
 if [ ! -f "$CACHE/base.ready" ] || [ "$(cat "$CACHE/base.mods" 2>/dev/null)" != "$MODS" ]; then
   log "building base initramfs for $KVER"
   # depmod -b wants BASE/lib/modules; give it a view that works for /usr/lib/modules too

@@ -277,7 +277,8 @@ func FileDigest(path string) (string, int64, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, f)
+	// Large reads: the file is read back once, right after it was written.
+	n, err := io.CopyBuffer(h, struct{ io.Reader }{f}, make([]byte, 1<<20))
 	if err != nil {
 		return "", 0, fmt.Errorf("%s: %w", path, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -102,6 +103,12 @@ func NextChainID(parent, diffID string) string {
 // AddLayer applies the uncompressed layer tar r on top of the layers so far and
 // commits the result. srcDiffID is the tar's sha256 if known ("" computes it from r).
 func (b *Builder) AddLayer(r io.Reader, srcDiffID string) (Layer, error) {
+	return b.addLayer(r, srcDiffID, false)
+}
+
+// addLayer is AddLayer; with checked, r itself verifies that the tar's digest is
+// diffID (a spool does) and fails at its end if not.
+func (b *Builder) addLayer(r io.Reader, diffID string, checked bool) (Layer, error) {
 	n := len(b.layers)
 	dir := filepath.Join(b.opts.WorkDir, fmt.Sprintf("%04d", n))
 	if err := os.RemoveAll(dir); err != nil {
@@ -148,33 +155,37 @@ func (b *Builder) AddLayer(r io.Reader, srcDiffID string) (Layer, error) {
 	if err != nil {
 		return Layer{}, fmt.Errorf("convert: layer %d: %w", n, err)
 	}
-	// The diff_id is hashed in another goroutine, overlapping with the apply.
-	hash := sha256.New()
-	pr, pw := io.Pipe()
+	var digester hash.Hash
 	hashed := make(chan struct{})
-	go func() {
-		defer close(hashed)
-		buf := make([]byte, 1<<20)
-		for {
-			k, err := io.ReadFull(r, buf)
-			if k > 0 {
-				if _, werr := pw.Write(buf[:k]); werr != nil {
+	if !checked {
+		// The diff_id is hashed in another goroutine, overlapping with the apply.
+		digester = sha256.New()
+		pr, pw := io.Pipe()
+		go func(r io.Reader) {
+			defer close(hashed)
+			buf := make([]byte, 1<<20)
+			for {
+				k, err := io.ReadFull(r, buf)
+				if k > 0 {
+					if _, werr := pw.Write(buf[:k]); werr != nil {
+						return
+					}
+					digester.Write(buf[:k])
+				}
+				if err == io.EOF || err == io.ErrUnexpectedEOF {
+					pw.Close()
 					return
 				}
-				hash.Write(buf[:k])
+				if err != nil {
+					pw.CloseWithError(err)
+					return
+				}
 			}
-			if err == io.EOF || err == io.ErrUnexpectedEOF {
-				pw.Close()
-				return
-			}
-			if err != nil {
-				pw.CloseWithError(err)
-				return
-			}
-		}
-	}()
-	defer func() { pr.Close(); <-hashed }()
-	br := bufio.NewReaderSize(pr, 1<<20)
+		}(r)
+		defer func() { pr.Close(); <-hashed }()
+		r = pr
+	}
+	br := bufio.NewReaderSize(r, 1<<20)
 	stats, err := ApplyTar(w, br)
 	if err != nil {
 		return Layer{}, fmt.Errorf("convert: layer %d: %w", n, err)
@@ -182,13 +193,16 @@ func (b *Builder) AddLayer(r io.Reader, srcDiffID string) (Layer, error) {
 	if _, err := io.Copy(io.Discard, br); err != nil { // the rest, for the digest
 		return Layer{}, fmt.Errorf("convert: layer %d: reading tar: %w", n, err)
 	}
-	<-hashed
+	if digester != nil {
+		<-hashed
+		got := "sha256:" + hex.EncodeToString(digester.Sum(nil))
+		if diffID != "" && diffID != got {
+			return Layer{}, fmt.Errorf("convert: layer %d: uncompressed tar has digest %s, the image config says %s", n, got, diffID)
+		}
+		diffID = got
+	}
 	if err := w.Close(); err != nil {
 		return Layer{}, fmt.Errorf("convert: layer %d: %w", n, err)
-	}
-	diffID := "sha256:" + hex.EncodeToString(hash.Sum(nil))
-	if srcDiffID != "" && srcDiffID != diffID {
-		return Layer{}, fmt.Errorf("convert: layer %d: uncompressed tar has digest %s, the image config says %s", n, diffID, srcDiffID)
 	}
 	l := Layer{SrcDiffID: diffID, Stats: stats, Path: filepath.Join(dir, "overlaybd.commit")}
 	parentChain, parentUUID := "", lsmt.UUID{}
@@ -263,7 +277,8 @@ func FileDigest(path string) (string, int64, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, f)
+	// Large reads: the file is read back once, right after it was written.
+	n, err := io.CopyBuffer(h, struct{ io.Reader }{f}, make([]byte, 1<<20))
 	if err != nil {
 		return "", 0, fmt.Errorf("%s: %w", path, err)
 	}

@@ -108,24 +108,54 @@ func ConvertImage(src v1.Image, opts ImageOptions) (v1.Image, error) {
 		return nil, err
 	}
 	defer b.Close()
-	for i, l := range ls {
-		diffID, err := l.DiffID()
-		if err != nil {
-			return nil, fmt.Errorf("convert: layer %d: %w", i, err)
+	// Layer i+1 is downloaded and decompressed while layer i is applied and
+	// committed (see spool).
+	spools := make([]*spool, len(ls))
+	defer func() {
+		for _, s := range spools {
+			if s != nil {
+				s.Close()
+			}
 		}
-		// The compressed stream (its digest checked by go-containerregistry),
-		// decompressed here in parallel with the apply; AddLayer checks the diff_id.
-		blob, err := l.Compressed()
-		if err != nil {
-			return nil, fmt.Errorf("convert: layer %d (%s): %w", i, diffID, err)
+	}()
+	fetch := func(i int) error {
+		if i >= len(ls) || spools[i] != nil {
+			return nil
 		}
-		rc := uncompressed(blob)
-		out, err := b.AddLayer(rc, diffID.String())
-		rc.Close()
+		diffID, err := ls[i].DiffID()
+		if err != nil {
+			return fmt.Errorf("convert: layer %d: %w", i, err)
+		}
+		// The compressed stream, its digest checked by go-containerregistry.
+		blob, err := ls[i].Compressed()
+		if err != nil {
+			return fmt.Errorf("convert: layer %d (%s): %w", i, diffID, err)
+		}
+		s := newSpool(filepath.Join(opts.WorkDir, fmt.Sprintf("source-%04d.tar", i)), diffID.String())
+		spools[i] = s
+		go func() {
+			rc, err := uncompressed(blob)
+			if err != nil {
+				s.finish(fmt.Errorf("layer %d (%s): %w", i, diffID, err))
+				return
+			}
+			s.fill(rc)
+		}()
+		return nil
+	}
+	for i := range ls {
+		if err := fetch(i); err != nil {
+			return nil, err
+		}
+		if err := fetch(i + 1); err != nil {
+			return nil, err
+		}
+		out, err := b.addLayer(spools[i], spools[i].diffID, true)
+		spools[i].Close()
 		if err != nil {
 			return nil, err
 		}
-		opts.log().Info("layer converted", zap.Int("layer", i), zap.String("src_diff_id", diffID.String()),
+		opts.log().Info("layer converted", zap.Int("layer", i), zap.String("src_diff_id", out.SrcDiffID),
 			zap.String("blob", out.Digest), zap.Int64("blob_size", out.Size), zap.Int64("changed_bytes", out.ChangedBytes),
 			zap.Int("entries", out.Stats.Entries))
 		if opts.Progress != nil {

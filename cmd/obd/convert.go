@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
@@ -103,7 +104,7 @@ func convertCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				return writeOutput(ctx, client, dst, img, nil)
+				return writeOutput(ctx, client, dst, img, nil, nil)
 			}
 			src, err := client.ParseReference(args[0])
 			if err != nil {
@@ -126,7 +127,7 @@ func convertCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				return writeOutput(ctx, client, dst, nil, out)
+				return writeOutput(ctx, client, dst, nil, out, src)
 			}
 			img, err := desc.Image()
 			if err != nil {
@@ -136,7 +137,7 @@ func convertCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			return writeOutput(ctx, client, dst, out, nil)
+			return writeOutput(ctx, client, dst, out, nil, src)
 		},
 	}
 }
@@ -199,8 +200,9 @@ func isLayoutPath(dst string) bool {
 }
 
 // writeOutput pushes img or idx to dst, or writes an OCI layout there, and prints
-// the manifest digest.
-func writeOutput(ctx context.Context, client *registry.Client, dst string, img v1.Image, idx v1.ImageIndex) error {
+// the manifest digest. Blobs dst's repository has are not uploaded again; with src
+// on the same registry, blobs its repository has are mounted from there.
+func writeOutput(ctx context.Context, client *registry.Client, dst string, img v1.Image, idx v1.ImageIndex, src name.Reference) error {
 	var dg v1.Hash
 	var err error
 	if img != nil {
@@ -234,6 +236,13 @@ func writeOutput(ctx context.Context, client *registry.Client, dst string, img v
 		return err
 	}
 	opts := client.RemoteOptions(ctx)
+	if src != nil && src.Context().RegistryStr() == ref.Context().RegistryStr() && src.Context().RepositoryStr() != ref.Context().RepositoryStr() {
+		if img != nil {
+			img = &mountableImage{Image: img, from: src}
+		} else {
+			idx = &mountableIndex{idx: idx, from: src}
+		}
+	}
 	if img != nil {
 		err = remote.Write(ref, img, opts...)
 	} else {
@@ -319,7 +328,7 @@ func pushCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			return writeOutput(c.Context, client, args[len(args)-1], img, nil)
+			return writeOutput(c.Context, client, args[len(args)-1], img, nil, nil)
 		},
 	}
 }

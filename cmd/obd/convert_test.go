@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,8 +13,12 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/obd-project/obd/ext4"
 	"github.com/obd-project/obd/layer"
@@ -219,4 +224,161 @@ func TestPushBase(t *testing.T) {
 	if out, err := obd(t, "push", "--base", reg.Ref("plain:v1"), top, reg.Ref("app:y")); err == nil || !strings.Contains(out, "not an overlaybd image") {
 		t.Errorf("--base of an ordinary image: %v %s", err, out)
 	}
+}
+
+// blobsOf lists the distinct blob digests (configs and layers) of the image or
+// index at ref.
+func blobsOf(t *testing.T, ref string) map[string]bool {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := remote.Get(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var imgs []v1.Image
+	if desc.MediaType.IsIndex() {
+		idx, err := desc.ImageIndex()
+		if err != nil {
+			t.Fatal(err)
+		}
+		im, _ := idx.IndexManifest()
+		for _, d := range im.Manifests {
+			img, err := idx.Image(d.Digest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			imgs = append(imgs, img)
+		}
+	} else {
+		img, err := desc.Image()
+		if err != nil {
+			t.Fatal(err)
+		}
+		imgs = append(imgs, img)
+	}
+	blobs := map[string]bool{}
+	for _, img := range imgs {
+		m, err := img.Manifest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		blobs[m.Config.Digest.String()] = true
+		for _, l := range m.Layers {
+			blobs[l.Digest.String()] = true
+		}
+	}
+	return blobs
+}
+
+func digestSet(ds []string) map[string]bool {
+	s := map[string]bool{}
+	for _, d := range ds {
+		s[d] = true
+	}
+	return s
+}
+
+// Pushing a conversion uploads no blob the destination repository has (HEAD) and
+// mounts the blobs the source repository has instead of uploading them, for an
+// image and for an index.
+func TestConvertPushMountsAndSkips(t *testing.T) {
+	reg := registrytest.New(t, registrytest.WithRepoScopedBlobs())
+	var src v1.Image = empty.Image
+	for _, p := range []string{rootfsTar(t), rootfsTar(t)} {
+		l, err := tarball.LayerFromFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if src, err = mutate.AppendLayers(src, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A second layer that differs from the first.
+	extra := filepath.Join(t.TempDir(), "extra.tar")
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "etc/extra", Mode: 0o644, Size: 5, ModTime: time.Unix(1, 0)})
+	tw.Write([]byte("extra"))
+	tw.Close()
+	os.WriteFile(extra, buf.Bytes(), 0o644)
+	l, err := tarball.LayerFromFile(extra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if src, err = mutate.AppendLayers(src, l); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := src.ConfigFile()
+	cfg.OS, cfg.Architecture = "linux", "amd64"
+	if src, err = mutate.ConfigFile(src, cfg); err != nil {
+		t.Fatal(err)
+	}
+	reg.PushImage(t, "src/app", "v1", src)
+	arm := cfg.DeepCopy()
+	arm.Architecture = "arm64"
+	srcArm, err := mutate.ConfigFile(src, arm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.PushIndex(t, "src/multi", "v1", mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: src, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+		mutate.IndexAddendum{Add: srcArm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}}))
+
+	for _, tag := range []string{"app", "multi"} {
+		srcRepo := "src/" + tag
+		// Next to its source: the converted blobs are uploaded there.
+		before := len(reg.BlobUploads(srcRepo))
+		d1 := mustObd(t, "convert", "--vsize", "1", reg.Ref(srcRepo+":v1"), reg.Ref(srcRepo+":obd"))
+		converted := blobsOf(t, reg.Ref(srcRepo+":obd"))
+		if got := digestSet(reg.BlobUploads(srcRepo)[before:]); len(got) != len(converted) {
+			t.Fatalf("%s: uploaded %v into the source repository, want the %d blobs of %v", tag, got, len(converted), converted)
+		}
+		// Into another repository: every blob is mounted from the source one.
+		dst := "dst/" + tag
+		d2 := mustObd(t, "convert", "--vsize", "1", reg.Ref(srcRepo+":v1"), reg.Ref(dst+":obd"))
+		if d1 != d2 {
+			t.Fatalf("%s: conversions gave %s and %s", tag, d1, d2)
+		}
+		if ups := reg.BlobUploads(dst); len(ups) != 0 {
+			t.Errorf("%s: uploaded %v, want every blob mounted", tag, ups)
+		}
+		if got := digestSet(reg.BlobMounts(dst)); len(got) != len(converted) || len(reg.BlobMounts(dst)) != len(converted) {
+			t.Errorf("%s: mounted %v, want each of %v once", tag, reg.BlobMounts(dst), converted)
+		} else {
+			for d := range converted {
+				if !got[d] {
+					t.Errorf("%s: %s not mounted", tag, d)
+				}
+			}
+		}
+		// Again into that repository: the blobs are there (HEAD), nothing moves.
+		mustObd(t, "convert", "--vsize", "1", reg.Ref(srcRepo+":v1"), reg.Ref(dst+":obd-again"))
+		if ups, ms := reg.BlobUploads(dst), reg.BlobMounts(dst); len(ups) != 0 || len(ms) != len(converted) {
+			t.Errorf("%s: second push into %s: uploads %v, mounts %v", tag, dst, ups, ms)
+		}
+		// The mounted image is whole: every blob of it can be fetched from dst.
+		r, _ := name.ParseReference(reg.Ref(dst+":obd"), name.Insecure)
+		for d := range converted {
+			rc, err := remote.Layer(r.Context().Digest(d))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.Copy(io.Discard, mustCompressed(t, rc)); err != nil {
+				t.Errorf("%s: blob %s in %s: %v", tag, d, dst, err)
+			}
+		}
+	}
+}
+
+func mustCompressed(t *testing.T, l v1.Layer) io.Reader {
+	t.Helper()
+	rc, err := l.Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rc.Close() })
+	return rc
 }

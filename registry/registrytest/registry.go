@@ -45,6 +45,7 @@ type Registry struct {
 
 	server  *httptest.Server
 	inner   http.Handler // the ggcr registry, no auth
+	scoped  *scopedBlobs // WithRepoScopedBlobs
 	cfg     options
 	secret  []byte
 	credsMu sync.RWMutex
@@ -64,6 +65,7 @@ type options struct {
 	urlTTL       time.Duration
 	tls          bool
 	clientCAs    *x509.CertPool
+	scoped       bool
 }
 
 // Option configures New.
@@ -103,6 +105,9 @@ func New(t testing.TB, opts ...Option) *Registry {
 	}
 	r.user, r.pass = r.cfg.user, r.cfg.pass
 	r.inner = ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
+	if r.cfg.scoped {
+		r.scoped = newScopedBlobs()
+	}
 	if r.cfg.token {
 		r.Tokens = newTokenServer(r, r.cfg.tokenTTL)
 	}
@@ -215,6 +220,9 @@ func (r *Registry) serve(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if !r.authorized(w, req) {
+		return
+	}
+	if r.scoped != nil && r.serveScoped(w, req) {
 		return
 	}
 	repo, digest, isBlob := blobPath(req.URL.Path)

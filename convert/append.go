@@ -2,7 +2,6 @@ package convert
 
 import (
 	"fmt"
-	"strconv"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -27,17 +26,9 @@ func AppendImage(base v1.Image, layers []Layer) (v1.Image, error) {
 	_, _, lmt := mediaTypes(m.MediaType == types.OCIManifestSchema1)
 	img := base
 	for _, l := range layers {
-		img, err = mutate.Append(img, mutate.Addendum{
-			Layer:     &blobLayer{l: l, mt: lmt},
-			MediaType: lmt,
-			History:   v1.History{CreatedBy: "obd push --base"},
-			Annotations: map[string]string{
-				AnnotationVersion:    OverlaybdVersion,
-				AnnotationBlobDigest: l.Digest,
-				AnnotationBlobSize:   strconv.FormatInt(l.Size, 10),
-			},
-		})
-		if err != nil {
+		add := layerAddendum(l, lmt)
+		add.History = v1.History{CreatedBy: "obd push --base"}
+		if img, err = mutate.Append(img, add); err != nil {
 			return nil, err
 		}
 	}

@@ -62,6 +62,21 @@ func mediaTypes(oci bool) (types.MediaType, types.MediaType, types.MediaType) {
 	return types.DockerManifestSchema2, types.DockerConfigJSON, types.DockerUncompressedLayer
 }
 
+// layerAddendum is a committed overlaybd layer as a manifest entry: the blob
+// itself as an uncompressed layer of media type lmt, with the overlaybd
+// annotations the snapshotter reads.
+func layerAddendum(l Layer, lmt types.MediaType) mutate.Addendum {
+	return mutate.Addendum{
+		Layer:     &blobLayer{l: l, mt: lmt},
+		MediaType: lmt,
+		Annotations: map[string]string{
+			AnnotationVersion:    OverlaybdVersion,
+			AnnotationBlobDigest: l.Digest,
+			AnnotationBlobSize:   strconv.FormatInt(l.Size, 10),
+		},
+	}
+}
+
 // BuildImage makes the image of committed overlaybd layers (bottom first) with cfg
 // as its config, diff_ids replaced by the blob digests.
 func BuildImage(layers []Layer, cfg *v1.ConfigFile, oci bool) (v1.Image, error) {
@@ -72,21 +87,12 @@ func BuildImage(layers []Layer, cfg *v1.ConfigFile, oci bool) (v1.Image, error) 
 	cfg.RootFS.Type = "layers"
 	cfg.RootFS.DiffIDs = nil
 	for _, l := range layers {
-		bl := &blobLayer{l: l, mt: lmt}
+		add := layerAddendum(l, lmt)
 		var err error
-		img, err = mutate.Append(img, mutate.Addendum{
-			Layer:     bl,
-			MediaType: lmt,
-			Annotations: map[string]string{
-				AnnotationVersion:    OverlaybdVersion,
-				AnnotationBlobDigest: l.Digest,
-				AnnotationBlobSize:   strconv.FormatInt(l.Size, 10),
-			},
-		})
-		if err != nil {
+		if img, err = mutate.Append(img, add); err != nil {
 			return nil, err
 		}
-		h, _ := bl.DiffID()
+		h, _ := add.Layer.DiffID()
 		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, h)
 	}
 	return mutate.ConfigFile(img, cfg)

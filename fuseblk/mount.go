@@ -276,15 +276,8 @@ func (m *Mounted) mounted() bool {
 // devices over files below dir are detached first. It reports whether it unmounted
 // anything; a live mount or a plain directory is left alone.
 func CleanupStale(dir string) (bool, error) {
-	abs, err := resolveDir(dir)
-	if err != nil {
-		return false, err
-	}
-	if !deadMount(abs) {
-		return false, nil
-	}
-	mnt, ok, err := mountAt(abs)
-	if err != nil || !ok || !strings.HasPrefix(mnt.fsType, "fuse") {
+	abs, dead, err := deadFuseMount(dir)
+	if err != nil || !dead {
 		return false, err
 	}
 	loops, err := loopsUnder(abs)
@@ -357,3 +350,17 @@ func resolveDir(dir string) (string, error) {
 }
 
 func isNotExist(err error) bool { return errors.Is(err, os.ErrNotExist) }
+
+// deadFuseMount resolves dir and reports whether a FUSE mount whose server is
+// gone sits there.
+func deadFuseMount(dir string) (abs string, dead bool, err error) {
+	abs, err = resolveDir(dir)
+	if err != nil || !deadMount(abs) {
+		return abs, false, err
+	}
+	mnt, ok, err := mountAt(abs)
+	if err != nil || !ok || !strings.HasPrefix(mnt.fsType, "fuse") {
+		return abs, false, err
+	}
+	return abs, true, nil
+}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -16,18 +15,11 @@ import (
 // RebindLoops once the new mount is up. Nothing is returned for a live mount, a
 // plain directory or a missing one.
 func TakeOverStale(dir string) ([]string, error) {
-	abs, err := resolveDir(dir)
+	abs, dead, err := deadFuseMount(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil // no directory, no mount
 	}
-	if err != nil {
-		return nil, err
-	}
-	if !deadMount(abs) {
-		return nil, nil
-	}
-	mnt, ok, err := mountAt(abs)
-	if err != nil || !ok || !strings.HasPrefix(mnt.fsType, "fuse") {
+	if err != nil || !dead {
 		return nil, err
 	}
 	// Listed while the dead mount is still in the tree: afterwards the kernel

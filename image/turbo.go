@@ -28,16 +28,11 @@ func openTurboLower(ctx context.Context, cfg *config.ImageConfig, i int, l confi
 	if l.File == "" {
 		return nil, nil, nil, fmt.Errorf("failed to open layer %d: a TurboOCI layer (targetFile/targetDigest) needs file, its fs meta", i)
 	}
-	meta, err := os.Open(l.File)
+	meta, msize, err := closers.open(l.File)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("failed to open layer %d: %w", i, err)
 	}
-	closers = append(closers, meta)
-	st, err := meta.Stat()
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("failed to open layer %d: %w", i, err)
-	}
-	inner, isize, _, err := layer.Unwrap(meta, st.Size(), l.File)
+	inner, isize, _, err := layer.Unwrap(meta, msize, l.File)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("failed to open layer %d: %w", i, err)
 	}
@@ -47,16 +42,11 @@ func openTurboLower(ctx context.Context, cfg *config.ImageConfig, i int, l confi
 	var tname string
 	switch {
 	case l.TargetFile != "":
-		f, err := os.Open(l.TargetFile)
+		f, size, err := closers.open(l.TargetFile)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("failed to open layer %d: target: %w", i, err)
 		}
-		closers = append(closers, f)
-		fst, err := f.Stat()
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("failed to open layer %d: target: %w", i, err)
-		}
-		target, tsize, tname = f, fst.Size(), l.TargetFile
+		target, tsize, tname = f, size, l.TargetFile
 	default:
 		if remote == nil {
 			return nil, nil, nil, fmt.Errorf("failed to open layer %d: target %s is remote and this build has no registry access", i, l.TargetDigest)
@@ -73,16 +63,11 @@ func openTurboLower(ctx context.Context, cfg *config.ImageConfig, i int, l confi
 		target, tsize, tname = b, b.Size(), url
 	}
 	if l.GzipIndex != "" {
-		idx, err := os.Open(l.GzipIndex)
+		idx, isz, err := closers.open(l.GzipIndex)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("failed to open layer %d: gzipIndex: %w", i, err)
 		}
-		closers = append(closers, idx)
-		ist, err := idx.Stat()
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("failed to open layer %d: gzipIndex: %w", i, err)
-		}
-		gz, err := gzindex.Open(target, tsize, idx, ist.Size(), l.GzipIndex)
+		gz, err := gzindex.Open(target, tsize, idx, isz, l.GzipIndex)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("failed to open layer %d: target %s: %w", i, tname, err)
 		}
@@ -97,6 +82,21 @@ func openTurboLower(ctx context.Context, cfg *config.ImageConfig, i int, l confi
 
 // closeAll closes each of its closers.
 type closeAll []io.Closer
+
+// open opens the file at path for reading, to be closed with the rest, and
+// returns its size.
+func (c *closeAll) open(path string) (*os.File, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	*c = append(*c, f)
+	st, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	return f, st.Size(), nil
+}
 
 func (c closeAll) Close() error {
 	var errs []error

@@ -1,0 +1,211 @@
+package ublk
+
+import (
+	"bytes"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/obd-project/obd/lsmt"
+	"github.com/obd-project/obd/zfile"
+	"golang.org/x/sys/unix"
+)
+
+// stackedImage builds a local image of three sealed layers (plain LSMT, ZFile
+// LZ4, plain LSMT, bottom first) under a writable upper, each holding random
+// writes and discards of 512 B to 64 KiB: extents straddle layers, holes and
+// zeroed ranges cut 4 KiB blocks, and the ZFile layer's ranges are not local.
+func stackedImage(t *testing.T, size int64) *lsmt.Image {
+	t.Helper()
+	dir := t.TempDir()
+	r := rand.New(rand.NewPCG(7, 13))
+	writable := func(name string) *lsmt.Writable {
+		data, err := os.Create(filepath.Join(dir, name+".data"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		index, err := os.Create(filepath.Join(dir, name+".index"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := lsmt.Create(data, index, lsmt.CreateOptions{VirtualSize: uint64(size)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64<<10)
+		for i := 0; i < 200; i++ {
+			n := int64(1+r.IntN(len(buf)/512)) * 512
+			off := r.Int64N((size-n)/512+1) * 512
+			if r.IntN(5) == 0 {
+				if err := w.Discard(off, n); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			randomBytes(buf[:n], r.Uint64())
+			if _, err := w.WriteAt(buf[:n], off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return w
+	}
+	var lowers []*lsmt.Layer
+	for i, compress := range []bool{false, true, false} {
+		w := writable(string(rune('a' + i)))
+		path := filepath.Join(dir, string(rune('a'+i))+".layer")
+		out, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dst io.Writer = out
+		var zw *zfile.Writer
+		if compress {
+			if zw, err = zfile.NewWriter(out, zfile.Options{}); err != nil {
+				t.Fatal(err)
+			}
+			dst = zw
+		}
+		if err := lsmt.Commit(dst, w.CommitSource(), lsmt.CommitOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if zw != nil {
+			if err := zw.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		w.Close()
+		st, _ := out.Stat()
+		var lr io.ReaderAt = out
+		lsize := st.Size()
+		if compress {
+			z, err := zfile.Open(out, st.Size())
+			if err != nil {
+				t.Fatal(err)
+			}
+			lr, lsize = z, z.Size()
+		}
+		l, err := lsmt.OpenLayer(lr, lsize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { out.Close() })
+		lowers = append(lowers, l)
+	}
+	upper := writable("upper")
+	t.Cleanup(func() { upper.Close() })
+	im, err := lsmt.NewImage(lowers, upper)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return im
+}
+
+// checkDevice reads the device in requests of assorted sizes and offsets
+// (512 B multiples) and compares each with the image's own ReadAt.
+func checkDevice(t *testing.T, fd int, im *lsmt.Image, seed uint64) {
+	t.Helper()
+	size := im.Size()
+	buf := alignedBuf(t, 1<<20)
+	want := make([]byte, 1<<20)
+	r := rand.New(rand.NewPCG(seed, 3))
+	for off := int64(0); off < size; off += 1 << 20 {
+		preadAll(t, fd, buf, off, 1<<20)
+		if _, err := im.ReadAt(want, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf, want) {
+			t.Fatalf("device and image differ in [%d, +1 MiB) at %d", off, off+int64(firstDiff(buf, want)))
+		}
+	}
+	for i := 0; i < 2000; i++ {
+		n := int64(1+r.IntN(64)) * 512
+		if r.IntN(4) == 0 {
+			n = 4096
+		}
+		off := r.Int64N((size-n)/512+1) * 512
+		preadAll(t, fd, buf[:n], off, int(n))
+		if _, err := im.ReadAt(want[:n], off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf[:n], want[:n]) {
+			t.Fatalf("device and image differ in [%d, +%d) at %d", off, n, off+int64(firstDiff(buf[:n], want[:n])))
+		}
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return len(a)
+}
+
+func ringReads(d *Device) uint64 {
+	n, _ := d.FileReads()
+	return n
+}
+
+// zeroCopyKernel: the kernel offers what New needs for zero copy.
+func zeroCopyKernel(t *testing.T) bool {
+	t.Helper()
+	f, err := Features()
+	if err != nil {
+		t.Fatal(err)
+	}
+	zc := FeatureAutoBufReg | FeatureUserCopy | FeatureBufRegOffDaemon
+	return f&zc == zc
+}
+
+// TestImageFileReads serves a stacked local image: ranges in plain local layers
+// and the upper are read on the queue's ring (counted), ranges touching the ZFile
+// layer through ReadAt, and every byte matches the image's, before and after
+// writes through the device change the upper.
+func TestImageFileReads(t *testing.T) {
+	requireUblk(t)
+	const size = 16 << 20
+	im := stackedImage(t, size)
+	dev := newDevice(t, im, Options{})
+	fd := openDirect(t, dev.Path(), unix.O_RDWR)
+	checkDevice(t, fd, im, 1)
+	if ringReads(dev) == 0 {
+		t.Fatal("no request was read on the queue's ring")
+	}
+	var served uint64
+	for _, q := range dev.queues {
+		served += q.served.Load()
+	}
+	if ringReads(dev) >= served {
+		t.Fatalf("all %d requests were read on the ring; those touching the ZFile layer must use ReadAt", served)
+	}
+	w := alignedBuf(t, 64<<10)
+	r := rand.New(rand.NewPCG(5, 5))
+	for i := 0; i < 100; i++ {
+		n := int64(1+r.IntN(16)) * 4096
+		randomBytes(w[:n], r.Uint64())
+		pwriteAll(t, fd, w[:n], r.Int64N((size-n)/4096+1)*4096, int(n))
+	}
+	checkDevice(t, fd, im, 2)
+	ring, zc := dev.FileReads()
+	t.Logf("features %s; %d of %d requests read on the ring, %d with zero copy", FeatureString(dev.Features()), ring, served, zc)
+	if zeroCopyKernel(t) {
+		if dev.Features()&FeatureAutoBufReg == 0 || zc != ring {
+			t.Fatalf("kernel offers zero copy, device has %s and read %d of %d ring reads zero-copy", FeatureString(dev.Features()), zc, ring)
+		}
+	} else if zc != 0 {
+		t.Fatalf("%d zero-copy reads on a kernel without AUTO_BUF_REG", zc)
+	}
+
+	// The same reads with the features off: the baseline path.
+	for _, opts := range []Options{{NoRingReads: true}, {NoZeroCopy: true}} {
+		dev2 := newDevice(t, im, opts)
+		checkDevice(t, openDirect(t, dev2.Path(), unix.O_RDONLY), im, 3)
+		ring, zc := dev2.FileReads()
+		if opts.NoRingReads && ring != 0 || zc != 0 || dev2.Features()&FeatureAutoBufReg != 0 {
+			t.Fatalf("%+v: %d ring reads, %d zero copy, features %s", opts, ring, zc, FeatureString(dev2.Features()))
+		}
+	}
+}

@@ -12,14 +12,25 @@ var (
 	_ blockdev.FileMapper = (*Writable)(nil)
 )
 
+// LocalFiler is implemented by a reader that only forwards the reads of a local
+// file (labelling its errors, say) and returns the file, or nil when it has none.
+// Image.MapFile then maps the layer to that file.
+type LocalFiler interface {
+	LocalFile() *os.File
+}
+
 // localFd is r's descriptor when r is a plain local file, whose bytes a frontend
 // may read itself; -1 for anything else (ZFile, remote or wrapped readers, whose
 // ReadAt does more than pread).
 func localFd(r io.ReaderAt) int {
-	if f, ok := r.(*os.File); ok {
-		return int(f.Fd())
+	f, ok := r.(*os.File)
+	if lf, isLF := r.(LocalFiler); isLF {
+		f, ok = lf.LocalFile(), true
 	}
-	return -1
+	if !ok || f == nil {
+		return -1
+	}
+	return int(f.Fd())
 }
 
 // mapSegments is readMapped's twin for blockdev.FileMapper: it appends the extents

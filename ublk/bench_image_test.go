@@ -112,6 +112,7 @@ func BenchmarkImageVsLoop(b *testing.B) {
 			b.Run(kind.name+"/"+c.name, func(b *testing.B) {
 				var res [2]float64
 				var serve time.Duration
+				ring0, zc0 := dev.FileReads()
 				for i, p := range []string{loop, dev.Path()} {
 					fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECT, 0)
 					if err != nil {
@@ -140,6 +141,10 @@ func BenchmarkImageVsLoop(b *testing.B) {
 					}
 				}
 				b.ReportMetric(float64(blocks), "blocking-calls")
+				// Requests read on the queue's ring and with zero copy, per request.
+				ring, zc := dev.FileReads()
+				b.ReportMetric(float64(ring-ring0)/float64(b.N), "ring-reads/op")
+				b.ReportMetric(float64(zc-zc0)/float64(b.N), "zc-reads/op")
 			})
 		}
 		if err := dev.Close(); err != nil {
@@ -149,17 +154,20 @@ func BenchmarkImageVsLoop(b *testing.B) {
 }
 
 // benchServeMode reads OBD_UBLK_MODE (adaptive, the default; workers; inthread)
-// so the serve modes can be compared on the same benchmark.
+// so the serve modes can be compared on the same benchmark, and
+// OBD_UBLK_RINGREADS=0 / OBD_UBLK_ZEROCOPY=0 to compare the file read paths.
 func benchServeMode(b *testing.B) Options {
+	var o Options
 	switch m := os.Getenv("OBD_UBLK_MODE"); m {
 	case "", "adaptive":
-		return Options{}
 	case "workers":
-		return Options{AlwaysWorkers: true}
+		o.AlwaysWorkers = true
 	case "inthread":
-		return Options{InThread: true}
+		o.InThread = true
 	default:
 		b.Fatalf("OBD_UBLK_MODE=%q: want adaptive, workers or inthread", m)
-		return Options{}
 	}
+	o.NoRingReads = os.Getenv("OBD_UBLK_RINGREADS") == "0"
+	o.NoZeroCopy = os.Getenv("OBD_UBLK_ZEROCOPY") == "0"
+	return o
 }

@@ -190,6 +190,10 @@ func TestImageFileReads(t *testing.T) {
 	}
 	checkDevice(t, fd, im, 2)
 	ring, zc := dev.FileReads()
+	served = 0
+	for _, q := range dev.queues {
+		served += q.served.Load()
+	}
 	t.Logf("features %s; %d of %d requests read on the ring, %d with zero copy", FeatureString(dev.Features()), ring, served, zc)
 	if zeroCopyKernel(t) {
 		if dev.Features()&FeatureAutoBufReg == 0 || zc != ring {

@@ -16,8 +16,10 @@
 # Usage: tests/vm/bench-ublk.sh [OPS]   (OPS = requests per measurement, default 2000)
 # BENCH=REGEX picks benchmarks; COUNT=N repeats; OBD_UBLK_MODE=adaptive|workers|inthread
 # the serve mode of BenchmarkImageVsLoop; OBD_UBLK_RINGREADS=0 reads local image
-# files with pread instead of on the queue's ring; UBLKVM_SUITE=unstable runs on
-# Debian unstable's kernel (7.2, zero copy) instead of 6.12.
+# files with pread (the Target's ReadAt) instead of on the queue's ring, and
+# OBD_UBLK_ZEROCOPY=0 keeps the copy through the tag buffers on kernels with
+# AUTO_BUF_REG; UBLKVM_SUITE=unstable runs on Debian unstable's kernel (7.2)
+# instead of 6.12.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OPS=${1:-2000}
@@ -26,7 +28,7 @@ W=$(mktemp -d "${TMPDIR:-/tmp}/bench-ublk.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 CGO_ENABLED=0 go test -c -o "$W/ublk.test" ./ublk
 tests/vm/run-in-vm.sh -t 3000 "$W/ublk.test" -- \
-  "export OBD_UBLK_MODE=${OBD_UBLK_MODE:-adaptive} OBD_UBLK_RINGREADS=${OBD_UBLK_RINGREADS:-}; uname -r; ./ublk.test -test.run '^\$' -test.bench '${BENCH:-.}' -test.benchtime ${OPS}x -test.count ${COUNT}" |
+  "export OBD_UBLK_MODE=${OBD_UBLK_MODE:-adaptive} OBD_UBLK_RINGREADS=${OBD_UBLK_RINGREADS:-} OBD_UBLK_ZEROCOPY=${OBD_UBLK_ZEROCOPY:-}; uname -r; ./ublk.test -test.run '^\$' -test.bench '${BENCH:-.}' -test.benchtime ${OPS}x -test.count ${COUNT}" |
   tee "$W/out.txt"
 echo
 echo "summary: median [min-max] of ${COUNT} runs"

@@ -71,6 +71,7 @@ func sealedImage(tb testing.TB, raw *os.File, size int64, path string, compress 
 // BenchmarkImageVsLoop is issue #3's comparison: a sealed local image (plain LSMT
 // and ZFile LZ4) served through /dev/ublkbN against the kernel loop device over the
 // same raw bytes, in the same VM and run. x-vs-loop = image IOPS / loop IOPS.
+// Each read path (benchReadPaths) gets its own device and sub-benchmarks.
 func BenchmarkImageVsLoop(b *testing.B) {
 	requireUblk(b)
 	const size = 128 << 20
@@ -96,66 +97,106 @@ func BenchmarkImageVsLoop(b *testing.B) {
 		compress bool
 	}{{"lsmt", false}, {"zfile-lz4", true}} {
 		im := sealedImage(b, raw, size, filepath.Join(dir, kind.name), kind.compress)
-		dev, err := New(im, benchServeMode(b))
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, c := range []struct {
-			name   string
-			bs, qd int
-			random bool
-		}{
-			{"rand4k-qd1", 4096, 1, true},
-			{"rand4k-qd32", 4096, 32, true},
-			{"seq1m-qd1", 1 << 20, 1, false},
-		} {
-			b.Run(kind.name+"/"+c.name, func(b *testing.B) {
-				var res [2]float64
-				var serve time.Duration
-				ring0, zc0 := dev.FileReads()
-				for i, p := range []string{loop, dev.Path()} {
-					fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECT, 0)
-					if err != nil {
-						b.Fatal(err)
-					}
-					var wall time.Duration
-					wall, serve = ioLoadCPU(b, fd, size, c.bs, c.qd, b.N, c.random)
-					res[i] = iops(b.N, wall)
-					unix.Close(fd)
-				}
-				b.ReportMetric(res[0], "loop-IOPS")
-				b.ReportMetric(res[1], "image-IOPS")
-				b.ReportMetric(res[1]/res[0], "x-vs-loop")
-				// CPU the serving side of this process spent per request (issue 13
-				// item 0): µs per 4 KiB read, ms per MiB sequentially.
-				if c.bs >= 1<<20 {
-					b.ReportMetric(float64(serve.Microseconds())/1e3/float64(b.N)/float64(c.bs>>20), "serve-cpu-ms/MiB")
-				} else {
-					b.ReportMetric(float64(serve.Nanoseconds())/1e3/float64(b.N), "serve-cpu-us/op")
-				}
-				// Target calls seen blocking so far: each moved a queue to its worker pool for a while.
-				var blocks uint64
-				for _, q := range dev.queues {
-					if q.policy != nil {
-						blocks += q.policy.blocks.Load()
-					}
-				}
-				b.ReportMetric(float64(blocks), "blocking-calls")
-				// Requests read on the queue's ring and with zero copy, per request.
-				ring, zc := dev.FileReads()
-				b.ReportMetric(float64(ring-ring0)/float64(b.N), "ring-reads/op")
-				b.ReportMetric(float64(zc-zc0)/float64(b.N), "zc-reads/op")
-			})
-		}
-		if err := dev.Close(); err != nil {
-			b.Fatal(err)
+		for _, mode := range benchReadPaths(b) {
+			if kind.compress && mode.name == "ring" {
+				continue // a ZFile layer is not mapped: the same path as pread
+			}
+			benchImageDevice(b, kind.name+"/"+mode.name, im, mode.opts, loop, size)
 		}
 	}
 }
 
+// benchReadPaths are the ways a local image's reads are served, compared in one
+// run: pread (the Target's ReadAt), ring (reads on the queue's ring, copied
+// through the tag buffers) and, on kernels with AUTO_BUF_REG, zc (the default
+// there: straight into the request's pages).
+func benchReadPaths(b *testing.B) []struct {
+	name string
+	opts Options
+} {
+	base := benchServeMode(b)
+	pread, ring, zc := base, base, base
+	pread.NoRingReads = true
+	ring.NoZeroCopy = true
+	paths := []struct {
+		name string
+		opts Options
+	}{{"pread", pread}, {"ring", ring}}
+	f, err := Features()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if need := FeatureAutoBufReg | FeatureUserCopy | FeatureBufRegOffDaemon; f&need == need {
+		paths = append(paths, struct {
+			name string
+			opts Options
+		}{"zc", zc})
+	}
+	return paths
+}
+
+// benchImageDevice serves im with opts and compares it with loop.
+func benchImageDevice(b *testing.B, name string, im *lsmt.Image, opts Options, loop string, size int64) {
+	dev, err := New(im, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		if err := dev.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}()
+	for _, c := range []struct {
+		name   string
+		bs, qd int
+		random bool
+	}{
+		{"rand4k-qd1", 4096, 1, true},
+		{"rand4k-qd32", 4096, 32, true},
+		{"seq1m-qd1", 1 << 20, 1, false},
+	} {
+		b.Run(name+"/"+c.name, func(b *testing.B) {
+			var res [2]float64
+			var serve time.Duration
+			ring0, zc0 := dev.FileReads()
+			for i, p := range []string{loop, dev.Path()} {
+				fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECT, 0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var wall time.Duration
+				wall, serve = ioLoadCPU(b, fd, size, c.bs, c.qd, b.N, c.random)
+				res[i] = iops(b.N, wall)
+				unix.Close(fd)
+			}
+			b.ReportMetric(res[0], "loop-IOPS")
+			b.ReportMetric(res[1], "image-IOPS")
+			b.ReportMetric(res[1]/res[0], "x-vs-loop")
+			// CPU the serving side of this process spent per request (issue 13
+			// item 0): µs per 4 KiB read, ms per MiB sequentially.
+			if c.bs >= 1<<20 {
+				b.ReportMetric(float64(serve.Microseconds())/1e3/float64(b.N)/float64(c.bs>>20), "serve-cpu-ms/MiB")
+			} else {
+				b.ReportMetric(float64(serve.Nanoseconds())/1e3/float64(b.N), "serve-cpu-us/op")
+			}
+			// Target calls seen blocking so far: each moved a queue to its worker pool for a while.
+			var blocks uint64
+			for _, q := range dev.queues {
+				if q.policy != nil {
+					blocks += q.policy.blocks.Load()
+				}
+			}
+			b.ReportMetric(float64(blocks), "blocking-calls")
+			// Requests read on the queue's ring and with zero copy, per request.
+			ring, zc := dev.FileReads()
+			b.ReportMetric(float64(ring-ring0)/float64(b.N), "ring-reads/op")
+			b.ReportMetric(float64(zc-zc0)/float64(b.N), "zc-reads/op")
+		})
+	}
+}
+
 // benchServeMode reads OBD_UBLK_MODE (adaptive, the default; workers; inthread)
-// so the serve modes can be compared on the same benchmark, and
-// OBD_UBLK_RINGREADS=0 / OBD_UBLK_ZEROCOPY=0 to compare the file read paths.
+// so the serve modes can be compared on the same benchmark.
 func benchServeMode(b *testing.B) Options {
 	var o Options
 	switch m := os.Getenv("OBD_UBLK_MODE"); m {
@@ -167,7 +208,5 @@ func benchServeMode(b *testing.B) Options {
 	default:
 		b.Fatalf("OBD_UBLK_MODE=%q: want adaptive, workers or inthread", m)
 	}
-	o.NoRingReads = os.Getenv("OBD_UBLK_RINGREADS") == "0"
-	o.NoZeroCopy = os.Getenv("OBD_UBLK_ZEROCOPY") == "0"
 	return o
 }

@@ -4,9 +4,11 @@
 #                        one file through /dev/ublkbN and through the kernel loop
 #                        driver in the same VM; x-vs-loop = ublk / loop.
 #   BenchmarkImageVsLoop the same for a sealed local LSMT image and a ZFile LZ4 one,
-#                        plus the serving CPU per request (serve-cpu-us/op for 4 KiB
-#                        reads, serve-cpu-ms/MiB sequentially: process CPU minus the
-#                        load thread's).
+#                        per read path: pread (the Target's ReadAt), ring (file reads
+#                        on the queue's ring) and, on kernels with AUTO_BUF_REG, zc
+#                        (zero copy); plus the serving CPU per request
+#                        (serve-cpu-us/op for 4 KiB reads, serve-cpu-ms/MiB
+#                        sequentially: process CPU minus the load thread's).
 #   BenchmarkServeMode   Target calls in the queue thread vs the worker pool, on a
 #                        RAM target and a target whose reads take 200 µs.
 # TCG numbers are noisy (±50 %): compare ratios within one run, not across runs.
@@ -15,11 +17,8 @@
 #
 # Usage: tests/vm/bench-ublk.sh [OPS]   (OPS = requests per measurement, default 2000)
 # BENCH=REGEX picks benchmarks; COUNT=N repeats; OBD_UBLK_MODE=adaptive|workers|inthread
-# the serve mode of BenchmarkImageVsLoop; OBD_UBLK_RINGREADS=0 reads local image
-# files with pread (the Target's ReadAt) instead of on the queue's ring, and
-# OBD_UBLK_ZEROCOPY=0 keeps the copy through the tag buffers on kernels with
-# AUTO_BUF_REG; UBLKVM_SUITE=unstable runs on Debian unstable's kernel (7.2)
-# instead of 6.12.
+# the serve mode of BenchmarkImageVsLoop; UBLKVM_SUITE=unstable runs on Debian
+# unstable's kernel (7.2, zero copy) instead of 6.12 (make bench-ublk-unstable).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OPS=${1:-2000}
@@ -28,7 +27,7 @@ W=$(mktemp -d "${TMPDIR:-/tmp}/bench-ublk.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 CGO_ENABLED=0 go test -c -o "$W/ublk.test" ./ublk
 tests/vm/run-in-vm.sh -t 3000 "$W/ublk.test" -- \
-  "export OBD_UBLK_MODE=${OBD_UBLK_MODE:-adaptive} OBD_UBLK_RINGREADS=${OBD_UBLK_RINGREADS:-} OBD_UBLK_ZEROCOPY=${OBD_UBLK_ZEROCOPY:-}; uname -r; ./ublk.test -test.run '^\$' -test.bench '${BENCH:-.}' -test.benchtime ${OPS}x -test.count ${COUNT}" |
+  "export OBD_UBLK_MODE=${OBD_UBLK_MODE:-adaptive}; uname -r; ./ublk.test -test.run '^\$' -test.bench '${BENCH:-.}' -test.benchtime ${OPS}x -test.count ${COUNT}" |
   tee "$W/out.txt"
 echo
 echo "summary: median [min-max] of ${COUNT} runs"

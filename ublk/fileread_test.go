@@ -161,55 +161,46 @@ func zeroCopyKernel(t *testing.T) bool {
 }
 
 // TestImageFileReads serves a stacked local image: ranges in plain local layers
-// and the upper are read on the queue's ring (counted), ranges touching the ZFile
-// layer through ReadAt, and every byte matches the image's, before and after
-// writes through the device change the upper.
+// and the upper are read on the queue's ring (counted; with zero copy where the
+// kernel has AUTO_BUF_REG), ranges touching the ZFile layer through ReadAt, and
+// every byte matches the image's, before and after writes through the device
+// change the upper. The same with the worker pool (user copy from other
+// threads) and with each feature turned off.
 func TestImageFileReads(t *testing.T) {
 	requireUblk(t)
 	const size = 16 << 20
 	im := stackedImage(t, size)
-	dev := newDevice(t, im, Options{})
-	fd := openDirect(t, dev.Path(), unix.O_RDWR)
-	checkDevice(t, fd, im, 1)
-	if ringReads(dev) == 0 {
-		t.Fatal("no request was read on the queue's ring")
-	}
-	var served uint64
-	for _, q := range dev.queues {
-		served += q.served.Load()
-	}
-	if ringReads(dev) >= served {
-		t.Fatalf("all %d requests were read on the ring; those touching the ZFile layer must use ReadAt", served)
-	}
-	w := alignedBuf(t, 64<<10)
-	r := rand.New(rand.NewPCG(5, 5))
-	for i := 0; i < 100; i++ {
-		n := int64(1+r.IntN(16)) * 4096
-		randomBytes(w[:n], r.Uint64())
-		pwriteAll(t, fd, w[:n], r.Int64N((size-n)/4096+1)*4096, int(n))
-	}
-	checkDevice(t, fd, im, 2)
-	ring, zc := dev.FileReads()
-	served = 0
-	for _, q := range dev.queues {
-		served += q.served.Load()
-	}
-	t.Logf("features %s; %d of %d requests read on the ring, %d with zero copy", FeatureString(dev.Features()), ring, served, zc)
-	if zeroCopyKernel(t) {
-		if dev.Features()&FeatureAutoBufReg == 0 || zc != ring {
-			t.Fatalf("kernel offers zero copy, device has %s and read %d of %d ring reads zero-copy", FeatureString(dev.Features()), zc, ring)
+	zcKernel := zeroCopyKernel(t)
+	for i, opts := range []Options{{}, {AlwaysWorkers: true}, {NoZeroCopy: true}, {NoRingReads: true}} {
+		dev := newDevice(t, im, opts)
+		fd := openDirect(t, dev.Path(), unix.O_RDWR)
+		checkDevice(t, fd, im, uint64(i))
+		w := alignedBuf(t, 64<<10)
+		r := rand.New(rand.NewPCG(5, uint64(i)))
+		for j := 0; j < 100; j++ {
+			n := int64(1+r.IntN(16)) * 4096
+			randomBytes(w[:n], r.Uint64())
+			pwriteAll(t, fd, w[:n], r.Int64N((size-n)/4096+1)*4096, int(n))
 		}
-	} else if zc != 0 {
-		t.Fatalf("%d zero-copy reads on a kernel without AUTO_BUF_REG", zc)
-	}
-
-	// The same reads with the features off: the baseline path.
-	for _, opts := range []Options{{NoRingReads: true}, {NoZeroCopy: true}} {
-		dev2 := newDevice(t, im, opts)
-		checkDevice(t, openDirect(t, dev2.Path(), unix.O_RDONLY), im, 3)
-		ring, zc := dev2.FileReads()
-		if opts.NoRingReads && ring != 0 || zc != 0 || dev2.Features()&FeatureAutoBufReg != 0 {
-			t.Fatalf("%+v: %d ring reads, %d zero copy, features %s", opts, ring, zc, FeatureString(dev2.Features()))
+		checkDevice(t, fd, im, uint64(i)+10)
+		var served uint64
+		for _, n := range dev.QueueRequests() {
+			served += n
+		}
+		ring, zc := dev.FileReads()
+		t.Logf("%+v: features %s; %d of %d requests read on the ring, %d with zero copy", opts, FeatureString(dev.Features()), ring, served, zc)
+		wantZC := zcKernel && !opts.NoZeroCopy && !opts.NoRingReads
+		switch {
+		case opts.NoRingReads && ring != 0:
+			t.Fatalf("%+v: %d requests read on the ring", opts, ring)
+		case !opts.NoRingReads && ring == 0:
+			t.Fatalf("%+v: no request was read on the queue's ring", opts)
+		case ring >= served:
+			t.Fatalf("%+v: all %d requests were read on the ring; those touching the ZFile layer must use ReadAt", opts, served)
+		case wantZC && (dev.Features()&FeatureAutoBufReg == 0 || zc != ring):
+			t.Fatalf("%+v: kernel offers zero copy, device has %s and read %d of %d ring reads zero-copy", opts, FeatureString(dev.Features()), zc, ring)
+		case !wantZC && (zc != 0 || dev.Features()&FeatureAutoBufReg != 0):
+			t.Fatalf("%+v: %d zero-copy reads, features %s", opts, zc, FeatureString(dev.Features()))
 		}
 	}
 }

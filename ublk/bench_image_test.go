@@ -97,55 +97,56 @@ func BenchmarkImageVsLoop(b *testing.B) {
 		compress bool
 	}{{"lsmt", false}, {"zfile-lz4", true}} {
 		im := sealedImage(b, raw, size, filepath.Join(dir, kind.name), kind.compress)
-		for _, mode := range benchReadPaths(b) {
-			if kind.compress && mode.name == "ring" {
-				continue // a ZFile layer is not mapped: the same path as pread
-			}
-			benchImageDevice(b, kind.name+"/"+mode.name, im, mode.opts, loop, size)
-		}
+		benchImagePaths(b, kind.name, im, kind.compress, loop, size)
 	}
 }
 
-// benchReadPaths are the ways a local image's reads are served, compared in one
-// run: pread (the Target's ReadAt), ring (reads on the queue's ring, copied
-// through the tag buffers) and, on kernels with AUTO_BUF_REG, zc (the default
-// there: straight into the request's pages).
-func benchReadPaths(b *testing.B) []struct {
+// benchReadPath is one way a local image's reads are served: pread (the
+// Target's ReadAt), ring (reads on the queue's ring, copied through the tag
+// buffers) and, on kernels with AUTO_BUF_REG, zc (the default there: straight
+// into the request's pages).
+type benchReadPath struct {
 	name string
 	opts Options
-} {
+}
+
+func benchReadPaths(b *testing.B, compressed bool) []benchReadPath {
 	base := benchServeMode(b)
 	pread, ring, zc := base, base, base
 	pread.NoRingReads = true
 	ring.NoZeroCopy = true
-	paths := []struct {
-		name string
-		opts Options
-	}{{"pread", pread}, {"ring", ring}}
+	paths := []benchReadPath{{"pread", pread}}
+	if !compressed { // a ZFile layer is not mapped: ring is pread there
+		paths = append(paths, benchReadPath{"ring", ring})
+	}
 	f, err := Features()
 	if err != nil {
 		b.Fatal(err)
 	}
 	if need := FeatureAutoBufReg | FeatureUserCopy | FeatureBufRegOffDaemon; f&need == need {
-		paths = append(paths, struct {
-			name string
-			opts Options
-		}{"zc", zc})
+		paths = append(paths, benchReadPath{"zc", zc})
 	}
 	return paths
 }
 
-// benchImageDevice serves im with opts and compares it with loop.
-func benchImageDevice(b *testing.B, name string, im *lsmt.Image, opts Options, loop string, size int64) {
-	dev, err := New(im, opts)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		if err := dev.Close(); err != nil {
+// benchImagePaths serves im once per read path and, in each run of each load,
+// measures loop and then every path back to back, so that the paths share the
+// (noisy, under TCG) moment and compare by their ratios to loop.
+func benchImagePaths(b *testing.B, kind string, im *lsmt.Image, compressed bool, loop string, size int64) {
+	paths := benchReadPaths(b, compressed)
+	devs := make([]*Device, len(paths))
+	for i, p := range paths {
+		dev, err := New(im, p.opts)
+		if err != nil {
 			b.Fatal(err)
 		}
-	}()
+		devs[i] = dev
+		defer func() {
+			if err := dev.Close(); err != nil {
+				b.Error(err)
+			}
+		}()
+	}
 	for _, c := range []struct {
 		name   string
 		bs, qd int
@@ -155,42 +156,38 @@ func benchImageDevice(b *testing.B, name string, im *lsmt.Image, opts Options, l
 		{"rand4k-qd32", 4096, 32, true},
 		{"seq1m-qd1", 1 << 20, 1, false},
 	} {
-		b.Run(name+"/"+c.name, func(b *testing.B) {
-			var res [2]float64
-			var serve time.Duration
-			ring0, zc0 := dev.FileReads()
-			for i, p := range []string{loop, dev.Path()} {
-				fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECT, 0)
+		b.Run(kind+"/"+c.name, func(b *testing.B) {
+			load := func(path string) (float64, time.Duration) {
+				fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECT, 0)
 				if err != nil {
 					b.Fatal(err)
 				}
-				var wall time.Duration
-				wall, serve = ioLoadCPU(b, fd, size, c.bs, c.qd, b.N, c.random)
-				res[i] = iops(b.N, wall)
-				unix.Close(fd)
+				defer unix.Close(fd)
+				wall, serve := ioLoadCPU(b, fd, size, c.bs, c.qd, b.N, c.random)
+				return iops(b.N, wall), serve
 			}
-			b.ReportMetric(res[0], "loop-IOPS")
-			b.ReportMetric(res[1], "image-IOPS")
-			b.ReportMetric(res[1]/res[0], "x-vs-loop")
-			// CPU the serving side of this process spent per request (issue 13
-			// item 0): µs per 4 KiB read, ms per MiB sequentially.
-			if c.bs >= 1<<20 {
-				b.ReportMetric(float64(serve.Microseconds())/1e3/float64(b.N)/float64(c.bs>>20), "serve-cpu-ms/MiB")
-			} else {
-				b.ReportMetric(float64(serve.Nanoseconds())/1e3/float64(b.N), "serve-cpu-us/op")
-			}
-			// Target calls seen blocking so far: each moved a queue to its worker pool for a while.
-			var blocks uint64
-			for _, q := range dev.queues {
-				if q.policy != nil {
-					blocks += q.policy.blocks.Load()
+			loopIOPS, _ := load(loop)
+			b.ReportMetric(loopIOPS, "loop-IOPS")
+			for i, p := range paths {
+				ring0, zc0 := devs[i].FileReads()
+				res, serve := load(devs[i].Path())
+				b.ReportMetric(res/loopIOPS, p.name+"-x-vs-loop")
+				// CPU the serving side of this process spent per request (issue 13
+				// item 0): µs per 4 KiB read, ms per MiB sequentially.
+				if c.bs >= 1<<20 {
+					b.ReportMetric(float64(serve.Microseconds())/1e3/float64(b.N)/float64(c.bs>>20), p.name+"-cpu-ms/MiB")
+				} else {
+					b.ReportMetric(float64(serve.Nanoseconds())/1e3/float64(b.N), p.name+"-cpu-us/op")
+				}
+				// The path really taken: requests read on the ring, with zero copy.
+				ring, zc := devs[i].FileReads()
+				switch p.name {
+				case "ring":
+					b.ReportMetric(float64(ring-ring0)/float64(b.N), "ring-reads/op")
+				case "zc":
+					b.ReportMetric(float64(zc-zc0)/float64(b.N), "zc-reads/op")
 				}
 			}
-			b.ReportMetric(float64(blocks), "blocking-calls")
-			// Requests read on the queue's ring and with zero copy, per request.
-			ring, zc := dev.FileReads()
-			b.ReportMetric(float64(ring-ring0)/float64(b.N), "ring-reads/op")
-			b.ReportMetric(float64(zc-zc0)/float64(b.N), "zc-reads/op")
 		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -188,8 +189,23 @@ func benchImagePaths(b *testing.B, kind string, im *lsmt.Image, compressed bool,
 					b.ReportMetric(float64(zc-zc0)/float64(b.N), "zc-reads/op")
 				}
 			}
+			// io_uring's worker threads: a file system without non-blocking
+			// buffered reads makes the ring hand every read to one.
+			b.ReportMetric(float64(ioWorkers()), "iou-wrk-threads")
 		})
 	}
+}
+
+// ioWorkers counts this process's io_uring worker threads (iou-wrk-*).
+func ioWorkers() int {
+	tasks, _ := os.ReadDir("/proc/self/task")
+	n := 0
+	for _, t := range tasks {
+		if comm, err := os.ReadFile("/proc/self/task/" + t.Name() + "/comm"); err == nil && strings.HasPrefix(string(comm), "iou-wrk") {
+			n++
+		}
+	}
+	return n
 }
 
 // benchServeMode reads OBD_UBLK_MODE (adaptive, the default; workers; inthread)

@@ -14,10 +14,11 @@ import (
 )
 
 // stackedImage builds a local image of three sealed layers (plain LSMT, ZFile
-// LZ4, plain LSMT, bottom first) under a writable upper, each holding random
-// writes and discards of 512 B to 64 KiB: extents straddle layers, holes and
-// zeroed ranges cut 4 KiB blocks, and the ZFile layer's ranges are not local.
-func stackedImage(t *testing.T, size int64) *lsmt.Image {
+// LZ4 if withZFile else plain, plain LSMT, bottom first) under a writable upper,
+// each holding random writes and discards of 512 B to 64 KiB: extents straddle
+// layers, holes and zeroed ranges cut 4 KiB blocks, and the ZFile layer's
+// ranges are not local.
+func stackedImage(t *testing.T, size int64, withZFile bool) *lsmt.Image {
 	t.Helper()
 	dir := t.TempDir()
 	r := rand.New(rand.NewPCG(7, 13))
@@ -52,7 +53,7 @@ func stackedImage(t *testing.T, size int64) *lsmt.Image {
 		return w
 	}
 	var lowers []*lsmt.Layer
-	for i, compress := range []bool{false, true, false} {
+	for i, compress := range []bool{false, withZFile, false} {
 		w := writable(string(rune('a' + i)))
 		path := filepath.Join(dir, string(rune('a'+i))+".layer")
 		out, err := os.Create(path)
@@ -160,47 +161,51 @@ func zeroCopyKernel(t *testing.T) bool {
 	return f&zc == zc
 }
 
-// TestImageFileReads serves a stacked local image: ranges in plain local layers
-// and the upper are read on the queue's ring (counted; with zero copy where the
-// kernel has AUTO_BUF_REG), ranges touching the ZFile layer through ReadAt, and
-// every byte matches the image's, before and after writes through the device
-// change the upper. The same with the worker pool (user copy from other
-// threads) and with each feature turned off.
+// TestImageFileReads serves stacked local images: ranges in plain local layers
+// and the upper are read on the queue's ring (counted), ranges touching a ZFile
+// layer through ReadAt, and every byte matches the image's, before and after
+// writes through the device change the upper. An image wholly in local files
+// uses zero copy where the kernel has AUTO_BUF_REG (writes then move by user
+// copy); one with a ZFile layer keeps the kernel's copy. The same with the
+// worker pool (user copy from other threads) and with each feature turned off.
 func TestImageFileReads(t *testing.T) {
 	requireUblk(t)
 	const size = 16 << 20
-	im := stackedImage(t, size)
 	zcKernel := zeroCopyKernel(t)
-	for i, opts := range []Options{{}, {AlwaysWorkers: true}, {NoZeroCopy: true}, {NoRingReads: true}} {
-		dev := newDevice(t, im, opts)
-		fd := openDirect(t, dev.Path(), unix.O_RDWR)
-		checkDevice(t, fd, im, uint64(i))
-		w := alignedBuf(t, 64<<10)
-		r := rand.New(rand.NewPCG(5, uint64(i)))
-		for j := 0; j < 100; j++ {
-			n := int64(1+r.IntN(16)) * 4096
-			randomBytes(w[:n], r.Uint64())
-			pwriteAll(t, fd, w[:n], r.Int64N((size-n)/4096+1)*4096, int(n))
-		}
-		checkDevice(t, fd, im, uint64(i)+10)
-		var served uint64
-		for _, n := range dev.QueueRequests() {
-			served += n
-		}
-		ring, zc := dev.FileReads()
-		t.Logf("%+v: features %s; %d of %d requests read on the ring, %d with zero copy", opts, FeatureString(dev.Features()), ring, served, zc)
-		wantZC := zcKernel && !opts.NoZeroCopy && !opts.NoRingReads
-		switch {
-		case opts.NoRingReads && ring != 0:
-			t.Fatalf("%+v: %d requests read on the ring", opts, ring)
-		case !opts.NoRingReads && ring == 0:
-			t.Fatalf("%+v: no request was read on the queue's ring", opts)
-		case ring >= served:
-			t.Fatalf("%+v: all %d requests were read on the ring; those touching the ZFile layer must use ReadAt", opts, served)
-		case wantZC && (dev.Features()&FeatureAutoBufReg == 0 || zc != ring):
-			t.Fatalf("%+v: kernel offers zero copy, device has %s and read %d of %d ring reads zero-copy", opts, FeatureString(dev.Features()), zc, ring)
-		case !wantZC && (zc != 0 || dev.Features()&FeatureAutoBufReg != 0):
-			t.Fatalf("%+v: %d zero-copy reads, features %s", opts, zc, FeatureString(dev.Features()))
+	for _, withZFile := range []bool{false, true} {
+		im := stackedImage(t, size, withZFile)
+		for i, opts := range []Options{{}, {AlwaysWorkers: true}, {NoZeroCopy: true}, {NoRingReads: true}} {
+			dev := newDevice(t, im, opts)
+			fd := openDirect(t, dev.Path(), unix.O_RDWR)
+			checkDevice(t, fd, im, uint64(i))
+			w := alignedBuf(t, 64<<10)
+			r := rand.New(rand.NewPCG(5, uint64(i)))
+			for j := 0; j < 100; j++ {
+				n := int64(1+r.IntN(16)) * 4096
+				randomBytes(w[:n], r.Uint64())
+				pwriteAll(t, fd, w[:n], r.Int64N((size-n)/4096+1)*4096, int(n))
+			}
+			checkDevice(t, fd, im, uint64(i)+10)
+			var served uint64
+			for _, n := range dev.QueueRequests() {
+				served += n
+			}
+			ring, zc := dev.FileReads()
+			t.Logf("zfile=%v %+v: features %s; %d of %d requests read on the ring, %d with zero copy",
+				withZFile, opts, FeatureString(dev.Features()), ring, served, zc)
+			wantZC := zcKernel && !withZFile && !opts.NoZeroCopy && !opts.NoRingReads
+			switch {
+			case opts.NoRingReads && ring != 0:
+				t.Fatalf("%+v: %d requests read on the ring", opts, ring)
+			case !opts.NoRingReads && ring == 0:
+				t.Fatalf("%+v: no request was read on the queue's ring", opts)
+			case ring >= served:
+				t.Fatalf("%+v: all %d requests were read on the ring; writes (and ZFile reads) must use the Target", opts, served)
+			case wantZC && (dev.Features()&FeatureAutoBufReg == 0 || zc != ring):
+				t.Fatalf("%+v: kernel offers zero copy, device has %s and read %d of %d ring reads zero-copy", opts, FeatureString(dev.Features()), zc, ring)
+			case !wantZC && (zc != 0 || dev.Features()&FeatureAutoBufReg != 0):
+				t.Fatalf("%+v: %d zero-copy reads, features %s", opts, zc, FeatureString(dev.Features()))
+			}
 		}
 	}
 }

@@ -54,10 +54,11 @@ type Options struct {
 	// more (smaller ones measured cheaper with pread).
 	NoRingReads bool
 	// NoZeroCopy keeps the kernel's copy through the tag buffers on kernels
-	// that offer UBLK_F_AUTO_BUF_REG (6.17+). By default such a kernel
-	// registers each request's pages with the queue's ring, and the reads of
-	// local files (see NoRingReads) land in them directly; the Target's other
-	// data moves by user copy (pread/pwrite on /dev/ublkcN).
+	// that offer UBLK_F_AUTO_BUF_REG (6.17+). By default, when all of the
+	// Target's data maps to local files (see NoRingReads), such a kernel
+	// registers each request's pages with the queue's ring and the file reads
+	// land in them directly; writes (and reads the kernel could not register)
+	// move by user copy (pread/pwrite on /dev/ublkcN).
 	NoZeroCopy bool
 	// Recovery sets UBLK_F_USER_RECOVERY: if this process dies the device is
 	// quiesced (I/O waits) instead of removed, and Recover can serve it again.

@@ -121,7 +121,7 @@ func checkDevice(t *testing.T, fd int, im *lsmt.Image, seed uint64) {
 		}
 	}
 	for i := 0; i < 2000; i++ {
-		n := int64(1+r.IntN(64)) * 512
+		n := int64(1+r.IntN(256)) * 512 // up to 128 KiB: both sides of ringReadMinCopy
 		if r.IntN(4) == 0 {
 			n = 4096
 		}
@@ -197,7 +197,9 @@ func TestImageFileReads(t *testing.T) {
 			switch {
 			case opts.NoRingReads && ring != 0:
 				t.Fatalf("%+v: %d requests read on the ring", opts, ring)
-			case !opts.NoRingReads && ring == 0:
+			case !opts.NoRingReads && !withZFile && ring == 0:
+				// (With the ZFile layer under most ranges, the large reads that
+				// copy mode sends to the ring may all touch it.)
 				t.Fatalf("%+v: no request was read on the queue's ring", opts)
 			case ring >= served:
 				t.Fatalf("%+v: all %d requests were read on the ring; writes (and ZFile reads) must use the Target", opts, served)

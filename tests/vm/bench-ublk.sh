@@ -4,11 +4,13 @@
 #                        one file through /dev/ublkbN and through the kernel loop
 #                        driver in the same VM; x-vs-loop = ublk / loop.
 #   BenchmarkImageVsLoop the same for a sealed local LSMT image and a ZFile LZ4 one,
-#                        per read path: pread (the Target's ReadAt), ring (file reads
-#                        on the queue's ring) and, on kernels with AUTO_BUF_REG, zc
-#                        (zero copy); plus the serving CPU per request
-#                        (serve-cpu-us/op for 4 KiB reads, serve-cpu-ms/MiB
-#                        sequentially: process CPU minus the load thread's).
+#                        per read path, each measured right after loop in every run:
+#                        pread (the Target's ReadAt), ring (file reads on the queue's
+#                        ring; without zero copy only for requests >= 64 KiB) and, on
+#                        kernels with AUTO_BUF_REG, zc (zero copy): PATH-x-vs-loop,
+#                        and the serving CPU per request, PATH-cpu-us/op for 4 KiB
+#                        reads and PATH-cpu-ms/MiB sequentially (process CPU minus
+#                        the load thread's; issue 13's CPU per I/O).
 #   BenchmarkServeMode   Target calls in the queue thread vs the worker pool, on a
 #                        RAM target and a target whose reads take 200 µs.
 # TCG numbers are noisy (±50 %): compare ratios within one run, not across runs.

@@ -5,7 +5,7 @@ GOFLAGS_STATIC := CGO_ENABLED=0
 FUZZTIME  ?= 10s
 PKGS      := ./...
 
-.PHONY: all build test unit vet fuzz e2e bench bench-zfile bench-ublk demo clean
+.PHONY: all build test unit vet fuzz e2e bench bench-zfile bench-ublk bench-ublk-unstable ublk-suite-unstable demo clean
 
 all: build
 
@@ -46,6 +46,13 @@ bench-zfile:
 
 bench-ublk: build
 	tests/vm/bench-ublk.sh
+
+# The same on Debian unstable's kernel (7.2: ublk zero copy); manual, not in CI.
+bench-ublk-unstable: build
+	UBLKVM_SUITE=unstable tests/vm/bench-ublk.sh
+
+ublk-suite-unstable: build
+	UBLKVM_SUITE=unstable tests/vm/ublk-suite.sh
 
 demo: build
 	tests/demo.sh

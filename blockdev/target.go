@@ -46,3 +46,27 @@ type ReadOnlyer interface {
 
 // ErrReadOnly is returned by WriteAt and Discard of a read-only target.
 var ErrReadOnly = errors.New("blockdev: read-only target")
+
+// FileExtent is one piece of a device range mapped by a FileMapper: Length bytes
+// stored in the open file Fd at Offset, or Length zero bytes when Fd < 0.
+type FileExtent struct {
+	Fd     int
+	Offset int64
+	Length int64
+}
+
+// FileMapper is implemented by targets whose data can live in plain local files
+// (uncompressed layers, a writable upper), so that a frontend can read them with
+// its own I/O (io_uring, zero copy into the request's pages) instead of ReadAt.
+//
+// MapFile appends to dst the extents that cover [off, off+n) of the device, in
+// order, and reports true; or reports false when some part of the range is not in
+// a local file (remote, compressed, or past the end): the frontend then calls
+// ReadAt for the whole range. A file extent that the end of its file cuts short
+// reads as zeros past that end, as ReadAt does. The fds stay open while the
+// target is served; the mapping is the device's content at the time of the call
+// (data a file extent names is not overwritten by later writes, except in place
+// by a write to the same range, which a concurrent read may or may not see).
+type FileMapper interface {
+	MapFile(dst []FileExtent, off, n int64) ([]FileExtent, bool)
+}

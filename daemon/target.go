@@ -54,6 +54,20 @@ func (c *countingTarget) Flush() error {
 
 func (c *countingTarget) Size() int64 { return c.t.Size() }
 
+// MapFile forwards blockdev.FileMapper, so that ublk reads the image's local
+// files itself, and counts a mapped range as read (a failing file read then
+// shows as EIO on the device, not in readErrs).
+func (c *countingTarget) MapFile(dst []blockdev.FileExtent, off, n int64) ([]blockdev.FileExtent, bool) {
+	m, ok := c.t.(blockdev.FileMapper)
+	if !ok {
+		return dst, false
+	}
+	if dst, ok = m.MapFile(dst, off, n); ok {
+		c.read.Add(n)
+	}
+	return dst, ok
+}
+
 // readOnly is the wrapped target's read-only flag, for `obd list`.
 func (c *countingTarget) readOnly() bool { return blockdev.IsReadOnly(c.t) }
 

@@ -48,3 +48,27 @@ func TestCountingTargetShowsInnerCapabilities(t *testing.T) {
 		t.Errorf("zero-buffer fallback counted %d bytes written, want 8192", ct.written.Load())
 	}
 }
+
+// mapperTarget maps every range to one extent of a fake file.
+type mapperTarget struct{ blockdev.Target }
+
+func (mapperTarget) MapFile(dst []blockdev.FileExtent, off, n int64) ([]blockdev.FileExtent, bool) {
+	return append(dst, blockdev.FileExtent{Fd: 7, Offset: off, Length: n}), true
+}
+
+// The counter forwards FileMapper (ublk then reads the files itself) and counts
+// a mapped range as read; over a target without it, nothing maps.
+func TestCountingTargetForwardsMapFile(t *testing.T) {
+	inner, _ := blockdevtest.NewMem(1<<20, blockdev.Caps{})
+	ct := &countingTarget{t: mapperTarget{inner}}
+	ext, ok := ct.MapFile(nil, 4096, 8192)
+	if !ok || len(ext) != 1 || ext[0] != (blockdev.FileExtent{Fd: 7, Offset: 4096, Length: 8192}) {
+		t.Fatalf("MapFile = %v, %v", ext, ok)
+	}
+	if got := ct.read.Load(); got != 8192 {
+		t.Fatalf("read counter %d after mapping 8192 bytes", got)
+	}
+	if _, ok := (&countingTarget{t: inner}).MapFile(nil, 0, 512); ok {
+		t.Fatal("MapFile mapped a target that has no files")
+	}
+}

@@ -3,6 +3,7 @@ package image
 import (
 	"fmt"
 	"io"
+	"os"
 )
 
 // LayerError is a failed read of a lower layer, labelled so that the device's
@@ -28,6 +29,13 @@ type labelledReader struct {
 	layer  int
 	digest string
 	name   string
+}
+
+// LocalFile implements lsmt.LocalFiler: labelling changes no bytes, so a
+// frontend may read a plain local layer file directly (blockdev.FileMapper).
+func (l *labelledReader) LocalFile() *os.File {
+	f, _ := l.r.(*os.File)
+	return f
 }
 
 func (l *labelledReader) ReadAt(p []byte, off int64) (int, error) {

@@ -75,6 +75,8 @@ const (
 	FeatureUserCopy            uint64 = 1 << 7
 	FeatureZoned               uint64 = 1 << 8
 	FeatureUserRecoveryFailIO  uint64 = 1 << 9
+	FeatureAutoBufReg          uint64 = 1 << 11
+	FeatureBufRegOffDaemon     uint64 = 1 << 14
 )
 
 // legacyFeatures is assumed when GET_FEATURES is missing (kernels before 6.5):
@@ -136,6 +138,9 @@ const (
 	opWriteZeroes = 5
 
 	ioFlagFUA = 1 << 13
+	// ioFlagNeedRegBuf: with AUTO_BUF_REG and its fallback, registering the
+	// request's buffer failed; its data moves only through user copy.
+	ioFlagNeedRegBuf = 1 << 17
 )
 
 // Parameter types and basic attributes (struct ublk_params).
@@ -238,6 +243,23 @@ type ioDesc struct {
 }
 
 func (d ioDesc) op() uint32 { return d.OpFlags & 0xff }
+
+// User copy (UBLK_F_USER_COPY): the data of request (qid, tag) is read and
+// written with pread/pwrite on /dev/ublkcN at ioBufOffset + byte offset.
+const (
+	ioBufOffsetBase = 0x80000000
+	ioBufTagShift   = 25
+	ioBufQIDShift   = ioBufTagShift + 16
+)
+
+func ioBufOffset(qid int, tag uint16) int64 {
+	return ioBufOffsetBase + int64(qid)<<ioBufQIDShift + int64(tag)<<ioBufTagShift
+}
+
+// autoBufFallback (struct ublk_auto_buf_reg.flags): when the kernel cannot
+// register a request's buffer it delivers the request with ioFlagNeedRegBuf
+// instead of failing it.
+const autoBufFallback = 1 << 0
 
 // ioCmd is struct ublksrv_io_cmd, placed at SQE offset 48.
 type ioCmd struct {

@@ -5,7 +5,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/obd-project/obd/lsmt"
 	"github.com/obd-project/obd/zfile"
@@ -70,6 +72,7 @@ func sealedImage(tb testing.TB, raw *os.File, size int64, path string, compress 
 // BenchmarkImageVsLoop is issue #3's comparison: a sealed local image (plain LSMT
 // and ZFile LZ4) served through /dev/ublkbN against the kernel loop device over the
 // same raw bytes, in the same VM and run. x-vs-loop = image IOPS / loop IOPS.
+// Each read path (benchReadPaths) gets its own device and sub-benchmarks.
 func BenchmarkImageVsLoop(b *testing.B) {
 	requireUblk(b)
 	const size = 128 << 20
@@ -95,60 +98,129 @@ func BenchmarkImageVsLoop(b *testing.B) {
 		compress bool
 	}{{"lsmt", false}, {"zfile-lz4", true}} {
 		im := sealedImage(b, raw, size, filepath.Join(dir, kind.name), kind.compress)
-		dev, err := New(im, benchServeMode(b))
+		benchImagePaths(b, kind.name, im, kind.compress, loop, size)
+	}
+}
+
+// benchReadPath is one way a local image's reads are served: pread (the
+// Target's ReadAt), ring (reads on the queue's ring, copied through the tag
+// buffers) and, on kernels with AUTO_BUF_REG, zc (the default there: straight
+// into the request's pages).
+type benchReadPath struct {
+	name string
+	opts Options
+}
+
+func benchReadPaths(b *testing.B, compressed bool) []benchReadPath {
+	base := benchServeMode(b)
+	pread, ring, zc := base, base, base
+	pread.NoRingReads = true
+	ring.NoZeroCopy = true
+	paths := []benchReadPath{{"pread", pread}}
+	if !compressed { // a ZFile layer is not mapped: ring is pread there
+		paths = append(paths, benchReadPath{"ring", ring})
+	}
+	f, err := Features()
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Zero copy needs an image wholly in local files (mapsWhole).
+	if need := FeatureAutoBufReg | FeatureUserCopy | FeatureBufRegOffDaemon; !compressed && f&need == need {
+		paths = append(paths, benchReadPath{"zc", zc})
+	}
+	return paths
+}
+
+// benchImagePaths serves im once per read path and, in each run of each load,
+// measures loop and then every path back to back, so that the paths share the
+// (noisy, under TCG) moment and compare by their ratios to loop.
+func benchImagePaths(b *testing.B, kind string, im *lsmt.Image, compressed bool, loop string, size int64) {
+	paths := benchReadPaths(b, compressed)
+	devs := make([]*Device, len(paths))
+	for i, p := range paths {
+		dev, err := New(im, p.opts)
 		if err != nil {
 			b.Fatal(err)
 		}
-		for _, c := range []struct {
-			name   string
-			bs, qd int
-			random bool
-		}{
-			{"rand4k-qd1", 4096, 1, true},
-			{"rand4k-qd32", 4096, 32, true},
-			{"seq1m-qd1", 1 << 20, 1, false},
-		} {
-			b.Run(kind.name+"/"+c.name, func(b *testing.B) {
-				var res [2]float64
-				for i, p := range []string{loop, dev.Path()} {
-					fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECT, 0)
-					if err != nil {
-						b.Fatal(err)
-					}
-					res[i] = iops(b.N, ioLoad(b, fd, size, c.bs, c.qd, b.N, c.random))
-					unix.Close(fd)
+		devs[i] = dev
+		defer func() {
+			if err := dev.Close(); err != nil {
+				b.Error(err)
+			}
+		}()
+	}
+	for _, c := range []struct {
+		name   string
+		bs, qd int
+		random bool
+	}{
+		{"rand4k-qd1", 4096, 1, true},
+		{"rand4k-qd32", 4096, 32, true},
+		{"seq1m-qd1", 1 << 20, 1, false},
+	} {
+		b.Run(kind+"/"+c.name, func(b *testing.B) {
+			load := func(path string) (float64, time.Duration) {
+				fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECT, 0)
+				if err != nil {
+					b.Fatal(err)
 				}
-				b.ReportMetric(res[0], "loop-IOPS")
-				b.ReportMetric(res[1], "image-IOPS")
-				b.ReportMetric(res[1]/res[0], "x-vs-loop")
-				// Target calls seen blocking so far: each moved a queue to its worker pool for a while.
-				var blocks uint64
-				for _, q := range dev.queues {
-					if q.policy != nil {
-						blocks += q.policy.blocks.Load()
-					}
+				defer unix.Close(fd)
+				wall, serve := ioLoadCPU(b, fd, size, c.bs, c.qd, b.N, c.random)
+				return iops(b.N, wall), serve
+			}
+			loopIOPS, _ := load(loop)
+			b.ReportMetric(loopIOPS, "loop-IOPS")
+			for i, p := range paths {
+				ring0, zc0 := devs[i].FileReads()
+				res, serve := load(devs[i].Path())
+				b.ReportMetric(res/loopIOPS, p.name+"-x-vs-loop")
+				// CPU the serving side of this process spent per request (issue 13
+				// item 0): µs per 4 KiB read, ms per MiB sequentially.
+				if c.bs >= 1<<20 {
+					b.ReportMetric(float64(serve.Microseconds())/1e3/float64(b.N)/float64(c.bs>>20), p.name+"-cpu-ms/MiB")
+				} else {
+					b.ReportMetric(float64(serve.Nanoseconds())/1e3/float64(b.N), p.name+"-cpu-us/op")
 				}
-				b.ReportMetric(float64(blocks), "blocking-calls")
-			})
-		}
-		if err := dev.Close(); err != nil {
-			b.Fatal(err)
+				// The path really taken: requests read on the ring, with zero copy.
+				ring, zc := devs[i].FileReads()
+				switch p.name {
+				case "ring":
+					b.ReportMetric(float64(ring-ring0)/float64(b.N), "ring-reads/op")
+				case "zc":
+					b.ReportMetric(float64(zc-zc0)/float64(b.N), "zc-reads/op")
+				}
+			}
+			// io_uring's worker threads: a file system without non-blocking
+			// buffered reads makes the ring hand every read to one.
+			b.ReportMetric(float64(ioWorkers()), "iou-wrk-threads")
+		})
+	}
+}
+
+// ioWorkers counts this process's io_uring worker threads (iou-wrk-*).
+func ioWorkers() int {
+	tasks, _ := os.ReadDir("/proc/self/task")
+	n := 0
+	for _, t := range tasks {
+		if comm, err := os.ReadFile("/proc/self/task/" + t.Name() + "/comm"); err == nil && strings.HasPrefix(string(comm), "iou-wrk") {
+			n++
 		}
 	}
+	return n
 }
 
 // benchServeMode reads OBD_UBLK_MODE (adaptive, the default; workers; inthread)
 // so the serve modes can be compared on the same benchmark.
 func benchServeMode(b *testing.B) Options {
+	var o Options
 	switch m := os.Getenv("OBD_UBLK_MODE"); m {
 	case "", "adaptive":
-		return Options{}
 	case "workers":
-		return Options{AlwaysWorkers: true}
+		o.AlwaysWorkers = true
 	case "inthread":
-		return Options{InThread: true}
+		o.InThread = true
 	default:
 		b.Fatalf("OBD_UBLK_MODE=%q: want adaptive, workers or inthread", m)
-		return Options{}
 	}
+	return o
 }

@@ -75,6 +75,25 @@ func ioLoad(tb testing.TB, fd int, size int64, bs, qd, ops int, random bool) tim
 
 func iops(ops int, d time.Duration) float64 { return float64(ops) / d.Seconds() }
 
+// ioLoadCPU is ioLoad that also returns the CPU time (user + system) the rest of
+// this process spent meanwhile: the process's minus the load thread's own, i.e.
+// what the device's server (queue threads, workers, Go runtime) cost. The load
+// thread's time includes the block layer's submission work, which loop pays too.
+func ioLoadCPU(tb testing.TB, fd int, size int64, bs, qd, ops int, random bool) (wall, serve time.Duration) {
+	runtime.LockOSThread() // ioLoad's thread, so its usage is ours
+	defer runtime.UnlockOSThread()
+	p0, t0 := processCPU(), getThreadUsage().cpu
+	wall = ioLoad(tb, fd, size, bs, qd, ops, random)
+	p1, t1 := processCPU(), getThreadUsage().cpu
+	return wall, (p1 - p0) - (t1 - t0)
+}
+
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // slowTarget sleeps in every read, like a target that fetches from a disk or
 // a registry: the case the worker pool exists for.
 type slowTarget struct {

@@ -12,11 +12,16 @@ type backend struct {
 	size     int64
 	readOnly bool
 	caps     blockdev.Caps
+	// files maps reads to local files for the queue's ring (fileread.go). Only
+	// t's own: a wrapper's ReadAt may count or check what it reads, so it opts in
+	// by implementing MapFile itself, never through Unwrap.
+	files blockdev.FileMapper
 }
 
 func newBackend(t blockdev.Target) *backend {
 	caps := blockdev.CapsOf(t)
-	return &backend{t: t, size: t.Size(), readOnly: caps.ReadOnly, caps: caps}
+	files, _ := t.(blockdev.FileMapper)
+	return &backend{t: t, size: t.Size(), readOnly: caps.ReadOnly, caps: caps, files: files}
 }
 
 const (

@@ -46,6 +46,20 @@ type Options struct {
 	// 0 = DefaultWorkers (capped at Depth). The calls run on a process-wide
 	// pool of worker threads shared by all devices (workers.go).
 	Workers int
+	// NoRingReads makes a Target that maps reads to local files
+	// (blockdev.FileMapper: local LSMT layers, a writable upper) serve them with
+	// its ReadAt, like any other Target. By default the queue thread reads those
+	// files itself with io_uring READs on its ring, batched with the commands:
+	// every READ with zero copy (see NoZeroCopy), otherwise READs of 64 KiB and
+	// more (smaller ones measured cheaper with pread).
+	NoRingReads bool
+	// NoZeroCopy keeps the kernel's copy through the tag buffers on kernels
+	// that offer UBLK_F_AUTO_BUF_REG (6.17+). By default, when all of the
+	// Target's data maps to local files (see NoRingReads), such a kernel
+	// registers each request's pages with the queue's ring and the file reads
+	// land in them directly; writes (and reads the kernel could not register)
+	// move by user copy (pread/pwrite on /dev/ublkcN).
+	NoZeroCopy bool
 	// Recovery sets UBLK_F_USER_RECOVERY: if this process dies the device is
 	// quiesced (I/O waits) instead of removed, and Recover can serve it again.
 	Recovery bool

@@ -50,6 +50,21 @@ type queue struct {
 	served    atomic.Uint64 // requests received, for QueueRequests
 	spare     []completion  // owned by the queue thread between swaps
 	signalled bool
+
+	// Backing-file reads on the ring (fileread.go), when the Target maps reads
+	// to local files: per-tag state, and how many requests were served so.
+	reads     []tagRead
+	ringReads atomic.Uint64
+
+	// Zero copy (UBLK_F_AUTO_BUF_REG with USER_COPY, fileread.go): the kernel
+	// registers each request's pages as fixed buffer <tag> of the ring, file
+	// reads land there directly, and other data moves by user copy (userCopy:
+	// pread/pwrite on /dev/ublkcN) instead of the kernel's copy to the tag buffer.
+	userCopy  bool
+	autoBuf   bool
+	zeroFd    int // /dev/zero, to zero a hole in a request's pages, when zeroOpen
+	zeroOpen  bool
+	zeroCopyN atomic.Uint64 // requests read straight into their pages
 }
 
 type completion struct {
@@ -84,6 +99,13 @@ func mapQueue(q *queue) error {
 		q.unmap()
 		return fmt.Errorf("ublk: queue %d: eventfd: %w", q.id, err)
 	}
+	if q.autoBuf && q.reads != nil {
+		if q.zeroFd, err = unix.Open("/dev/zero", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			q.unmap()
+			return fmt.Errorf("ublk: queue %d: %w", q.id, err)
+		}
+		q.zeroOpen = true
+	}
 	return nil
 }
 
@@ -99,6 +121,10 @@ func (q *queue) unmap() {
 	if q.efd >= 0 {
 		unix.Close(q.efd)
 		q.efd = -1
+	}
+	if q.zeroOpen {
+		unix.Close(q.zeroFd)
+		q.zeroOpen = false
 	}
 }
 
@@ -132,7 +158,50 @@ func (q *queue) queueCmd(nr uint32, tag uint16, result int32) error {
 	c.QID = uint16(q.id)
 	c.Tag = tag
 	c.Result = result
-	c.Addr = uint64(uintptr(unsafe.Pointer(&q.buf(tag)[0])))
+	switch {
+	case q.autoBuf: // the buffer to register: index <tag> of the ring's table
+		s.Addr = uint64(tag) | autoBufFallback<<16
+	case q.userCopy: // no buffer: data moves by user copy
+	default:
+		c.Addr = uint64(uintptr(unsafe.Pointer(&q.buf(tag)[0])))
+	}
+	return nil
+}
+
+// serve runs tag's request against the Target. With user copy it first fetches
+// a WRITE's data from the request, and hands a READ's data to it afterwards.
+func (q *queue) serve(tag uint16) int32 {
+	d, buf := q.desc(tag), q.buf(tag)
+	if !q.userCopy {
+		return q.be.serve(d, buf)
+	}
+	n := int(d.NrSectors) << 9
+	if d.op() == opWrite && n <= len(buf) && q.userCopyIO(unix.Pread, tag, buf[:n]) != nil {
+		return errIO
+	}
+	res := q.be.serve(d, buf)
+	if d.op() == opRead && res > 0 && q.userCopyIO(unix.Pwrite, tag, buf[:res]) != nil {
+		return errIO
+	}
+	return res
+}
+
+// userCopyIO moves p between the tag buffer and request tag's pages.
+func (q *queue) userCopyIO(rw func(int, []byte, int64) (int, error), tag uint16, p []byte) error {
+	off := ioBufOffset(q.id, tag)
+	for done := 0; done < len(p); {
+		n, err := rw(q.cdevFd, p[done:], off+int64(done))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return unix.EIO
+		}
+		done += n
+	}
 	return nil
 }
 
@@ -177,11 +246,20 @@ func (q *queue) run(ready chan<- error) error {
 	}
 	setup := func() error {
 		var err error
-		if q.ring, err = newQueueRing(ringSize(uint32(q.depth) + 1)); err != nil {
+		entries := uint32(q.depth) + 1
+		if q.reads != nil {
+			entries = 2*uint32(q.depth) + 1 // room for file reads next to the commands
+		}
+		if q.ring, err = newQueueRing(ringSize(entries)); err != nil {
 			return err
 		}
 		if err = q.ring.registerFiles([]int32{int32(q.cdevFd)}); err != nil {
 			return err
+		}
+		if q.autoBuf {
+			if err = q.ring.registerSparseBuffers(uint32(q.depth)); err != nil {
+				return err
+			}
 		}
 		for t := 0; t < q.depth; t++ {
 			if err = q.queueCmd(nrFetchReq, uint16(t), 0); err != nil {
@@ -245,7 +323,27 @@ func (q *queue) run(ready chan<- error) error {
 			loopErr = q.armEvent()
 			return
 		}
+		if c.UserData&fileReadUserData != 0 {
+			tag, done, res, err := q.fileReadDone(c)
+			if loopErr = err; done && err == nil {
+				loopErr = q.queueCmd(nrCommitAndFetch, tag, res)
+				inFlight--
+			}
+			return
+		}
 		tag := uint16(c.UserData)
+		if c.Res >= 0 && q.reads != nil {
+			started, done, res, err := q.startFileRead(tag, q.desc(tag))
+			if started || err != nil {
+				q.served.Add(1)
+				received(tag)
+				if loopErr = err; done && err == nil {
+					loopErr = q.queueCmd(nrCommitAndFetch, tag, res)
+					inFlight--
+				}
+				return
+			}
+		}
 		switch {
 		case c.Res == -int32(unix.ENODEV): // UBLK_IO_RES_ABORT: the queue is going away
 			live--
@@ -259,14 +357,14 @@ func (q *queue) run(ready chan<- error) error {
 			q.served.Add(1)
 			received(tag)
 			s := q.policy.start()
-			res := q.be.serve(q.desc(tag), q.buf(tag))
+			res := q.serve(tag)
 			q.policy.done(s)
 			loopErr = q.queueCmd(nrCommitAndFetch, tag, res)
 			inFlight--
 		default:
 			q.served.Add(1)
 			received(tag)
-			loopErr = q.queueCmd(nrCommitAndFetch, tag, q.be.serve(q.desc(tag), q.buf(tag)))
+			loopErr = q.queueCmd(nrCommitAndFetch, tag, q.serve(tag))
 			inFlight--
 		}
 	}

@@ -30,13 +30,16 @@ const (
 	ioringEnterGetEvents = 1 << 0
 	ioringEnterExtArg    = 1 << 3
 
-	ioringOpNop      = 0
-	ioringOpRead     = 22
-	ioringOpURingCmd = 46
+	ioringOpNop       = 0
+	ioringOpReadFixed = 4
+	ioringOpRead      = 22
+	ioringOpURingCmd  = 46
 
 	iosqeFixedFile = 1 << 0
 
-	ioringRegisterFiles = 2
+	ioringRegisterFiles    = 2
+	ioringRegisterBuffers2 = 15
+	ioringRsrcSparse       = 1 << 0
 
 	sqeCmdOffset = 48 // the command area of an SQE (16 bytes, 80 with SQE128)
 )
@@ -308,6 +311,27 @@ func (r *ring) registerFiles(fds []int32) error {
 		uintptr(unsafe.Pointer(&fds[0])), uintptr(len(fds)), 0, 0)
 	if errno != 0 {
 		return fmt.Errorf("io_uring_register(FILES): %w", errno)
+	}
+	return nil
+}
+
+// rsrcRegister is struct io_uring_rsrc_register.
+type rsrcRegister struct {
+	Nr    uint32
+	Flags uint32
+	Resv2 uint64
+	Data  uint64
+	Tags  uint64
+}
+
+// registerSparseBuffers installs an empty fixed-buffer table of n slots, for
+// buffers the kernel registers itself (ublk's AUTO_BUF_REG).
+func (r *ring) registerSparseBuffers(n uint32) error {
+	reg := rsrcRegister{Nr: n, Flags: ioringRsrcSparse}
+	_, _, errno := unix.Syscall6(unix.SYS_IO_URING_REGISTER, uintptr(r.fd), ioringRegisterBuffers2,
+		uintptr(unsafe.Pointer(&reg)), unsafe.Sizeof(reg), 0, 0)
+	if errno != 0 {
+		return fmt.Errorf("io_uring_register(BUFFERS2, sparse %d): %w", n, errno)
 	}
 	return nil
 }

@@ -117,10 +117,10 @@ func (q *queue) serveTags(tag uint16, measured bool) {
 		var res int32
 		if measured && q.policy != nil {
 			s := q.policy.start()
-			res = q.be.serve(q.desc(tag), q.buf(tag))
+			res = q.serve(tag)
 			q.policy.done(s)
 		} else {
-			res = q.be.serve(q.desc(tag), q.buf(tag))
+			res = q.serve(tag)
 		}
 		tag, more = q.finish(tag, res)
 	}

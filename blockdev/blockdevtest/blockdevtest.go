@@ -10,6 +10,8 @@
 // with blockdev.ErrReadOnly and keep their bytes; that CapsOf is consistent with
 // what the helpers do; and concurrent use from several goroutines (run it under
 // -race). With Options.Reopen it also checks that flushed data survives a reopen.
+// A blockdev.FileMapper's extents must read the same bytes as ReadAt wherever it
+// maps a range.
 package blockdevtest
 
 import (
@@ -22,6 +24,7 @@ import (
 	"testing"
 
 	"github.com/obd-project/obd/blockdev"
+	"golang.org/x/sys/unix"
 )
 
 // Sector is the granularity of every request the suite sends (the frontends' logical
@@ -109,6 +112,49 @@ func checkRange(tgt blockdev.Target, want []byte, off int64) error {
 	}
 	if i := firstDiff(got, want); i >= 0 {
 		return fmt.Errorf("ReadAt(%d bytes at %d): byte at %d is %#x, model has %#x",
+			len(got), off, off+int64(i), got[i], want[i])
+	}
+	return checkMapped(tgt, want, off)
+}
+
+// checkMapped reads [off, off+len(want)) through a FileMapper's extents, as a
+// frontend does (pread, zeros past a file's end; zeros where Fd < 0), if tgt
+// maps the range.
+func checkMapped(tgt blockdev.Target, want []byte, off int64) error {
+	m, ok := tgt.(blockdev.FileMapper)
+	if !ok {
+		return nil
+	}
+	ext, ok := m.MapFile(nil, off, int64(len(want)))
+	if !ok {
+		return nil
+	}
+	got := make([]byte, len(want))
+	pos := int64(0)
+	for _, e := range ext {
+		if e.Length <= 0 || pos+e.Length > int64(len(got)) {
+			return fmt.Errorf("MapFile(%d, %d): extent %+v at %d outside the range", off, len(want), e, pos)
+		}
+		if e.Fd >= 0 {
+			p := got[pos : pos+e.Length]
+			for done := 0; done < len(p); {
+				n, err := unix.Pread(e.Fd, p[done:], e.Offset+int64(done))
+				if err != nil {
+					return fmt.Errorf("MapFile(%d, %d): pread of extent %+v: %w", off, len(want), e, err)
+				}
+				if n == 0 {
+					break // the rest reads as zeros
+				}
+				done += n
+			}
+		}
+		pos += e.Length
+	}
+	if pos != int64(len(got)) {
+		return fmt.Errorf("MapFile(%d, %d): extents cover %d bytes", off, len(want), pos)
+	}
+	if i := firstDiff(got, want); i >= 0 {
+		return fmt.Errorf("MapFile(%d bytes at %d): byte at %d is %#x, model has %#x",
 			len(got), off, off+int64(i), got[i], want[i])
 	}
 	return nil

@@ -1,20 +1,60 @@
 #!/usr/bin/env bash
 # bench-ublk.sh - ublk throughput in a QEMU guest (tests/vm/run-in-vm.sh):
-#   BenchmarkVsLoop    4 KiB random reads at QD1/QD32 and 1 MiB sequential reads of
-#                      one file through /dev/ublkbN and through the kernel loop
-#                      driver in the same VM; x-vs-loop = ublk / loop.
-#   BenchmarkServeMode Target calls in the queue thread vs the worker pool, on a
-#                      RAM target and a target whose reads take 200 µs.
+#   BenchmarkVsLoop      4 KiB random reads at QD1/QD32 and 1 MiB sequential reads of
+#                        one file through /dev/ublkbN and through the kernel loop
+#                        driver in the same VM; x-vs-loop = ublk / loop.
+#   BenchmarkImageVsLoop the same for a sealed local LSMT image and a ZFile LZ4 one,
+#                        per read path, each measured right after loop in every run:
+#                        pread (the Target's ReadAt), ring (file reads on the queue's
+#                        ring; without zero copy only for requests >= 64 KiB) and, on
+#                        kernels with AUTO_BUF_REG, zc (zero copy): PATH-x-vs-loop,
+#                        and the serving CPU per request, PATH-cpu-us/op for 4 KiB
+#                        reads and PATH-cpu-ms/MiB sequentially (process CPU minus
+#                        the load thread's; issue 13's CPU per I/O).
+#   BenchmarkServeMode   Target calls in the queue thread vs the worker pool, on a
+#                        RAM target and a target whose reads take 200 µs.
 # TCG numbers are noisy (±50 %): compare ratios within one run, not across runs.
+# Each benchmark runs COUNT times (default 5); the summary gives each metric's
+# median and its spread (min-max).
 #
 # Usage: tests/vm/bench-ublk.sh [OPS]   (OPS = requests per measurement, default 2000)
-# BENCH=REGEX picks benchmarks; OBD_UBLK_MODE=adaptive|workers|inthread the serve
-# mode of BenchmarkImageVsLoop.
+# BENCH=REGEX picks benchmarks; COUNT=N repeats; OBD_UBLK_MODE=adaptive|workers|inthread
+# the serve mode of BenchmarkImageVsLoop; UBLKVM_SUITE=unstable runs on Debian
+# unstable's kernel (7.2, zero copy) instead of 6.12 (make bench-ublk-unstable).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OPS=${1:-2000}
+COUNT=${COUNT:-5}
 W=$(mktemp -d "${TMPDIR:-/tmp}/bench-ublk.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 CGO_ENABLED=0 go test -c -o "$W/ublk.test" ./ublk
-tests/vm/run-in-vm.sh -t 900 "$W/ublk.test" -- \
-  "OBD_UBLK_MODE=${OBD_UBLK_MODE:-adaptive} ./ublk.test -test.run '^\$' -test.bench ${BENCH:-.} -test.benchtime ${OPS}x -test.count 1"
+tests/vm/run-in-vm.sh -t 3000 "$W/ublk.test" -- \
+  "export OBD_UBLK_MODE=${OBD_UBLK_MODE:-adaptive}; uname -r; ./ublk.test -test.run '^\$' -test.bench '${BENCH:-.}' -test.benchtime ${OPS}x -test.count ${COUNT}" |
+  tee "$W/out.txt"
+echo
+echo "summary: median [min-max] of ${COUNT} runs"
+awk '/^Benchmark/ {
+  name = $1; sub(/-[0-9]+$/, "", name)
+  if (!(name in seen)) { seen[name] = 1; order[++nn] = name }
+  for (i = 3; i + 1 <= NF; i += 2) {
+    key = name SUBSEP $(i + 1)
+    if (!(key in cnt)) { units[name] = units[name] " " $(i + 1) }
+    vals[key, ++cnt[key]] = $i
+  }
+}
+END {
+  for (k = 1; k <= nn; k++) {
+    name = order[k]; line = name ":"
+    m = split(substr(units[name], 2), us, " ")
+    for (j = 1; j <= m; j++) {
+      u = us[j]; key = name SUBSEP u; n = cnt[key]
+      if (u == "ns/op") continue
+      delete a
+      for (i = 1; i <= n; i++) a[i] = vals[key, i] + 0
+      for (i = 2; i <= n; i++) { v = a[i]; for (x = i - 1; x >= 1 && a[x] > v; x--) a[x + 1] = a[x]; a[x + 1] = v }
+      med = (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+      line = line sprintf("  %s %.4g [%.4g-%.4g]", u, med, a[1], a[n])
+    }
+    print line
+  }
+}' "$W/out.txt"

@@ -22,7 +22,8 @@
 #   -q             no harness chatter on stderr
 #   -h             help
 # Environment:
-#   UBLKVM_CACHE   cache dir for kernel/initramfs (default /var/cache/ublkvm)
+#   UBLKVM_CACHE   cache dir for kernel/initramfs (default /var/cache/ublkvm, and
+#                  /var/cache/ublkvm/SUITE for a suite other than the default)
 #   UBLKVM_SUITE   Debian suite to take linux-image-amd64 from (default
 #                  bookworm-backports = 6.12.x; tested: trixie 6.12, unstable 7.2)
 #   UBLKVM_KPKG    exact kernel package name to use instead of the suite's
@@ -82,6 +83,10 @@ done
 
 CACHE=${UBLKVM_CACHE:-/var/cache/ublkvm}
 SUITE=${UBLKVM_SUITE:-bookworm-backports}
+# Another suite's kernel gets its own cache (kernel.ready is per cache dir), but
+# VMs of every suite still take turns on the same run lock.
+RUNLOCK=$CACHE/.run.lock
+[ -z "${UBLKVM_CACHE:-}" ] && [ "$SUITE" != bookworm-backports ] && CACHE=$CACHE/$SUITE
 SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
 
 # ---------------------------------------------------------------- host tools
@@ -243,7 +248,7 @@ cat "$BASE" "$W/overlay.cpio" > "$W/initrd.cpio"
 
 # ------------------------------------------------------------------- boot
 if [ "${UBLKVM_PARALLEL:-}" != 1 ]; then
-  exec 8>"$CACHE/.run.lock"
+  exec 8>"$RUNLOCK"
   flock -n 8 || { log "waiting for another VM to finish"; flock 8; }
 fi
 # QEMU's multi-threaded TCG has been seen to abort in its own MSI-X emulation

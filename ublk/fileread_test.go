@@ -1,0 +1,213 @@
+package ublk
+
+import (
+	"bytes"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/obd-project/obd/lsmt"
+	"github.com/obd-project/obd/zfile"
+	"golang.org/x/sys/unix"
+)
+
+// stackedImage builds a local image of three sealed layers (plain LSMT, ZFile
+// LZ4 if withZFile else plain, plain LSMT, bottom first) under a writable upper,
+// each holding random writes and discards of 512 B to 64 KiB: extents straddle
+// layers, holes and zeroed ranges cut 4 KiB blocks, and the ZFile layer's
+// ranges are not local.
+func stackedImage(t *testing.T, size int64, withZFile bool) *lsmt.Image {
+	t.Helper()
+	dir := t.TempDir()
+	r := rand.New(rand.NewPCG(7, 13))
+	writable := func(name string) *lsmt.Writable {
+		data, err := os.Create(filepath.Join(dir, name+".data"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		index, err := os.Create(filepath.Join(dir, name+".index"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := lsmt.Create(data, index, lsmt.CreateOptions{VirtualSize: uint64(size)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64<<10)
+		for i := 0; i < 200; i++ {
+			n := int64(1+r.IntN(len(buf)/512)) * 512
+			off := r.Int64N((size-n)/512+1) * 512
+			if r.IntN(5) == 0 {
+				if err := w.Discard(off, n); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			randomBytes(buf[:n], r.Uint64())
+			if _, err := w.WriteAt(buf[:n], off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return w
+	}
+	var lowers []*lsmt.Layer
+	for i, compress := range []bool{false, withZFile, false} {
+		w := writable(string(rune('a' + i)))
+		path := filepath.Join(dir, string(rune('a'+i))+".layer")
+		out, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dst io.Writer = out
+		var zw *zfile.Writer
+		if compress {
+			if zw, err = zfile.NewWriter(out, zfile.Options{}); err != nil {
+				t.Fatal(err)
+			}
+			dst = zw
+		}
+		if err := lsmt.Commit(dst, w.CommitSource(), lsmt.CommitOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if zw != nil {
+			if err := zw.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		w.Close()
+		st, _ := out.Stat()
+		var lr io.ReaderAt = out
+		lsize := st.Size()
+		if compress {
+			z, err := zfile.Open(out, st.Size())
+			if err != nil {
+				t.Fatal(err)
+			}
+			lr, lsize = z, z.Size()
+		}
+		l, err := lsmt.OpenLayer(lr, lsize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { out.Close() })
+		lowers = append(lowers, l)
+	}
+	upper := writable("upper")
+	t.Cleanup(func() { upper.Close() })
+	im, err := lsmt.NewImage(lowers, upper)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return im
+}
+
+// checkDevice reads the device in requests of assorted sizes and offsets
+// (512 B multiples) and compares each with the image's own ReadAt.
+func checkDevice(t *testing.T, fd int, im *lsmt.Image, seed uint64) {
+	t.Helper()
+	size := im.Size()
+	buf := alignedBuf(t, 1<<20)
+	want := make([]byte, 1<<20)
+	r := rand.New(rand.NewPCG(seed, 3))
+	for off := int64(0); off < size; off += 1 << 20 {
+		preadAll(t, fd, buf, off, 1<<20)
+		if _, err := im.ReadAt(want, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf, want) {
+			t.Fatalf("device and image differ in [%d, +1 MiB) at %d", off, off+int64(firstDiff(buf, want)))
+		}
+	}
+	for i := 0; i < 2000; i++ {
+		n := int64(1+r.IntN(256)) * 512 // up to 128 KiB: both sides of ringReadMinCopy
+		if r.IntN(4) == 0 {
+			n = 4096
+		}
+		off := r.Int64N((size-n)/512+1) * 512
+		preadAll(t, fd, buf[:n], off, int(n))
+		if _, err := im.ReadAt(want[:n], off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf[:n], want[:n]) {
+			t.Fatalf("device and image differ in [%d, +%d) at %d", off, n, off+int64(firstDiff(buf[:n], want[:n])))
+		}
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return len(a)
+}
+
+func ringReads(d *Device) uint64 {
+	n, _ := d.FileReads()
+	return n
+}
+
+// zeroCopyKernel: the kernel offers what New needs for zero copy.
+func zeroCopyKernel(t *testing.T) bool {
+	t.Helper()
+	f, err := Features()
+	if err != nil {
+		t.Fatal(err)
+	}
+	zc := FeatureAutoBufReg | FeatureUserCopy | FeatureBufRegOffDaemon
+	return f&zc == zc
+}
+
+// TestImageFileReads serves stacked local images: ranges in plain local layers
+// and the upper are read on the queue's ring (counted), ranges touching a ZFile
+// layer through ReadAt, and every byte matches the image's, before and after
+// writes through the device change the upper. An image wholly in local files
+// uses zero copy where the kernel has AUTO_BUF_REG (writes then move by user
+// copy); one with a ZFile layer keeps the kernel's copy. The same with the
+// worker pool (user copy from other threads) and with each feature turned off.
+func TestImageFileReads(t *testing.T) {
+	requireUblk(t)
+	const size = 16 << 20
+	zcKernel := zeroCopyKernel(t)
+	for _, withZFile := range []bool{false, true} {
+		im := stackedImage(t, size, withZFile)
+		for i, opts := range []Options{{}, {AlwaysWorkers: true}, {NoZeroCopy: true}, {NoRingReads: true}} {
+			dev := newDevice(t, im, opts)
+			fd := openDirect(t, dev.Path(), unix.O_RDWR)
+			checkDevice(t, fd, im, uint64(i))
+			w := alignedBuf(t, 64<<10)
+			r := rand.New(rand.NewPCG(5, uint64(i)))
+			for j := 0; j < 100; j++ {
+				n := int64(1+r.IntN(16)) * 4096
+				randomBytes(w[:n], r.Uint64())
+				pwriteAll(t, fd, w[:n], r.Int64N((size-n)/4096+1)*4096, int(n))
+			}
+			checkDevice(t, fd, im, uint64(i)+10)
+			var served uint64
+			for _, n := range dev.QueueRequests() {
+				served += n
+			}
+			ring, zc := dev.FileReads()
+			t.Logf("zfile=%v %+v: features %s; %d of %d requests read on the ring, %d with zero copy",
+				withZFile, opts, FeatureString(dev.Features()), ring, served, zc)
+			wantZC := zcKernel && !withZFile && !opts.NoZeroCopy && !opts.NoRingReads
+			switch {
+			case opts.NoRingReads && ring != 0:
+				t.Fatalf("%+v: %d requests read on the ring", opts, ring)
+			case !opts.NoRingReads && !withZFile && ring == 0:
+				// (With the ZFile layer under most ranges, the large reads that
+				// copy mode sends to the ring may all touch it.)
+				t.Fatalf("%+v: no request was read on the queue's ring", opts)
+			case ring >= served:
+				t.Fatalf("%+v: all %d requests were read on the ring; writes (and ZFile reads) must use the Target", opts, served)
+			case wantZC && (dev.Features()&FeatureAutoBufReg == 0 || zc != ring):
+				t.Fatalf("%+v: kernel offers zero copy, device has %s and read %d of %d ring reads zero-copy", opts, FeatureString(dev.Features()), zc, ring)
+			case !wantZC && (zc != 0 || dev.Features()&FeatureAutoBufReg != 0):
+				t.Fatalf("%+v: %d zero-copy reads, features %s", opts, zc, FeatureString(dev.Features()))
+			}
+		}
+	}
+}

@@ -1,8 +1,8 @@
 package zfile
 
 import (
-	"encoding/binary"
 	"math/bits"
+	"slices"
 	"unsafe"
 )
 
@@ -24,20 +24,11 @@ const (
 	lz4U16Limit     = 64<<10 + 11           // LZ4_64Klimit: shorter inputs use the byU16 table
 )
 
-// lz4Compressor holds the byU16 hash table (the position last seen for each
-// hash) and copies of the input and the output in fixed-size arrays: indexes
-// masked to the array's size need no bounds checks, which keeps the search loop
-// in registers. Not safe for concurrent use.
+// lz4Compressor holds the byU16 hash table: the position last seen for each
+// hash. Not safe for concurrent use.
 type lz4Compressor struct {
 	table [lz4TableSize]uint16
-	p     unsafe.Pointer
-	dst   [lz4BufSize]byte
 }
-
-const (
-	lz4BufMask = 1<<17 - 1          // covers lz4U16Limit and lz4Bound(lz4U16Limit)
-	lz4BufSize = lz4BufMask + 1 + 8 // room for an 8-byte access at any masked index
-)
 
 // lz4Hash is LZ4_hash4 for byU16: the top 13 bits of the 32-bit product.
 func lz4Hash(v uint32) uint32 {
@@ -47,10 +38,16 @@ func lz4Hash(v uint32) uint32 {
 // lz4Bound is LZ4_compressBound: the largest output for n input bytes.
 func lz4Bound(n int) int { return n + n/255 + 16 }
 
-func (c *lz4Compressor) load32(i int) uint32 { return *(*uint32)(unsafe.Add(c.p, i)) }
-func (c *lz4Compressor) load64(i int) uint64 { return *(*uint64)(unsafe.Add(c.p, i)) }
-func (c *lz4Compressor) srcAt(i int) byte    { return *(*byte)(unsafe.Add(c.p, i)) }
-func (c *lz4Compressor) put(i int, b byte)   { c.dst[i&lz4BufMask] = b }
+// Loads and stores at a byte offset from a base pointer, without bounds checks:
+// the compressor's positions are proved to stay within its input and its output
+// (the comments at each use say why); the differential tests and FuzzLZ4Compat
+// check them against pierrec/lz4 and liblz4's output.
+func ld8(p unsafe.Pointer, i int) byte       { return *(*byte)(unsafe.Add(p, i)) }
+func ld32(p unsafe.Pointer, i int) uint32    { return *(*uint32)(unsafe.Add(p, i)) }
+func ld64(p unsafe.Pointer, i int) uint64    { return *(*uint64)(unsafe.Add(p, i)) }
+func st8(p unsafe.Pointer, i int, v byte)    { *(*byte)(unsafe.Add(p, i)) = v }
+func st16(p unsafe.Pointer, i int, v uint16) { *(*uint16)(unsafe.Add(p, i)) = v }
+func st64(p unsafe.Pointer, i int, v uint64) { *(*uint64)(unsafe.Add(p, i)) = v }
 
 // compress compresses src (shorter than lz4U16Limit) and appends the result to
 // dst, as LZ4_compress_default does into a buffer of LZ4_compressBound bytes.
@@ -61,10 +58,25 @@ func (c *lz4Compressor) compress(dst, src []byte) []byte {
 	if len(src) == 0 {
 		return append(dst, 0)
 	}
-	c.table = [lz4TableSize]uint16{}
-	c.p = unsafe.Pointer(&src[0])
+	dst = slices.Grow(dst, lz4Bound(len(src)))
+	n := c.compressTo(dst[len(dst):cap(dst)], src)
+	return dst[:len(dst)+n]
+}
+
+// compressTo is LZ4_compress_generic for a non-empty src shorter than lz4U16Limit
+// and an out of at least lz4Bound(len(src)) bytes; it returns the output length.
+//
+// Bounds: positions searched stop at mfLimitPlusOne, 11 bytes before the end, so
+// 4- and 8-byte loads there stay inside src; match extension stops lastLiterals
+// before the end. Output never exceeds lz4Bound; the literal copy's 8-byte stores
+// run at most 7 bytes past the literals, and at least 8 more output bytes follow
+// them (offset, last token, at least 5 last literals).
+func (c *lz4Compressor) compressTo(out, src []byte) int {
+	_ = out[lz4Bound(len(src))-1]
+	t := &c.table
+	*t = [lz4TableSize]uint16{}
 	var (
-		t              = &c.table
+		sp, dp         = unsafe.Pointer(&src[0]), unsafe.Pointer(&out[0])
 		anchor, di     int
 		mfLimitPlusOne = len(src) - lz4MFLimit + 1  // searches stop here
 		matchLimit     = len(src) - lz4LastLiterals // matches stop here
@@ -72,19 +84,19 @@ func (c *lz4Compressor) compress(dst, src []byte) []byte {
 	if len(src) < lz4MinLength {
 		goto lastLiterals
 	}
-	t[lz4Hash(c.load32(0))] = 0
+	t[lz4Hash(ld32(sp, 0))] = 0
 	{
 		ip := 1
-		forwardH := lz4Hash(c.load32(ip))
+		forwardH := lz4Hash(ld32(sp, ip))
 		for {
 			var match int
-			ip, match = c.search(ip, forwardH, mfLimitPlusOne)
+			ip, match = c.search(sp, ip, forwardH, mfLimitPlusOne)
 			if match < 0 {
 				goto lastLiterals
 			}
 
 			// Catch up.
-			for ip > anchor && match > 0 && c.srcAt(ip-1) == c.srcAt(match-1) {
+			for ip > anchor && match > 0 && ld8(sp, ip-1) == ld8(sp, match-1) {
 				ip--
 				match--
 			}
@@ -95,42 +107,42 @@ func (c *lz4Compressor) compress(dst, src []byte) []byte {
 				litLength := ip - anchor
 				di++
 				if litLength >= 0xF {
-					c.put(token, 0xF0)
+					st8(dp, token, 0xF0)
 					l := litLength - 0xF
 					for ; l >= 0xFF; l -= 0xFF {
-						c.put(di, 0xFF)
+						st8(dp, di, 0xFF)
 						di++
 					}
-					c.put(di, byte(l))
+					st8(dp, di, byte(l))
 					di++
 				} else {
-					c.put(token, byte(litLength<<4))
+					st8(dp, token, byte(litLength<<4))
 				}
 				// LZ4_wildCopy8: may write up to 7 bytes past the literals, which the
 				// offset, the last token and the last literals always overwrite.
 				for i := 0; i < litLength; i += 8 {
-					binary.LittleEndian.PutUint64(c.dst[(di+i)&lz4BufMask:], c.load64(anchor+i))
+					st64(dp, di+i, ld64(sp, anchor+i))
 				}
 				di += litLength
 			}
 
 		nextMatch:
 			// Encode offset.
-			binary.LittleEndian.PutUint16(c.dst[di&lz4BufMask:], uint16(ip-match))
+			st16(dp, di, uint16(ip-match))
 			di += 2
 
 			// Encode match length: LZ4_count from past the first 4 bytes.
 			{
 				s, m := ip+lz4MinMatch, match+lz4MinMatch
 				for s+8 <= matchLimit {
-					if diff := c.load64(m) ^ c.load64(s); diff != 0 {
+					if diff := ld64(sp, m) ^ ld64(sp, s); diff != 0 {
 						s += bits.TrailingZeros64(diff) >> 3
 						goto counted
 					}
 					s += 8
 					m += 8
 				}
-				for s < matchLimit && c.srcAt(m) == c.srcAt(s) {
+				for s < matchLimit && ld8(sp, m) == ld8(sp, s) {
 					s++
 					m++
 				}
@@ -138,16 +150,16 @@ func (c *lz4Compressor) compress(dst, src []byte) []byte {
 				matchCode := s - (ip + lz4MinMatch)
 				ip = s
 				if matchCode >= 0xF {
-					c.dst[token&lz4BufMask] += 0xF
+					st8(dp, token, ld8(dp, token)+0xF)
 					matchCode -= 0xF
 					for ; matchCode >= 0xFF; matchCode -= 0xFF {
-						c.put(di, 0xFF)
+						st8(dp, di, 0xFF)
 						di++
 					}
-					c.put(di, byte(matchCode))
+					st8(dp, di, byte(matchCode))
 					di++
 				} else {
-					c.dst[token&lz4BufMask] += byte(matchCode)
+					st8(dp, token, ld8(dp, token)+byte(matchCode))
 				}
 			}
 			anchor = ip
@@ -158,16 +170,16 @@ func (c *lz4Compressor) compress(dst, src []byte) []byte {
 			}
 
 			// Fill table.
-			t[lz4Hash(c.load32(ip-2))] = uint16(ip - 2)
+			t[lz4Hash(ld32(sp, ip-2))] = uint16(ip - 2)
 
 			// Test next position.
 			{
-				h := lz4Hash(c.load32(ip))
+				h := lz4Hash(ld32(sp, ip))
 				match = int(t[h])
 				t[h] = uint16(ip)
-				if c.load32(match) == c.load32(ip) {
+				if ld32(sp, match) == ld32(sp, ip) {
 					token = di
-					c.put(di, 0)
+					st8(dp, di, 0)
 					di++
 					goto nextMatch
 				}
@@ -175,38 +187,37 @@ func (c *lz4Compressor) compress(dst, src []byte) []byte {
 
 			// Prepare next loop.
 			ip++
-			forwardH = lz4Hash(c.load32(ip))
+			forwardH = lz4Hash(ld32(sp, ip))
 		}
 	}
 
 lastLiterals:
 	lastRun := len(src) - anchor
 	if lastRun >= 0xF {
-		c.put(di, 0xF0)
+		st8(dp, di, 0xF0)
 		di++
 		acc := lastRun - 0xF
 		for ; acc >= 0xFF; acc -= 0xFF {
-			c.put(di, 0xFF)
+			st8(dp, di, 0xFF)
 			di++
 		}
-		c.put(di, byte(acc))
+		st8(dp, di, byte(acc))
 		di++
 	} else {
-		c.put(di, byte(lastRun<<4))
+		st8(dp, di, byte(lastRun<<4))
 		di++
 	}
-	dst = append(dst, c.dst[:di]...)
-	return append(dst, src[anchor:]...)
+	return di + copy(out[di:], src[anchor:])
 }
 
 // search is the search loop of LZ4_compress_generic from position ip, whose hash
 // is h: it returns the first position whose 4 bytes equal those at the position
 // the table has for their hash, and that position, or match -1 if none is left
 // before limit. Apart from the compressor, for the register allocator's sake.
-func (c *lz4Compressor) search(ip int, h uint32, limit int) (int, int) {
+func (c *lz4Compressor) search(sp unsafe.Pointer, ip int, h uint32, limit int) (int, int) {
 	t := &c.table
 	forwardIP := ip
-	cur := c.load32(ip)
+	cur := ld32(sp, ip)
 	step, searchMatchNb := 1, 1<<lz4SkipTrigger
 	for {
 		ip = forwardIP
@@ -218,10 +229,10 @@ func (c *lz4Compressor) search(ip int, h uint32, limit int) (int, int) {
 		}
 		match := int(t[h&(lz4TableSize-1)])
 		t[h&(lz4TableSize-1)] = uint16(ip)
-		next := c.load32(forwardIP)
+		next := ld32(sp, forwardIP)
 		h = lz4Hash(next)
 		// No distance check: every position fits in 64 KiB.
-		if c.load32(match) == cur {
+		if ld32(sp, match) == cur {
 			return ip, match
 		}
 		cur = next

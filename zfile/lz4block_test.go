@@ -3,6 +3,7 @@ package zfile
 import (
 	"bytes"
 	"math/rand"
+	"syscall"
 	"testing"
 
 	"github.com/pierrec/lz4/v4"
@@ -137,4 +138,67 @@ func FuzzLZ4Compat(f *testing.F) {
 		}
 		checkLZ4Compat(t, c, &ref, src)
 	})
+}
+
+// guardedBuf returns an n-byte slice that ends where an inaccessible page starts,
+// so that a load or store past its end faults instead of going unnoticed.
+func guardedBuf(t *testing.T, n int) []byte {
+	t.Helper()
+	page := syscall.Getpagesize()
+	size := (n+page-1)/page*page + page
+	m, err := syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Munmap(m) })
+	if err := syscall.Mprotect(m[size-page:], syscall.PROT_NONE); err != nil {
+		t.Fatal(err)
+	}
+	return m[size-page-n : size-page : size-page]
+}
+
+// TestLZ4CompatGuarded: the compressor's unchecked loads and stores stay inside
+// its input and the lz4Bound bytes of output it is given: both end at a guard page.
+func TestLZ4CompatGuarded(t *testing.T) {
+	c := new(lz4Compressor)
+	var ref lz4.CompressorCCompat
+	corpus := lz4Corpus(t)
+	for _, n := range []int{1, 12, 13, 14, 20, 100, 4096, 4097, 65535, 64 << 10, lz4U16Limit - 1} {
+		for _, name := range []string{"zero", "random", "text", "periods", "mixed", "mixed2"} {
+			src := guardedBuf(t, n)
+			copy(src, corpus[name])
+			out := guardedBuf(t, lz4Bound(n))
+			got := c.compress(out[:0], src)
+			if &got[0] != &out[0] {
+				t.Fatalf("%s, %d bytes: output reallocated", name, n)
+			}
+			want := make([]byte, lz4.CompressBlockBound(n))
+			m, _ := ref.CompressBlock(src, want)
+			if !bytes.Equal(got, want[:m]) {
+				t.Fatalf("%s, %d bytes: output differs from CompressorCCompat", name, n)
+			}
+		}
+	}
+}
+
+// TestAppendBlockLZ4: the writer's compressor gives CompressorCCompat's bytes for
+// block-sized input and for input too long for the byU16 table, appended to dst.
+func TestAppendBlockLZ4(t *testing.T) {
+	c, err := newBlockCompressor(LZ4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ref lz4.CompressorCCompat
+	data := lz4Corpus(t)["text"]
+	for _, n := range []int{0, 4096, 64 << 10, lz4U16Limit - 1, lz4U16Limit, 70000} {
+		got, err := c.appendBlock([]byte("head"), data[:n])
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := make([]byte, lz4.CompressBlockBound(n))
+		m, _ := ref.CompressBlock(data[:n], want)
+		if string(got[:4]) != "head" || !bytes.Equal(got[4:], want[:m]) {
+			t.Fatalf("%d bytes: appendBlock differs from CompressorCCompat", n)
+		}
+	}
 }

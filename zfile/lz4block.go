@@ -136,7 +136,19 @@ func (c *lz4Compressor) compressTo(out, src []byte) int {
 			// Encode match length: LZ4_count from past the first 4 bytes.
 			{
 				s, m := ip+lz4MinMatch, match+lz4MinMatch
-				for s+8 <= matchLimit {
+				for s+16 <= matchLimit { // two words a turn, for long runs (tar padding)
+					if diff := ld64(sp, m) ^ ld64(sp, s); diff != 0 {
+						s += bits.TrailingZeros64(diff) >> 3
+						goto counted
+					}
+					if diff := ld64(sp, m+8) ^ ld64(sp, s+8); diff != 0 {
+						s += 8 + bits.TrailingZeros64(diff)>>3
+						goto counted
+					}
+					s += 16
+					m += 16
+				}
+				if s+8 <= matchLimit {
 					if diff := ld64(sp, m) ^ ld64(sp, s); diff != 0 {
 						s += bits.TrailingZeros64(diff) >> 3
 						goto counted

@@ -42,8 +42,8 @@ func lz4Bound(n int) int { return n + n/255 + 16 }
 
 // Loads and stores at a byte offset from a base pointer, without bounds checks:
 // the compressor's positions are proved to stay within its input and its output
-// (the comments at each use say why); the differential tests and FuzzLZ4Compat
-// check them against pierrec/lz4 and liblz4's output.
+// (compressTo's comment says why); the differential tests, a guard-page test and
+// FuzzLZ4Compat check them against pierrec/lz4's port of liblz4.
 func ld8(p unsafe.Pointer, i int) byte       { return *(*byte)(unsafe.Add(p, i)) }
 func ld32(p unsafe.Pointer, i int) uint32    { return *(*uint32)(unsafe.Add(p, i)) }
 func ld64(p unsafe.Pointer, i int) uint64    { return *(*uint64)(unsafe.Add(p, i)) }

@@ -58,7 +58,8 @@ func decompressBlock(algo Algorithm, src, dst []byte) error {
 // LZ4_compress_default; zstd output differs from libzstd's but decodes with it.
 type blockCompressor struct {
 	algo Algorithm
-	lz   lz4.CompressorCCompat // a port of LZ4_compress_default: same bytes as the reference
+	lz   *lz4Compressor         // LZ4_compress_default for blocks up to 64 KiB + 10 bytes
+	lzXL *lz4.CompressorCCompat // the same for longer input, which ZFile blocks never are
 	zenc *zstd.Encoder
 }
 
@@ -66,6 +67,7 @@ func newBlockCompressor(algo Algorithm) (*blockCompressor, error) {
 	c := &blockCompressor{algo: algo}
 	switch algo {
 	case LZ4:
+		c.lz = new(lz4Compressor)
 	case Zstd:
 		// Level 3 like the reference's ZSTD_compress(..., 3); no frame checksum (the
 		// block CRC covers it), as ZSTD_compress does by default.
@@ -89,9 +91,15 @@ func newBlockCompressor(algo Algorithm) (*blockCompressor, error) {
 func (c *blockCompressor) appendBlock(dst, src []byte) ([]byte, error) {
 	switch c.algo {
 	case LZ4:
+		if len(src) < lz4U16Limit {
+			return c.lz.compress(dst, src), nil
+		}
+		if c.lzXL == nil {
+			c.lzXL = new(lz4.CompressorCCompat)
+		}
 		bound := lz4.CompressBlockBound(len(src))
 		dst = slices.Grow(dst, bound)
-		n, err := c.lz.CompressBlock(src, dst[len(dst):len(dst)+bound])
+		n, err := c.lzXL.CompressBlock(src, dst[len(dst):len(dst)+bound])
 		if err != nil {
 			return nil, fmt.Errorf("zfile: lz4 compress: %w", err)
 		}

@@ -7,7 +7,8 @@
 #
 # Prints, for RUNS interleaved runs, the median wall and CPU time (user + sys)
 # and the spread of each command, and the ratios obd / C; then the codec alone
-# (MB of output per CPU second, Go's pierrec/lz4 vs liblz4 on the same blocks).
+# (MB of output per CPU second, obd's codec (pierrec/lz4's decoder, zfile's LZ4
+# compressor) vs liblz4 on the same blocks).
 # The machine's other load inflates wall times: compare the CPU columns too.
 #
 # Environment: SIZE_MIB (512), RUNS (5), BENCH_DIR (a temporary directory,
@@ -93,5 +94,5 @@ echo "compress 1 worker / 2 workers (speedup): wall $(ratio "$(median 1 compress
 echo
 echo "codec alone, MB of output per CPU second (same blocks):"
 echo "  liblz4:       $("$dir/lz4x" -n "$zf" | tr '\n' ' ')"
-echo "  pierrec/lz4:  $(ZFILE_BENCH_FILE=$zf $GO test -run='^$' -bench=BenchmarkCodecFile -benchtime=3x ./zfile |
+echo "  obd:          $(ZFILE_BENCH_FILE=$zf $GO test -run='^$' -bench=BenchmarkCodecFile -benchtime=3x ./zfile |
 	awk '/^BenchmarkCodecFile/ {for (i = 7; i < NF; i += 2) printf "%s %s  ", $(i+1), $i}')"

@@ -1,3 +1,8 @@
+// The unchecked native-order loads and stores below need a little-endian CPU that
+// allows unaligned access; elsewhere lz4block_portable.go serves.
+
+//go:build amd64 || arm64 || ppc64le || 386
+
 package zfile
 
 import (

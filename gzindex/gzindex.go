@@ -178,7 +178,7 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 	}
 	i := sort.Search(len(r.entries), func(i int) bool { return r.entries[i].DePos > off }) - 1
 	if i < 0 {
-		i = 0
+		return 0, fmt.Errorf("gzip index %s: no checkpoint at or before offset %d (the first is at %d)", r.name, off, r.entries[0].DePos)
 	}
 	e := r.entries[i]
 	end := r.size

@@ -2,6 +2,7 @@ package gzindex
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/binary"
 	"io"
 	"os"
@@ -133,5 +134,89 @@ func TestSpanCached(t *testing.T) {
 	// One inflate of the span: its compressed bytes in reads of the 64 KiB buffer.
 	if max := int64(len(gz))/readBuf + 2; c.n.Load() > max {
 		t.Errorf("%d reads of the gzip file for %d KiB read in 4 KiB pieces, want at most %d (one inflate)", c.n.Load(), len(tarData)>>10, max)
+	}
+}
+
+// FuzzGzindexOpen: an index from outside (any bytes) opens with an error or reads
+// with one; it never panics or hangs. With fixup the header's size and checksum
+// fields are made to match, so that the fuzzer reaches the entries and the reads.
+func FuzzGzindexOpen(f *testing.F) {
+	gz, err := os.ReadFile(ref + "layer0.tar.gz")
+	if err != nil {
+		f.Fatal(err)
+	}
+	idx, err := os.ReadFile(ref + "t0.gzip.meta")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(idx, false, int64(0))
+	f.Add(idx, true, int64(100000))
+	f.Add(idx[:headerSize], true, int64(1))
+	f.Add(uncompressedIndex(int64(len(gz)), 1<<20, 10, 100, 5000), false, int64(0))
+	f.Fuzz(func(t *testing.T, b []byte, fixup bool, off int64) {
+		if fixup && len(b) >= headerSize {
+			binary.LittleEndian.PutUint64(b[41:], uint64(len(b)))
+			binary.LittleEndian.PutUint32(b[329:], crc32c.Checksum(b[:329]))
+		}
+		r, err := Open(bytes.NewReader(gz), int64(len(gz)), bytes.NewReader(b), int64(len(b)), "fuzz.gzip.meta")
+		if err != nil {
+			if !strings.Contains(err.Error(), "fuzz.gzip.meta") {
+				t.Errorf("error does not name the index: %v", err)
+			}
+			return
+		}
+		p := make([]byte, 4096)
+		for _, o := range []int64{0, off, r.Size() / 2, r.Size() - 1} {
+			if n, err := r.ReadAt(p, o); n < 0 || n > len(p) || err == nil && n != len(p) {
+				t.Errorf("ReadAt(%d, %d) = %d, %v", len(p), o, n, err)
+			}
+		}
+	})
+}
+
+// uncompressedIndex is an index of gz with plain windows (all zero) and checkpoints
+// at the uncompressed offsets dePos, each starting the deflate stream at enPos.
+func uncompressedIndex(gzSize, usize, enPos int64, dePos ...int64) []byte {
+	le := binary.LittleEndian
+	start := int64(headerSize + windowSize*len(dePos))
+	b := make([]byte, start+int64(entrySize*len(dePos)))
+	copy(b, magic)
+	b[8] = 1
+	le.PutUint32(b[17:], windowSize)
+	le.PutUint32(b[21:], entrySize)
+	le.PutUint64(b[25:], uint64(len(dePos)))
+	le.PutUint64(b[33:], uint64(gzSize))
+	le.PutUint64(b[41:], uint64(len(b)))
+	le.PutUint64(b[49:], uint64(usize))
+	le.PutUint64(b[313:], uint64(start))
+	le.PutUint64(b[321:], uint64(entrySize*len(dePos)))
+	le.PutUint32(b[329:], crc32c.Checksum(b[:329]))
+	for i, d := range dePos {
+		e := b[start+int64(i*entrySize):]
+		le.PutUint64(e, uint64(d))
+		le.PutUint64(e[8:], uint64(enPos))
+		le.PutUint64(e[16:], uint64(headerSize+i*windowSize))
+		le.PutUint32(e[25:], windowSize)
+	}
+	return b
+}
+
+// TestFirstCheckpointNotAtStart: an index whose first checkpoint lies past offset 0
+// cannot read what is before it; it says so (it neither panics nor reads from the
+// wrong place).
+func TestFirstCheckpointNotAtStart(t *testing.T) {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(bytes.Repeat([]byte("obd"), 1000))
+	zw.Close()
+	gz := buf.Bytes()
+	idx := uncompressedIndex(int64(len(gz)), 3000, 10, 100)
+	r, err := Open(bytes.NewReader(gz), int64(len(gz)), bytes.NewReader(idx), int64(len(idx)), "first.gzip.meta")
+	if err != nil {
+		return // refusing it at Open is as good
+	}
+	p := make([]byte, 10)
+	if _, err := r.ReadAt(p, 0); err == nil || !strings.Contains(err.Error(), "first.gzip.meta") {
+		t.Errorf("ReadAt before the first checkpoint: %v, want an error naming the index", err)
 	}
 }

@@ -127,8 +127,9 @@ func (s *Snapshotter) fsSpecOf(id string) (fsSpec, error) {
 }
 
 // layerFsSpec chooses the spec of a layer with these labels: blob-fs-type, else the
-// file system of a TurboOCI layer's meta, else defaultFsType.
-func (s *Snapshotter) layerFsSpec(labels map[string]string, turboFsType string) (string, error) {
+// file system of a TurboOCI layer's meta, else defaultFsType. It returns the string
+// (what writeFsSpec records) and its parse.
+func (s *Snapshotter) layerFsSpec(labels map[string]string, turboFsType string) (string, fsSpec, error) {
 	raw := labels[LabelBlobFsType]
 	switch {
 	case raw != "":
@@ -137,10 +138,11 @@ func (s *Snapshotter) layerFsSpec(labels map[string]string, turboFsType string) 
 	default:
 		raw = s.cfg.DefaultFsType
 	}
-	if _, err := parseFsSpec("label "+LabelBlobFsType, raw); err != nil {
-		return "", err
+	spec, err := parseFsSpec("label "+LabelBlobFsType, raw)
+	if err != nil {
+		return "", fsSpec{}, err
 	}
-	return raw, nil
+	return raw, spec, nil
 }
 
 // mountFs mounts dev (file system fsType) at mp with the spec's options, through

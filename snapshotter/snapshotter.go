@@ -335,7 +335,7 @@ func (s *Snapshotter) writeRemoteConfig(sn storage.Snapshot, labels map[string]s
 	if err != nil {
 		return err
 	}
-	spec, err := s.layerFsSpec(labels, "")
+	spec, _, err := s.layerFsSpec(labels, "")
 	if err != nil {
 		return fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
 	}
@@ -395,7 +395,7 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 				return err
 			}
 			c.Lowers = append(c.Lowers, overlaybdLower{Dir: s.fsDir(sn.ID)})
-			spec, err := s.layerFsSpec(labels, "")
+			spec, _, err := s.layerFsSpec(labels, "")
 			if err != nil {
 				return fmt.Errorf("commit %s: %w", key, err)
 			}
@@ -621,11 +621,10 @@ func (s *Snapshotter) prepareWritable(ctx context.Context, sn storage.Snapshot, 
 	if err != nil {
 		return err
 	}
-	rawSpec, err := s.layerFsSpec(labels, "")
+	rawSpec, spec, err := s.layerFsSpec(labels, "")
 	if err != nil {
 		return fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
 	}
-	spec, _ := parseFsSpec("", rawSpec)
 	mkfsOnDevice := len(c.Lowers) == 0 && spec.needsMkfsOnDevice()
 	data := filepath.Join(s.blockDir(sn.ID), writableDataFileName)
 	index := filepath.Join(s.blockDir(sn.ID), writableIndexFileName)

@@ -140,7 +140,7 @@ func (s *Snapshotter) writeTurboConfig(sn storage.Snapshot, labels map[string]st
 			return fmt.Errorf("TurboOCI layer %s: gzip target (%s) but the unpacked layer has no %s: %w", dgst, mediaType, gzipIndexFileName, err)
 		}
 	}
-	spec, err := s.layerFsSpec(labels, fsType)
+	spec, _, err := s.layerFsSpec(labels, fsType)
 	if err != nil {
 		return err
 	}

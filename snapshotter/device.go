@@ -113,7 +113,7 @@ func detachBlock(ctx context.Context, devs Devices, rec *deviceRecord) error {
 	var errs []error
 	// A loop device already released (a detach retried after the device manager
 	// failed) is left alone, as is one reused for another file.
-	backing := rec.Path
+	backing := rec.Path // what Block is set up over
 	if rec.Inner != "" {
 		backing = rec.Inner
 	}
@@ -204,13 +204,27 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	return err
 }
 
+// loopBacking is the file the loop device dev is set up over, as sysfs names it
+// (an error: dev is unbound).
+func loopBacking(dev string) (string, error) {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	return strings.TrimSpace(string(b)), err
+}
+
+// fileLoop is the loop device set up over Path: Inner under a stacked Block, else Block.
+func (rec *deviceRecord) fileLoop() string {
+	if rec.Inner != "" {
+		return rec.Inner
+	}
+	return rec.Block
+}
+
 // loopBacks: the loop device dev is set up over the file path.
 func loopBacks(dev, path string) bool {
-	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	back, err := loopBacking(dev)
 	if err != nil {
 		return false
 	}
-	back := strings.TrimSpace(string(b))
 	if real, err := filepath.EvalSymlinks(path); err == nil && back == real {
 		return true
 	}

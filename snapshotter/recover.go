@@ -69,15 +69,10 @@ func loopDead(rec *deviceRecord) bool {
 	if !rec.Loop {
 		return false
 	}
-	dev := rec.Block
-	if rec.Inner != "" {
-		dev = rec.Inner
-	}
-	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	backing, err := loopBacking(rec.fileLoop())
 	if err != nil {
 		return true
 	}
-	backing := strings.TrimSpace(string(b))
 	if backing == rec.Path {
 		return false
 	}

@@ -251,11 +251,16 @@ func (r *Reader) chunk(i int, end int64) ([]byte, error) {
 		return nil, fmt.Errorf("gzip %s: inflating checkpoint %d (offset %d, %d bytes): %w", r.name, i, r.entries[i].DePos, len(data), err)
 	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.chunks {
+		if c.entry == i { // another read inflated it meanwhile
+			return c.data, nil
+		}
+	}
 	r.chunks = append([]chunk{{i, data}}, r.chunks...)
 	if len(r.chunks) > cachedChunks {
 		r.chunks = r.chunks[:cachedChunks]
 	}
-	r.mu.Unlock()
 	return data, nil
 }
 

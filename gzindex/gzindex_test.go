@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -220,3 +221,41 @@ func TestFirstCheckpointNotAtStart(t *testing.T) {
 		t.Errorf("ReadAt before the first checkpoint: %v, want an error naming the index", err)
 	}
 }
+
+// TestSpanCachedOnce: two reads that miss the cache together inflate the span twice
+// but cache it once, so that it does not take two of the cache's places.
+func TestSpanCachedOnce(t *testing.T) {
+	gz, idx := load(t, "layer0.tar.gz"), load(t, "t0.gzip.meta")
+	var arrived sync.WaitGroup
+	arrived.Add(2)
+	var first atomic.Int32
+	gate := readerAtFunc(func(p []byte, off int64) (int, error) {
+		if first.Add(1) <= 2 {
+			arrived.Done()
+			arrived.Wait()
+		}
+		return bytes.NewReader(gz).ReadAt(p, off)
+	})
+	r, err := Open(gate, int64(len(gz)), bytes.NewReader(idx), int64(len(idx)), "t0.gzip.meta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g sync.WaitGroup
+	for range 2 {
+		g.Add(1)
+		go func() {
+			defer g.Done()
+			if _, err := r.ReadAt(make([]byte, 100), 0); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	g.Wait()
+	if len(r.chunks) != 1 {
+		t.Errorf("%d cached spans after two reads of one span, want 1", len(r.chunks))
+	}
+}
+
+type readerAtFunc func([]byte, int64) (int, error)
+
+func (f readerAtFunc) ReadAt(p []byte, off int64) (int, error) { return f(p, off) }

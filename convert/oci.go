@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -117,12 +118,16 @@ func ConvertImage(src v1.Image, opts ImageOptions) (v1.Image, error) {
 	// Layer i+1 is downloaded and decompressed while layer i is applied and
 	// committed (see spool).
 	spools := make([]*spool, len(ls))
+	// On failure the producers stop at their next chunk; waiting for them keeps
+	// them from writing into WorkDir after the return (the caller removes it).
+	var producers sync.WaitGroup
 	defer func() {
 		for _, s := range spools {
 			if s != nil {
 				s.Close()
 			}
 		}
+		producers.Wait()
 	}()
 	fetch := func(i int) error {
 		if i >= len(ls) || spools[i] != nil {
@@ -139,14 +144,14 @@ func ConvertImage(src v1.Image, opts ImageOptions) (v1.Image, error) {
 		}
 		s := newSpool(filepath.Join(opts.WorkDir, fmt.Sprintf("source-%04d.tar", i)), diffID.String())
 		spools[i] = s
-		go func() {
+		producers.Go(func() {
 			rc, err := uncompressed(blob)
 			if err != nil {
 				s.finish(fmt.Errorf("layer %d (%s): %w", i, diffID, err))
 				return
 			}
 			s.fill(rc)
-		}()
+		})
 		return nil
 	}
 	for i := range ls {

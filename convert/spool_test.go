@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -146,5 +147,65 @@ func TestNextLayerFetchedAhead(t *testing.T) {
 	}
 	if _, err := ConvertImage(img, ImageOptions{Options: Options{WorkDir: t.TempDir(), VSize: 64 << 20}}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// stalledLayer is a source layer whose stream blocks in Read (closing reading
+// the first time) until release is closed, then ends; closed is closed by Close.
+type stalledLayer struct {
+	v1.Layer
+	reading, release, closed chan struct{}
+	once                     sync.Once
+}
+
+func (s *stalledLayer) Compressed() (io.ReadCloser, error) { return s, nil }
+
+func (s *stalledLayer) Read([]byte) (int, error) {
+	s.once.Do(func() { close(s.reading) })
+	<-s.release
+	return 0, io.EOF
+}
+
+func (s *stalledLayer) Close() error { close(s.closed); return nil }
+
+// A conversion that fails midway returns only once the next layer's producer has
+// stopped (and closed its source): nothing of it still writes into WorkDir, which
+// the caller removes next (obd convert).
+func TestConvertFailureWaitsForProducers(t *testing.T) {
+	bad := bytes.Repeat([]byte("not a tar header "), 1024)
+	l0, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(bad)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	l1, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(makeTar(t, []entry{fileE("f", 0o644, []byte("x"))}))), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stalled := &stalledLayer{Layer: l1, reading: make(chan struct{}), release: make(chan struct{}), closed: make(chan struct{})}
+	img, err := mutate.AppendLayers(empty.Image, l0, stalled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := ConvertImage(img, ImageOptions{Options: Options{WorkDir: t.TempDir(), VSize: 64 << 20}})
+		done <- err
+	}()
+	<-stalled.reading
+	select {
+	case err := <-done:
+		t.Fatalf("ConvertImage returned (%v) while layer 1's producer was still reading its source", err)
+	case <-time.After(500 * time.Millisecond): // layer 0 fails at once; the wait is for the regression
+	}
+	close(stalled.release)
+	if err := <-done; err == nil {
+		t.Fatal("converting a layer that is not a tar succeeded")
+	}
+	select {
+	case <-stalled.closed:
+	default:
+		t.Fatal("ConvertImage returned before layer 1's producer closed its source")
 	}
 }

@@ -6,7 +6,8 @@
 //   - Proxy modes (Proxy, a registry.DataProxy): the reference's URL-prefix proxy
 //     (NewURLProxy: dadi-p2proxy, peerd) and Dragonfly's dfdaemon as an HTTP forward
 //     proxy (NewDragonfly), which sends each read's priority (blobio.Intent, an
-//     argument of registry.DataProxy.RoundTrip) as X-Dragonfly-Priority. Both fall back to the registry when the proxy fails.
+//     argument of registry.DataProxy.RoundTrip) as X-Dragonfly-Priority. Both fall
+//     back to the registry when the proxy fails.
 //   - Peer mode, built in: Server answers chunk requests from the local cache;
 //     Client turns a registry blob into a Source that asks the peers of each chunk's
 //     rendezvous ranking (PeerSet, Rank, Upstream) before the registry, penalising

@@ -85,6 +85,13 @@ func newBlockCompressor(algo Algorithm) (*blockCompressor, error) {
 	return c, nil
 }
 
+// lz4U16Limit is LZ4_64Klimit: shorter inputs use the byU16 table
+// (lz4Compressor); ZFile blocks always are.
+const lz4U16Limit = 64<<10 + 11
+
+// lz4Bound is LZ4_compressBound: the largest output for n input bytes.
+func lz4Bound(n int) int { return lz4.CompressBlockBound(n) }
+
 // appendBlock appends the compressed form of src to dst. The LZ4 worst case for a
 // 64 KiB block (65,809 bytes) and zstd's (65,824) both fit the reference's bs+512
 // buffer, so no block ever needs special handling for being incompressible.
@@ -97,7 +104,7 @@ func (c *blockCompressor) appendBlock(dst, src []byte) ([]byte, error) {
 		if c.lzXL == nil {
 			c.lzXL = new(lz4.CompressorCCompat)
 		}
-		bound := lz4.CompressBlockBound(len(src))
+		bound := lz4Bound(len(src))
 		dst = slices.Grow(dst, bound)
 		n, err := c.lzXL.CompressBlock(src, dst[len(dst):len(dst)+bound])
 		if err != nil {

@@ -28,7 +28,6 @@ const (
 	lz4LastLiterals = 5                     // LASTLITERALS
 	lz4MinLength    = lz4MFLimit + 1        // LZ4_minLength
 	lz4SkipTrigger  = 6                     // LZ4_skipTrigger
-	lz4U16Limit     = 64<<10 + 11           // LZ4_64Klimit: shorter inputs use the byU16 table
 )
 
 // lz4Compressor holds the byU16 hash table: the position last seen for each
@@ -41,9 +40,6 @@ type lz4Compressor struct {
 func lz4Hash(v uint32) uint32 {
 	return v * 2654435761 >> (32 - (lz4HashLog + 1)) & (lz4TableSize - 1)
 }
-
-// lz4Bound is LZ4_compressBound: the largest output for n input bytes.
-func lz4Bound(n int) int { return n + n/255 + 16 }
 
 // Loads and stores at a byte offset from a base pointer, without bounds checks:
 // the compressor's positions are proved to stay within its input and its output

@@ -8,11 +8,6 @@ import "github.com/pierrec/lz4/v4"
 // strict-alignment CPUs), pierrec/lz4's port of LZ4_compress_default compresses
 // ZFile blocks: the same bytes, at its speed.
 
-const lz4U16Limit = 64<<10 + 11 // LZ4_64Klimit
-
-// lz4Bound is LZ4_compressBound: the largest output for n input bytes.
-func lz4Bound(n int) int { return n + n/255 + 16 }
-
 // lz4Compressor wraps the general port. Not safe for concurrent use.
 type lz4Compressor struct {
 	c lz4.CompressorCCompat

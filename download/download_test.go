@@ -189,7 +189,9 @@ func TestDownloadShortSource(t *testing.T) {
 }
 
 // The rate limit holds over all downloads sharing a limiter: two layers of 3 MiB
-// at 2 MiB/s take 3 s, measured within 20%.
+// at 2 MiB/s take at least 3 s (within 20%: the limiter's burst). The lower bound
+// only catches a limiter far stricter than asked: a loaded machine (or -race)
+// may be slower than the limit on its own.
 func TestDownloadRateLimit(t *testing.T) {
 	if testing.Short() {
 		t.Skip("takes 3 s")
@@ -215,8 +217,8 @@ func TestDownloadRateLimit(t *testing.T) {
 	el := time.Since(start).Seconds()
 	got := float64(total) / el
 	t.Logf("%d bytes in %.2f s: %.2f MiB/s (limit %.2f MiB/s)", total, el, got/(1<<20), float64(rate)/(1<<20))
-	if got > 1.2*rate || got < 0.8*rate {
-		t.Errorf("measured %.0f B/s; want within 20%% of %d", got, rate)
+	if got > 1.2*rate || got < 0.25*rate {
+		t.Errorf("measured %.0f B/s; want at most 1.2x and at least 0.25x of %d", got, rate)
 	}
 }
 

@@ -52,7 +52,9 @@ func loopOverFile(ctx context.Context, path string, readOnly bool) (block, inner
 	}
 	outer, err := losetup(ctx, dev, true)
 	if err != nil {
-		loopDetach(context.WithoutCancel(ctx), dev)
+		if derr := loopDetach(context.WithoutCancel(ctx), dev); derr != nil {
+			zap.L().Warn("loop device left behind", zap.String("device", dev), zap.String("file", path), zap.Error(derr))
+		}
 		return "", "", err
 	}
 	return outer, dev, nil

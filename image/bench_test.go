@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/obd-project/obd/config"
+	"github.com/obd-project/obd/internal/benchdata"
 	"github.com/obd-project/obd/lsmt"
 	"github.com/obd-project/obd/zfile"
 )
@@ -22,23 +22,15 @@ import (
 // benchDiskSize is the virtual size of the benchmark images.
 const benchDiskSize = 64 << 20
 
-// benchContent returns size bytes of real files (the Go toolchain's: about half
-// compressible with LZ4), so that ZFile decode costs resemble a layer's.
+// benchContent returns size bytes of real files (benchdata.GoRootFiles), repeated
+// when GOROOT holds fewer.
 func benchContent(b *testing.B, size int) []byte {
 	b.Helper()
-	out := make([]byte, 0, size)
-	filepath.WalkDir(runtime.GOROOT(), func(path string, d fs.DirEntry, err error) error {
-		if err != nil || len(out) >= size {
-			return filepath.SkipDir
-		}
-		if d.Type().IsRegular() {
-			if data, err := os.ReadFile(path); err == nil {
-				out = append(out, data[:min(len(data), size-len(out))]...)
-			}
-		}
-		return nil
-	})
-	for len(out) < size { // a GOROOT smaller than size: repeat it
+	out := benchdata.GoRootFiles(size)
+	if len(out) == 0 {
+		b.Fatalf("no files under GOROOT %s to build the benchmark image from", runtime.GOROOT())
+	}
+	for len(out) < size {
 		out = append(out, out[:min(len(out), size-len(out))]...)
 	}
 	return out

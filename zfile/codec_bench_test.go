@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -13,26 +12,15 @@ import (
 	"time"
 
 	"github.com/obd-project/obd/crc32c"
+	"github.com/obd-project/obd/internal/benchdata"
 	"github.com/pierrec/lz4/v4"
 )
 
-// mixedData returns size bytes of real files (the Go toolchain's: binaries,
-// sources, test data; about half compressible with LZ4), so that codec numbers
-// resemble a layer's; testData fills in if GOROOT holds fewer bytes.
+// mixedData returns size bytes of real files (benchdata.GoRootFiles); testData
+// fills in if GOROOT holds fewer bytes.
 func mixedData(b *testing.B, size int) []byte {
 	b.Helper()
-	out := make([]byte, 0, size)
-	filepath.WalkDir(runtime.GOROOT(), func(path string, d fs.DirEntry, err error) error {
-		if err != nil || len(out) >= size {
-			return filepath.SkipDir
-		}
-		if d.Type().IsRegular() {
-			if data, err := os.ReadFile(path); err == nil {
-				out = append(out, data[:min(len(data), size-len(out))]...)
-			}
-		}
-		return nil
-	})
+	out := benchdata.GoRootFiles(size)
 	return append(out, testData(3, size-len(out), true)...)
 }
 

@@ -1,10 +1,18 @@
-// lz4x: the C baseline for `obd zfile -x` (tests/bench/zfile-x.sh builds it; not part
-// of make test). It decompresses an LZ4 ZFile the way the reference's codec does:
-// single-threaded, liblz4's LZ4_decompress_safe per block plus the salted CRC32C
-// (SSE4.2 crc32 instruction), the output written in 1 MiB pieces.
+// lz4x: the C baseline for `obd zfile -x` and `obd zfile` (tests/bench/zfile-x.sh
+// builds it; not part of make test). It decompresses an LZ4 ZFile the way the
+// reference's codec does: single-threaded, liblz4's LZ4_decompress_safe per block
+// plus the salted CRC32C (SSE4.2 crc32 instruction), the output written in 1 MiB
+// pieces; and compresses as overlaybd-zfile does (-c).
 //
 //   lz4x IN OUT      decompress IN into OUT (OUT "-" is stdout)
 //   lz4x -s IN OUT   the same, then fsync OUT (as obd does before renaming its output)
+//   lz4x -c IN OUT   compress IN into an LZ4 ZFile OUT (4 KiB blocks, CRCs), as
+//                    overlaybd-zfile does: single-threaded, per block one pread of
+//                    the block, LZ4_compress_default, one write of the compressed
+//                    block, one write of its CRC; then the jump table and the
+//                    trailer. The header keeps its initial flags (no overwrite).
+//   lz4x -cb IN OUT  the same bytes with 1 MiB reads and writes (the reference's
+//                    codec with the fewest syscalls: a lower bound for it)
 //   lz4x -n IN       decode only: IN read into memory first, then every block decoded
 //                    (and its CRC checked) three times; prints MB of output per
 //                    CPU second (best of three, robust to load from other processes)
@@ -103,12 +111,104 @@ static double now(void) {
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+static void put32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
+static void put64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
+
+// record fills a 512-byte header (flags 0x13) or trailer (0x16): magic, the
+// 96-byte struct's fields, the rest zero, and the digest (raw CRC32C of all
+// 512 bytes with the digest field zero).
+static void record(unsigned char *r, uint64_t flags, uint64_t ioff, uint64_t nblocks,
+                   uint64_t orig, uint32_t icrc, uint32_t bs) {
+	static const unsigned char magic[24] = {'Z', 'F', 'i', 'l', 'e', 0, 1, 0, 't', 'u', 'j', 'i',
+	                                        '.', 'y', 'y', 'f', '@', 'A', 'l', 'i', 'b', 'a', 'b', 'a'};
+	memset(r, 0, HDR);
+	memcpy(r, magic, sizeof magic);
+	put32(r + 24, 96);
+	put64(r + 32, flags);
+	put64(r + 40, ioff);
+	put64(r + 48, nblocks);
+	put64(r + 56, orig);
+	put32(r + 64, icrc);
+	put32(r + 72, bs);
+	r[76] = 1; // LZ4
+	r[88] = 1; // verify: per-block CRCs
+	put32(r + 28, crc32c(0, r, HDR));
+}
+
+// out_buf collects output for -cb; with cap 0 every put is one write.
+struct out_buf {
+	int fd;
+	unsigned char *p;
+	size_t n, cap;
+};
+
+static void put(struct out_buf *o, const void *p, size_t n) {
+	if (o->cap == 0) {
+		writeall(o->fd, p, n);
+		return;
+	}
+	if (o->n + n > o->cap) {
+		writeall(o->fd, o->p, o->n);
+		o->n = 0;
+	}
+	memcpy(o->p + o->n, p, n);
+	o->n += n;
+}
+
+static int compress_file(const char *in, const char *outname, int buffered) {
+	const uint32_t bs = 4096;
+	int fd = open(in, O_RDONLY);
+	if (fd < 0) die("open input");
+	struct stat st;
+	if (fstat(fd, &st) < 0) die("stat input");
+	uint64_t orig = st.st_size, nblocks = (orig + bs - 1) / bs;
+	struct out_buf o = {.fd = open(outname, O_WRONLY | O_CREAT | O_TRUNC, 0644)};
+	if (o.fd < 0) die("open output");
+	size_t per = buffered ? (1 << 20) / bs : 1;
+	if (buffered) {
+		o.cap = 1 << 20;
+		o.p = malloc(o.cap);
+	}
+	unsigned char hdr[HDR];
+	record(hdr, 0x13, 0, 0, 0, 0, bs);
+	put(&o, hdr, HDR);
+	uint32_t *lens = malloc(nblocks * 4 + 4);
+	char *raw = malloc(per * bs);
+	int cap = LZ4_compressBound(bs);
+	char *cbuf = malloc(cap);
+	uint64_t off = HDR;
+	for (uint64_t b = 0; b < nblocks; b += per) {
+		uint64_t start = b * bs, end = start + per * bs < orig ? start + per * bs : orig;
+		preadall(fd, raw, end - start, start);
+		for (uint64_t i = b; i < nblocks && i < b + per; i++) {
+			int blen = i + 1 < nblocks ? (int)bs : (int)(orig - i * bs);
+			int n = LZ4_compress_default(raw + (i - b) * bs, cbuf, blen, cap);
+			if (n <= 0) die("compress");
+			put(&o, cbuf, n);
+			unsigned char crc[4];
+			put32(crc, crc32c(SALT, (unsigned char *)cbuf, n));
+			put(&o, crc, 4);
+			lens[i] = n + 4;
+			off += n + 4;
+		}
+	}
+	put(&o, lens, nblocks * 4);
+	unsigned char tr[HDR];
+	record(tr, 0x16, off, nblocks, orig, crc32c(0, (unsigned char *)lens, nblocks * 4), bs);
+	put(&o, tr, HDR);
+	if (o.n > 0) writeall(o.fd, o.p, o.n);
+	if (close(o.fd) < 0) die("close output");
+	return 0;
+}
+
 int main(int argc, char **argv) {
+	if (argc == 4 && (strcmp(argv[1], "-c") == 0 || strcmp(argv[1], "-cb") == 0))
+		return compress_file(argv[2], argv[3], argv[1][2] == 'b');
 	int decodeOnly = argc == 3 && strcmp(argv[1], "-n") == 0;
 	int sync = argc == 4 && strcmp(argv[1], "-s") == 0;
 	if (sync) argv++, argc--;
 	if (argc != 3) {
-		fprintf(stderr, "usage: lz4x [-s] IN OUT | lz4x -n IN\n");
+		fprintf(stderr, "usage: lz4x [-s] IN OUT | lz4x -c|-cb IN OUT | lz4x -n IN\n");
 		return 2;
 	}
 	int fd = open(decodeOnly ? argv[2] : argv[1], O_RDONLY);

@@ -115,6 +115,9 @@ for pair in "compress-1worker c-compress obd 1 worker / C" "compress-2workers c-
 	shift 2
 	printf "  %-34s %-20s %s\n" "$*" "$(paired 1 $a $b)" "$(paired 2 $a $b)"
 done
+# On 2 idle cores this is near 2; lower means other load, not obd, set the wall times.
+echo "  CPUs obd 2 workers had (cpu / wall): $(awk '{print $2 / $1}' "$dir/compress-2workers.t" | sort -n |
+	awk '{v[NR]=$1} END {printf "%.2f [%.2f-%.2f]", v[int((NR+1)/2)], v[1], v[NR]}')"
 
 echo
 echo "codec alone, MB of output per CPU second (same blocks):"

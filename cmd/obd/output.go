@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/obd-project/obd/lsmt"
 	"github.com/obd-project/obd/tarwrap"
@@ -22,7 +23,7 @@ type atomicFile struct {
 	*os.File
 	dst      string
 	force    bool
-	unkicked int64 // bytes written since writeback was last started
+	unkicked atomic.Int64 // bytes written since writeback was last started
 }
 
 // writebackEvery is how much an atomicFile's Write lets accumulate before it
@@ -32,13 +33,24 @@ const writebackEvery = 8 << 20
 
 func (a *atomicFile) Write(p []byte) (int, error) {
 	n, err := a.File.Write(p)
-	if a.unkicked += int64(n); a.unkicked >= writebackEvery {
-		a.unkicked = 0
+	a.wrote(n)
+	return n, err
+}
+
+// WriteAt is safe for concurrent use, as os.File's.
+func (a *atomicFile) WriteAt(p []byte, off int64) (int, error) {
+	n, err := a.File.WriteAt(p, off)
+	a.wrote(n)
+	return n, err
+}
+
+func (a *atomicFile) wrote(n int) {
+	if a.unkicked.Add(int64(n)) >= writebackEvery {
+		a.unkicked.Store(0)
 		// Only a hint (start writeback of the dirty pages, wait for none): the
 		// sync at commit is what makes the file durable, so errors are ignored.
 		_ = unix.SyncFileRange(int(a.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	}
-	return n, err
 }
 
 // outputSpec names an output and what it must not replace.

@@ -485,7 +485,7 @@ func openZFile(path string) (*os.File, *zfile.Reader, func(), error) {
 		return nil, nil, nil, err
 	}
 	// A tar-wrapped ZFile (overlaybd-zfile -t) is read through its tar.
-	inner, isize, w, err := layer.Unwrap(f, st.Size(), path)
+	inner, isize, w, err := layer.Unwrap(rawFile{f}, st.Size(), path)
 	if err != nil {
 		f.Close()
 		return nil, nil, nil, err

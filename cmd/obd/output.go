@@ -39,7 +39,7 @@ func (a *atomicFile) Write(p []byte) (int, error) {
 
 // WriteAt is safe for concurrent use, as os.File's.
 func (a *atomicFile) WriteAt(p []byte, off int64) (int, error) {
-	n, err := a.File.WriteAt(p, off)
+	n, err := rawFile{a.File}.WriteAt(p, off)
 	a.wrote(n)
 	return n, err
 }

@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 
 	"github.com/obd-project/obd/lsmt"
 	"github.com/obd-project/obd/tarwrap"
@@ -23,7 +22,7 @@ type atomicFile struct {
 	*os.File
 	dst      string
 	force    bool
-	unkicked atomic.Int64 // bytes written since writeback was last started
+	unkicked int64 // bytes written by Write since writeback was last started
 }
 
 // writebackEvery is how much an atomicFile's Write lets accumulate before it
@@ -33,24 +32,21 @@ const writebackEvery = 8 << 20
 
 func (a *atomicFile) Write(p []byte) (int, error) {
 	n, err := a.File.Write(p)
-	a.wrote(n)
-	return n, err
-}
-
-// WriteAt is safe for concurrent use, as os.File's.
-func (a *atomicFile) WriteAt(p []byte, off int64) (int, error) {
-	n, err := rawFile{a.File}.WriteAt(p, off)
-	a.wrote(n)
-	return n, err
-}
-
-func (a *atomicFile) wrote(n int) {
-	if a.unkicked.Add(int64(n)) >= writebackEvery {
-		a.unkicked.Store(0)
+	if a.unkicked += int64(n); a.unkicked >= writebackEvery {
+		a.unkicked = 0
 		// Only a hint (start writeback of the dirty pages, wait for none): the
 		// sync at commit is what makes the file durable, so errors are ignored.
 		_ = unix.SyncFileRange(int(a.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	}
+	return n, err
+}
+
+// WriteAt is safe for concurrent use, as os.File's. It starts no writeback:
+// for `obd zfile -x` to ext4 that cost 30-50 ms more CPU per 512 MiB (the
+// writeback's submission and I/O completions ran on the writing cores) for no
+// shorter wall time than one sync at commit.
+func (a *atomicFile) WriteAt(p []byte, off int64) (int, error) {
+	return rawFile{a.File}.WriteAt(p, off)
 }
 
 // outputSpec names an output and what it must not replace.

@@ -3,6 +3,7 @@ package blockdev
 import (
 	"errors"
 	"fmt"
+	"sync"
 )
 
 // Unwrapper is implemented by a wrapper Target (a decorator that counts, logs or
@@ -88,9 +89,10 @@ func WriteZeroes(t Target, off, n int64) error {
 	if d := discarderOf(t); d != nil {
 		return d.Discard(off, n)
 	}
+	zeros := zeroChunk()
 	for n > 0 {
-		c := min(n, int64(len(zeroChunk)))
-		if _, err := t.WriteAt(zeroChunk[:c], off); err != nil {
+		c := min(n, int64(len(zeros)))
+		if _, err := t.WriteAt(zeros[:c], off); err != nil {
 			return err
 		}
 		off, n = off+c, n-c
@@ -98,8 +100,9 @@ func WriteZeroes(t Target, off, n int64) error {
 	return nil
 }
 
-// zeroChunk is the source of fallback zero writes; WriteAt never modifies its buffer.
-var zeroChunk = make([]byte, 256<<10)
+// zeroChunk is the source of fallback zero writes; WriteAt never modifies its
+// buffer. Allocated on first use: every obd command links this package.
+var zeroChunk = sync.OnceValue(func() []byte { return make([]byte, 256<<10) })
 
 func checkRange(op string, t Target, off, n int64) error {
 	if off < 0 || n < 0 || off > t.Size() || n > t.Size()-off {

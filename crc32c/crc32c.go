@@ -4,17 +4,21 @@
 // so its results differ; Raw undoes both inversions and keeps the hardware path.
 package crc32c
 
-import "hash/crc32"
+import (
+	"hash/crc32"
+	"sync"
+)
 
 // Salt is the seed OverlayBD uses for ZFile per-block checksums
 // (NOI_WELL_KNOWN_PRIME in the reference).
 const Salt uint32 = 100007
 
-var table = crc32.MakeTable(crc32.Castagnoli)
+// table is made on first use, not at init: every obd command links this package.
+var table = sync.OnceValue(func() *crc32.Table { return crc32.MakeTable(crc32.Castagnoli) })
 
 // Raw returns the raw CRC32C register after feeding p into a register holding seed.
 func Raw(seed uint32, p []byte) uint32 {
-	return ^crc32.Update(^seed, table, p)
+	return ^crc32.Update(^seed, table(), p)
 }
 
 // Update extends a running raw CRC32C with p. Because the raw form has no final

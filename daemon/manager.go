@@ -193,7 +193,7 @@ func (m *Manager) AttachTrace(ctx context.Context, configPath string, fe Fronten
 		return st, err
 	}
 	defer m.release(id)
-	rec := Record{ID: id, Config: abs, Frontend: resolveFrontend(fe), PID: os.Getpid(), PIDStart: ownStart, Created: time.Now().UTC(), TraceOptions: tr}
+	rec := Record{ID: id, Config: abs, Frontend: resolveFrontend(fe), PID: os.Getpid(), PIDStart: ownStart(), Created: time.Now().UTC(), TraceOptions: tr}
 	d, err := m.bringUp(ctx, cfg, rec, false)
 	if err != nil {
 		return st, err
@@ -489,7 +489,7 @@ func (m *Manager) restore(ctx context.Context, r Record) (err error) {
 	default:
 		return fmt.Errorf("unknown frontend %q", r.Frontend)
 	}
-	r.PID, r.PIDStart, r.RestoreError = os.Getpid(), ownStart, ""
+	r.PID, r.PIDStart, r.RestoreError = os.Getpid(), ownStart(), ""
 	d, err := m.bringUp(ctx, cfg, r, true)
 	if err != nil {
 		return err
@@ -549,8 +549,12 @@ func serverGone(serverPID int, r Record) bool {
 // openImage is image.Open; a test makes it fail for one device.
 var openImage = image.Open
 
-// ownStart is this process's start time, recorded with its PID.
-var ownStart, _ = proc.Start(os.Getpid())
+// ownStart is this process's start time, recorded with its PID. Read on first
+// use, not at init: every obd command links this package.
+var ownStart = sync.OnceValue(func() uint64 {
+	start, _ := proc.Start(os.Getpid())
+	return start
+})
 
 // servedBy reports whether the process that recorded a device (pid, started at
 // start) still runs. A live PID whose start time differs, or (records without a

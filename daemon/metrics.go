@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/obd-project/obd/download"
@@ -49,26 +50,31 @@ func (m *Manager) Registry() *prometheus.Registry {
 	return r
 }
 
-var (
-	descDevices = prometheus.NewDesc("obd_devices", "Devices served, by frontend.", []string{"frontend"}, nil)
-	descRead    = prometheus.NewDesc("obd_device_read_bytes_total", "Bytes read from a device.", []string{"id", "device"}, nil)
-	descWritten = prometheus.NewDesc("obd_device_written_bytes_total", "Bytes written to a device.", []string{"id", "device"}, nil)
-	descErrors  = prometheus.NewDesc("obd_device_io_errors_total", "Failed device requests (answered EIO), by operation.", []string{"id", "device", "op"}, nil)
-	descSize    = prometheus.NewDesc("obd_device_size_bytes", "Device size.", []string{"id", "device"}, nil)
-	descDlBytes = prometheus.NewDesc("obd_download_fetched_bytes_total", "Bytes the background download read from the registry, by device.", []string{"id", "device"}, nil)
-	descDlLayer = prometheus.NewDesc("obd_download_layers", "Layers of attached devices by background download state.", []string{"state"}, nil)
-)
+// deviceDescs are built on first use, not at init: every obd command links this
+// package, few serve metrics.
+var deviceDescs = sync.OnceValue(func() (d struct{ devices, read, written, errors, size, dlBytes, dlLayer *prometheus.Desc }) {
+	d.devices = prometheus.NewDesc("obd_devices", "Devices served, by frontend.", []string{"frontend"}, nil)
+	d.read = prometheus.NewDesc("obd_device_read_bytes_total", "Bytes read from a device.", []string{"id", "device"}, nil)
+	d.written = prometheus.NewDesc("obd_device_written_bytes_total", "Bytes written to a device.", []string{"id", "device"}, nil)
+	d.errors = prometheus.NewDesc("obd_device_io_errors_total", "Failed device requests (answered EIO), by operation.", []string{"id", "device", "op"}, nil)
+	d.size = prometheus.NewDesc("obd_device_size_bytes", "Device size.", []string{"id", "device"}, nil)
+	d.dlBytes = prometheus.NewDesc("obd_download_fetched_bytes_total", "Bytes the background download read from the registry, by device.", []string{"id", "device"}, nil)
+	d.dlLayer = prometheus.NewDesc("obd_download_layers", "Layers of attached devices by background download state.", []string{"state"}, nil)
+	return d
+})
 
 // deviceCollector reports every device's counters at scrape time.
 type deviceCollector struct{ m *Manager }
 
 func (c deviceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDevices, descRead, descWritten, descErrors, descSize, descDlBytes, descDlLayer} {
+	d := deviceDescs()
+	for _, d := range []*prometheus.Desc{d.devices, d.read, d.written, d.errors, d.size, d.dlBytes, d.dlLayer} {
 		ch <- d
 	}
 }
 
 func (c deviceCollector) Collect(ch chan<- prometheus.Metric) {
+	d := deviceDescs()
 	count := map[Frontend]int{FrontendUblk: 0, FrontendFUSE: 0}
 	states := map[download.State]int{download.StateWaiting: 0, download.StateDownloading: 0, download.StateDone: 0, download.StateFailed: 0}
 	for _, s := range c.m.List() {
@@ -78,21 +84,21 @@ func (c deviceCollector) Collect(ch chan<- prometheus.Metric) {
 				n += d.Fetched
 				states[d.State]++
 			}
-			ch <- prometheus.MustNewConstMetric(descDlBytes, prometheus.CounterValue, float64(n), strconv.Itoa(s.ID), s.Path)
+			ch <- prometheus.MustNewConstMetric(d.dlBytes, prometheus.CounterValue, float64(n), strconv.Itoa(s.ID), s.Path)
 		}
 		count[s.Frontend]++
 		id := strconv.Itoa(s.ID)
-		ch <- prometheus.MustNewConstMetric(descRead, prometheus.CounterValue, float64(s.BytesRead), id, s.Path)
-		ch <- prometheus.MustNewConstMetric(descWritten, prometheus.CounterValue, float64(s.BytesWritten), id, s.Path)
-		ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(s.ReadErrors), id, s.Path, "read")
-		ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(s.WriteErrors), id, s.Path, "write")
-		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(s.Size), id, s.Path)
+		ch <- prometheus.MustNewConstMetric(d.read, prometheus.CounterValue, float64(s.BytesRead), id, s.Path)
+		ch <- prometheus.MustNewConstMetric(d.written, prometheus.CounterValue, float64(s.BytesWritten), id, s.Path)
+		ch <- prometheus.MustNewConstMetric(d.errors, prometheus.CounterValue, float64(s.ReadErrors), id, s.Path, "read")
+		ch <- prometheus.MustNewConstMetric(d.errors, prometheus.CounterValue, float64(s.WriteErrors), id, s.Path, "write")
+		ch <- prometheus.MustNewConstMetric(d.size, prometheus.GaugeValue, float64(s.Size), id, s.Path)
 	}
 	for fe, n := range count {
-		ch <- prometheus.MustNewConstMetric(descDevices, prometheus.GaugeValue, float64(n), string(fe))
+		ch <- prometheus.MustNewConstMetric(d.devices, prometheus.GaugeValue, float64(n), string(fe))
 	}
 	for st, n := range states {
-		ch <- prometheus.MustNewConstMetric(descDlLayer, prometheus.GaugeValue, float64(n), string(st))
+		ch <- prometheus.MustNewConstMetric(d.dlLayer, prometheus.GaugeValue, float64(n), string(st))
 	}
 }
 

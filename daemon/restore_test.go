@@ -137,7 +137,7 @@ func TestRestoreContinuesPastFailures(t *testing.T) {
 		if r.ID == 1 && r.RestoreError == "" {
 			t.Error("record 1 has no restore error")
 		}
-		if (r.ID == 0 || r.ID == 4) && (r.PID != os.Getpid() || r.PIDStart != ownStart) {
+		if (r.ID == 0 || r.ID == 4) && (r.PID != os.Getpid() || r.PIDStart != ownStart()) {
 			t.Errorf("recovered record %d: pid %d start %d", r.ID, r.PID, r.PIDStart)
 		}
 	}
@@ -171,7 +171,7 @@ func TestServedBy(t *testing.T) {
 		{pid, start + 1, false}, // PID reused since the record
 		{pid, 0, false},         // old record: another program holds the PID
 		{os.Getpid(), 0, true},  // old record: this program
-		{os.Getpid(), ownStart, true},
+		{os.Getpid(), ownStart(), true},
 		{0, 0, false},
 		{1 << 30, 0, false},
 	} {

@@ -2,6 +2,7 @@ package remote
 
 import (
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/obd-project/obd/cache"
@@ -52,18 +53,21 @@ func (m *metrics) Retry(reason string, _ time.Duration) { m.retries.WithLabelVal
 
 func (m *metrics) OversizeRefused() { m.oversize.Inc() }
 
-var (
-	descHits      = prometheus.NewDesc("obd_cache_hits_total", "Read pieces served from the extent cache.", nil, nil)
-	descMisses    = prometheus.NewDesc("obd_cache_misses_total", "Read pieces that waited for a fetch.", nil, nil)
-	descServed    = prometheus.NewDesc("obd_cache_served_bytes_total", "Bytes returned by cached blobs.", nil, nil)
-	descCFetched  = prometheus.NewDesc("obd_cache_fetched_bytes_total", "Bytes the extent cache fetched from its sources.", nil, nil)
-	descEvictions = prometheus.NewDesc("obd_cache_evictions_total", "Cache units dropped (CRC self-healing or capacity).", nil, nil)
-	descRefetches = prometheus.NewDesc("obd_cache_refetches_total", "Fetches of units dropped after a ZFile block CRC failure.", nil, nil)
-	descCRC       = prometheus.NewDesc("obd_cache_crc_failures_total", "Cached pages that failed their CRC and were fetched again.", nil, nil)
-	descStale     = prometheus.NewDesc("obd_cache_stale_evicts_total", "Evicts that dropped nothing: the caller had read a copy already replaced.", nil, nil)
-	descOversize  = prometheus.NewDesc("obd_cache_oversize_refused_total", "Blobs the cache refused to open for their size.", nil, nil)
-	descUsage     = prometheus.NewDesc("obd_cache_usage_bytes", "Disk space the extent cache uses.", nil, nil)
-)
+// cacheDescs are built on first use, not at init: every obd command links this
+// package, few serve metrics.
+var cacheDescs = sync.OnceValue(func() (d struct{ hits, misses, served, fetched, evictions, refetches, crc, stale, oversize, usage *prometheus.Desc }) {
+	d.hits = prometheus.NewDesc("obd_cache_hits_total", "Read pieces served from the extent cache.", nil, nil)
+	d.misses = prometheus.NewDesc("obd_cache_misses_total", "Read pieces that waited for a fetch.", nil, nil)
+	d.served = prometheus.NewDesc("obd_cache_served_bytes_total", "Bytes returned by cached blobs.", nil, nil)
+	d.fetched = prometheus.NewDesc("obd_cache_fetched_bytes_total", "Bytes the extent cache fetched from its sources.", nil, nil)
+	d.evictions = prometheus.NewDesc("obd_cache_evictions_total", "Cache units dropped (CRC self-healing or capacity).", nil, nil)
+	d.refetches = prometheus.NewDesc("obd_cache_refetches_total", "Fetches of units dropped after a ZFile block CRC failure.", nil, nil)
+	d.crc = prometheus.NewDesc("obd_cache_crc_failures_total", "Cached pages that failed their CRC and were fetched again.", nil, nil)
+	d.stale = prometheus.NewDesc("obd_cache_stale_evicts_total", "Evicts that dropped nothing: the caller had read a copy already replaced.", nil, nil)
+	d.oversize = prometheus.NewDesc("obd_cache_oversize_refused_total", "Blobs the cache refused to open for their size.", nil, nil)
+	d.usage = prometheus.NewDesc("obd_cache_usage_bytes", "Disk space the extent cache uses.", nil, nil)
+	return d
+})
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.requests.Describe(ch)
@@ -71,7 +75,8 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.fetched.Describe(ch)
 	m.retries.Describe(ch)
 	m.oversize.Describe(ch)
-	for _, d := range []*prometheus.Desc{descHits, descMisses, descServed, descCFetched, descEvictions, descRefetches, descCRC, descStale, descOversize, descUsage} {
+	d := cacheDescs()
+	for _, d := range []*prometheus.Desc{d.hits, d.misses, d.served, d.fetched, d.evictions, d.refetches, d.crc, d.stale, d.oversize, d.usage} {
 		ch <- d
 	}
 }
@@ -85,16 +90,16 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	if m.cache == nil {
 		return
 	}
-	s := m.cache()
+	s, d := m.cache(), cacheDescs()
 	for _, v := range []struct {
 		d *prometheus.Desc
 		n int64
-	}{{descHits, s.Hits}, {descMisses, s.Misses}, {descServed, s.BytesServed}, {descCFetched, s.BytesFetched},
-		{descEvictions, s.Evictions}, {descRefetches, s.Refetches}, {descCRC, s.ChecksumFailures},
-		{descStale, s.StaleEvicts}, {descOversize, s.OversizeRefused}} {
+	}{{d.hits, s.Hits}, {d.misses, s.Misses}, {d.served, s.BytesServed}, {d.fetched, s.BytesFetched},
+		{d.evictions, s.Evictions}, {d.refetches, s.Refetches}, {d.crc, s.ChecksumFailures},
+		{d.stale, s.StaleEvicts}, {d.oversize, s.OversizeRefused}} {
 		ch <- prometheus.MustNewConstMetric(v.d, prometheus.CounterValue, float64(v.n))
 	}
 	if u, err := m.usage(); err == nil {
-		ch <- prometheus.MustNewConstMetric(descUsage, prometheus.GaugeValue, float64(u))
+		ch <- prometheus.MustNewConstMetric(d.usage, prometheus.GaugeValue, float64(u))
 	}
 }

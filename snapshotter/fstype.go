@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/containerd/containerd/mount"
 	"go.uber.org/zap"
@@ -28,7 +29,8 @@ type fsSpec struct {
 }
 
 // fsTypeName is what a kernel file-system name looks like (ext4, xfs, erofs, f2fs, fuse.x).
-var fsTypeName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
+// Compiled on first use, not at init: every obd command links this package.
+var fsTypeName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`) })
 
 // parseFsSpec parses s; field names where it came from for the error.
 func parseFsSpec(field, s string) (fsSpec, error) {
@@ -37,7 +39,7 @@ func parseFsSpec(field, s string) (fsSpec, error) {
 		return fsSpec{}, fmt.Errorf("%s %q: want fstype[;mountopts[;mkfsopts]], got %d ';'-separated parts", field, s, len(parts))
 	}
 	spec := fsSpec{Type: strings.TrimSpace(parts[0])}
-	if !fsTypeName.MatchString(spec.Type) {
+	if !fsTypeName().MatchString(spec.Type) {
 		return fsSpec{}, fmt.Errorf("%s %q: file-system type %q is not a file-system name (e.g. ext4, erofs, xfs)", field, s, spec.Type)
 	}
 	if len(parts) > 1 {

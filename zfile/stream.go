@@ -6,6 +6,7 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // streamSegmentBytes is the uncompressed size of one unit of WriteTo's work:
@@ -80,6 +81,77 @@ func (z *Reader) WriteTo(w io.Writer) (int64, error) {
 		}
 	}
 	return st.written, err
+}
+
+// WriteToAt writes the whole uncompressed content to w at offsets [0, Size()):
+// WriteTo for a destination that takes positional writes (a regular file).
+// GOMAXPROCS workers each claim the next 256 KiB segment, read its compressed
+// blocks, decode them and write them at their offset themselves: no worker waits
+// for another (nor hands its bytes to another core to be written in order), and
+// each reuses one output buffer. It returns the length of the prefix of the
+// content that was written (all of it, or the bytes before the first failure by
+// offset) and that failure: a bad block's *BlockError (retried as in ReadAt;
+// the good bytes before it are written), or a write error naming its offset.
+// After a failure, bytes beyond it may have been written as well.
+func (z *Reader) WriteToAt(w io.WriterAt) (int64, error) {
+	nblocks := int64(len(z.lens))
+	if nblocks == 0 {
+		return 0, nil
+	}
+	perSeg := max(1, streamSegmentBytes/z.bs)
+	nseg := (nblocks + perSeg - 1) / perSeg
+	workers := int(min(int64(min(runtime.GOMAXPROCS(0), maxDecoders)), nseg))
+	var (
+		next    atomic.Int64 // next segment to claim
+		stopped atomic.Bool
+		mu      sync.Mutex
+		failAt  = z.size // offset of the first failure, by offset
+		failErr error
+	)
+	fail := func(at int64, err error) {
+		stopped.Store(true)
+		mu.Lock()
+		defer mu.Unlock()
+		if failErr == nil || at < failAt {
+			failAt, failErr = at, err
+		}
+	}
+	// Segments are claimed in order and every claimed one is finished, so all
+	// segments before the first failure are written when the workers return.
+	work := func() {
+		var raw []byte
+		out := make([]byte, perSeg*z.bs)
+		for !stopped.Load() {
+			k := next.Add(1) - 1
+			if k >= nseg {
+				return
+			}
+			first := k * perSeg
+			var n int
+			var derr error
+			raw, n, derr = z.decodeSegment(first, min(first+perSeg, nblocks), raw, out)
+			off := first * z.bs
+			if m, err := w.WriteAt(out[:n], off); err != nil {
+				fail(off+int64(m), fmt.Errorf("zfile %s: write at %d: %w", z.name, off+int64(m), err))
+				return
+			}
+			if derr != nil {
+				fail(off+int64(n), derr)
+				return
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for range workers - 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work()
+		}()
+	}
+	work()
+	wg.Wait()
+	return failAt, failErr
 }
 
 // streamSegments is one WriteTo worker: it handles segments until none is left or

@@ -3,7 +3,10 @@ package zfile
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -250,3 +253,156 @@ func TestWriteToWorksAheadOfStalledSegment(t *testing.T) {
 		t.Fatal("segment 3 was not read while segment 0's read was held up")
 	}
 }
+
+// syncMem is an in-memory io.WriterAt safe for concurrent writers; writes at
+// or beyond failFrom (if > 0) fail.
+type syncMem struct {
+	mu       sync.Mutex
+	b        []byte
+	failFrom int64
+	onWrite  func(off int64) // called before each write, outside the lock
+}
+
+func (m *syncMem) WriteAt(p []byte, off int64) (int, error) {
+	if m.onWrite != nil {
+		m.onWrite(off)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := len(p)
+	if m.failFrom > 0 && off+int64(n) > m.failFrom {
+		n = int(max(0, m.failFrom-off))
+	}
+	if need := off + int64(n); need > int64(len(m.b)) {
+		m.b = append(m.b, make([]byte, need-int64(len(m.b)))...)
+	}
+	copy(m.b[off:], p[:n])
+	if n < len(p) {
+		return n, errors.New("disk full")
+	}
+	return n, nil
+}
+
+// WriteToAt writes exactly the content into a file for every layout, as WriteTo.
+func TestWriteToAtRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		size int
+		o    Options
+	}{
+		{0, Options{}},
+		{1, Options{}},
+		{4096, Options{}},
+		{3*streamSegmentBytes + 12345, Options{}},
+		{5*streamSegmentBytes/2 + 1, Options{BlockSize: 64 << 10, Algorithm: Zstd}},
+		{streamSegmentBytes + 4096, Options{BlockSize: 16 << 10, NoCRC: true}},
+		{17 * streamSegmentBytes, Options{}},
+	} {
+		src := append(testData(int64(tc.size), tc.size/2, true), testData(7, tc.size-tc.size/2, false)...)
+		z := openBytes(t, compressBytes(t, src, tc.o))
+		f, err := os.Create(filepath.Join(t.TempDir(), "out"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := z.WriteToAt(f)
+		got, rerr := os.ReadFile(f.Name())
+		f.Close()
+		if err != nil || rerr != nil || n != int64(len(src)) || !bytes.Equal(got, src) {
+			t.Fatalf("size %d %+v: WriteToAt = %d, %v (%v); content equal: %v", tc.size, tc.o, n, err, rerr, bytes.Equal(got, src))
+		}
+	}
+}
+
+// A bad block: WriteToAt reports the good bytes before it as written (they are,
+// with every segment before it) and returns its BlockError.
+func TestWriteToAtBadBlock(t *testing.T) {
+	src := testData(21, 6*streamSegmentBytes, true)
+	zb := compressBytes(t, src, Options{})
+	z0 := openBytes(t, zb)
+	blk := int64(3*streamSegmentBytes/4096 + 77) // in the fourth segment
+	off := z0.blockOffset(blk)
+	fs := &flakySource{b: zb, bad: [2]int64{off + 2, off + 3}, healAfter: 1 << 30}
+	z, err := Open(fs, int64(len(zb)), WithBlockCache(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out syncMem
+	n, err := z.WriteToAt(&out)
+	var berr *BlockError
+	if !errors.As(err, &berr) || berr.Block != blk || !errors.Is(err, ErrChecksum) {
+		t.Fatalf("bad block: %v", err)
+	}
+	if n != blk*4096 || int64(len(out.b)) < n || !bytes.Equal(out.b[:n], src[:n]) {
+		t.Fatalf("bad block: reported %d bytes written (buffer %d), want the %d good ones", n, len(out.b), blk*4096)
+	}
+}
+
+// A failing destination stops the workers: the error names the offset of the
+// failed write, and everything before it was written.
+func TestWriteToAtDestinationError(t *testing.T) {
+	src := testData(23, 8*streamSegmentBytes, true)
+	z := openBytes(t, compressBytes(t, src, Options{}))
+	failAt := int64(2*streamSegmentBytes + 1000)
+	out := &syncMem{failFrom: failAt}
+	n, err := z.WriteToAt(out)
+	if err == nil || !strings.Contains(err.Error(), "disk full") || !strings.Contains(err.Error(), fmt.Sprintf("write at %d:", failAt)) || n != failAt {
+		t.Fatalf("WriteToAt = %d, %v; want %d bytes and the write error at that offset", n, err, failAt)
+	}
+	if !bytes.Equal(out.b[:n], src[:n]) {
+		t.Fatal("the bytes before the failed write differ")
+	}
+}
+
+// Each worker writes the segment it decoded at once: while the write of
+// segment 0 is held up, the other worker goes on decoding and writing the
+// segments after it (an in-order writer would wait for segment 0's write).
+func TestWriteToAtDoesNotWaitForOrder(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	src := testData(24, 8*streamSegmentBytes, true)
+	z := openBytes(t, compressBytes(t, src, Options{}), WithBlockCache(0))
+	reached := make(chan struct{})
+	var once sync.Once
+	var overtaken atomic.Bool
+	out := &syncMem{}
+	out.onWrite = func(off int64) {
+		switch off {
+		case 3 * streamSegmentBytes:
+			once.Do(func() { close(reached) })
+		case 0:
+			select {
+			case <-reached:
+				overtaken.Store(true)
+			case <-time.After(10 * time.Second):
+			}
+		}
+	}
+	if n, err := z.WriteToAt(out); err != nil || n != int64(len(src)) || !bytes.Equal(out.b, src) {
+		t.Fatalf("WriteToAt = %d, %v; content equal: %v", n, err, bytes.Equal(out.b, src))
+	}
+	if !overtaken.Load() {
+		t.Fatal("segment 3 was not written while segment 0's write was held up")
+	}
+}
+
+// WriteToAt allocates one output and one input buffer per worker, whatever the size.
+func TestWriteToAtReusesBuffers(t *testing.T) {
+	const size = 64 << 20
+	z := openBytes(t, compressBytes(t, testData(5, size, true), Options{}), WithBlockCache(0))
+	workers := min(runtime.GOMAXPROCS(0), maxDecoders)
+	limit := uint64(workers)*(2*streamSegmentBytes+streamSegmentBytes/4096*(512+crcSize)) + 1<<20
+	var before, after runtime.MemStats
+	for range 3 {
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		if n, err := z.WriteToAt(discardAt{}); err != nil || n != size {
+			t.Fatalf("WriteToAt = %d, %v", n, err)
+		}
+		runtime.ReadMemStats(&after)
+		if got := after.TotalAlloc - before.TotalAlloc; got > limit {
+			t.Fatalf("WriteToAt of %d MiB allocated %d bytes, want at most %d (%d workers)", size>>20, got, limit, workers)
+		}
+	}
+}
+
+type discardAt struct{}
+
+func (discardAt) WriteAt(p []byte, off int64) (int, error) { return len(p), nil }

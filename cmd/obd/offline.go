@@ -399,11 +399,28 @@ func decompressZFile(src string, o outputSpec, quiet bool) error {
 		return err
 	}
 	defer closeFn()
-	return writeStream(o, func(w io.Writer) error {
-		// WriteTo overlaps reading, decoding and writing.
-		_, err := z.WriteTo(w)
+	if o.dst == "-" {
+		// WriteTo overlaps reading, decoding and writing, in order.
+		_, err := z.WriteTo(os.Stdout)
 		return err
-	}, z.Size(), quiet)
+	}
+	f, err := createAtomic(o)
+	if err != nil {
+		return err
+	}
+	prog := newProgress(o.dst, z.Size(), quiet)
+	// Each worker writes the segments it decodes at their offsets: no
+	// hand-off of decoded bytes to another core, no waiting for order.
+	_, err = z.WriteToAt(prog.writerAt(f))
+	prog.done()
+	if err != nil {
+		f.abort()
+		if be := (*zfile.BlockError)(nil); !errors.As(err, &be) {
+			err = fmt.Errorf("%s: %w", o.dst, err) // the temporary file's name is not the one given
+		}
+		return err
+	}
+	return f.commit()
 }
 
 // compressZFile compresses src ("-": stdin) into a ZFile, tar-wrapped if tar.
@@ -468,7 +485,7 @@ func openZFile(path string) (*os.File, *zfile.Reader, func(), error) {
 		return nil, nil, nil, err
 	}
 	// A tar-wrapped ZFile (overlaybd-zfile -t) is read through its tar.
-	inner, isize, w, err := layer.Unwrap(f, st.Size(), path)
+	inner, isize, w, err := layer.Unwrap(rawFile{f}, st.Size(), path)
 	if err != nil {
 		f.Close()
 		return nil, nil, nil, err

@@ -22,7 +22,7 @@ type atomicFile struct {
 	*os.File
 	dst      string
 	force    bool
-	unkicked int64 // bytes written since writeback was last started
+	unkicked int64 // bytes written by Write since writeback was last started
 }
 
 // writebackEvery is how much an atomicFile's Write lets accumulate before it
@@ -39,6 +39,14 @@ func (a *atomicFile) Write(p []byte) (int, error) {
 		_ = unix.SyncFileRange(int(a.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	}
 	return n, err
+}
+
+// WriteAt is safe for concurrent use, as os.File's. It starts no writeback:
+// for `obd zfile -x` to ext4 that cost 30-50 ms more CPU per 512 MiB (the
+// writeback's submission and I/O completions ran on the writing cores) for no
+// shorter wall time than one sync at commit.
+func (a *atomicFile) WriteAt(p []byte, off int64) (int, error) {
+	return rawFile{a.File}.WriteAt(p, off)
 }
 
 // outputSpec names an output and what it must not replace.

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/term"
@@ -71,6 +72,29 @@ func (pw progressWriter) Write(b []byte) (int, error) {
 	n, err := pw.w.Write(b)
 	pw.p.add(n)
 	return n, err
+}
+
+// progressWriterAt counts what concurrent positional writes write.
+type progressWriterAt struct {
+	w  io.WriterAt
+	p  *progress
+	mu sync.Mutex
+}
+
+func (pw *progressWriterAt) WriteAt(b []byte, off int64) (int, error) {
+	n, err := pw.w.WriteAt(b, off)
+	pw.mu.Lock()
+	pw.p.add(n)
+	pw.mu.Unlock()
+	return n, err
+}
+
+// writerAt counts what is written through it; w itself when nothing is drawn.
+func (p *progress) writerAt(w io.WriterAt) io.WriterAt {
+	if !p.on {
+		return w
+	}
+	return &progressWriterAt{w: w, p: p}
 }
 
 // writer counts what is written through it.

@@ -9,11 +9,12 @@ import (
 	"time"
 )
 
-// withHelperHook installs hook as helperStarted with at least two Ps, so that
-// large reads decode in parallel, and undoes both when the test ends.
+// withHelperHook installs hook as helperStarted with two Ps, so that a large read
+// has one decode helper, and undoes both when the test ends (after the test has
+// seen every helper start, so that none reads helperStarted afterwards).
 func withHelperHook(t *testing.T, hook func()) {
 	t.Helper()
-	prev := runtime.GOMAXPROCS(max(2, runtime.GOMAXPROCS(0)))
+	prev := runtime.GOMAXPROCS(2)
 	helperStarted = hook
 	t.Cleanup(func() {
 		helperStarted = nil

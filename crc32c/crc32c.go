@@ -16,8 +16,12 @@ const Salt uint32 = 100007
 // table is made on first use, not at init: every obd command links this package.
 var table = sync.OnceValue(func() *crc32.Table { return crc32.MakeTable(crc32.Castagnoli) })
 
-// Raw returns the raw CRC32C register after feeding p into a register holding seed.
+// Raw returns the raw CRC32C register after feeding p into a register holding seed
+// (select.go: the CPU's instruction, or tables where that is emulated).
 func Raw(seed uint32, p []byte) uint32 {
+	if current() == implTable {
+		return slicing8(seed, p)
+	}
 	return ^crc32.Update(^seed, table(), p)
 }
 

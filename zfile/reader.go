@@ -7,6 +7,7 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/obd-project/obd/crc32c"
 	"github.com/obd-project/obd/internal/blobio"
@@ -329,7 +330,7 @@ func (z *Reader) ReadAt(p []byte, off int64) (int, error) {
 	// Whole blocks of a batch with their raw bytes at hand are decoded together,
 	// in parallel when there are enough of them (decodeBatch).
 	var jobs []decodeJob
-	if last-first+1 >= parallelMinBlocks && runtime.GOMAXPROCS(0) > 1 && !z.serial {
+	if (last-first+1)*z.bs >= parallelMinBytes && last-first+1 >= parallelMinBlocks && runtime.GOMAXPROCS(0) > 1 && !z.serial {
 		jp := jobLists.Get().(*[]decodeJob)
 		jobs = (*jp)[:0]
 		defer func() {
@@ -459,11 +460,20 @@ func (z *Reader) walk(first, end int64, fn func(i int64, raw []byte, off int64) 
 
 // Parallel decoding of large reads: a 1 MiB read of 4 KiB blocks is 256
 // decompressions + CRCs, which one core does several times slower than the
-// storage delivers them.
+// storage delivers them. Waking a helper costs CPU (a futex wake, context
+// switches, cache lines moving between cores; far dearer under emulation): on a
+// 2-core VM, 64-256 KiB reads decoded on two goroutines took 1.3-1.6x the CPU
+// of one, 1 MiB reads about 1.05x, so only batches of 512 KiB and more get one.
 const (
-	parallelMinBlocks = 8    // fewer blocks are decoded in line
-	minBlockLen       = 4096 // smallest block size, to size the job list
+	parallelMinBytes  = 512 << 10 // smaller batches of whole blocks are decoded in line
+	parallelMinBlocks = 8         // nor are fewer blocks than this
+	minBlockLen       = 4096      // smallest block size, to size the job list
 	maxDecoders       = 8
+	// claimBytes is how much uncompressed data a decoder takes at a time: large
+	// enough that the shared counter is touched rarely, small enough that a
+	// helper that starts late still takes a share and the caller never waits
+	// long for one that is mid-claim.
+	claimBytes = 32 << 10
 )
 
 // jobLists recycles ReadAt's decode job lists (16 KiB each).
@@ -477,11 +487,68 @@ type decodeJob struct {
 	at     int
 }
 
+// helperStarted, when not nil, runs as a decode helper goroutine starts (tests
+// delay helpers with it).
+var helperStarted func()
+
+// sharedDecode is a batch decoded by the caller and helpers, each claiming
+// claim jobs at a time from next. A helper that starts after the caller has
+// claimed everything only touches next, so the caller waits only for helpers
+// holding a claim (done counts finished jobs; the helper finishing the last one
+// signals last).
+type sharedDecode struct {
+	z      *Reader
+	jobs   []decodeJob
+	claim  int64
+	next   atomic.Int64
+	done   atomic.Int64
+	failAt atomic.Int64 // lowest failed job so far, len(jobs) if none
+	last   chan struct{}
+	mu     sync.Mutex
+	err    error // failAt's error
+}
+
+// run decodes claims until none are left and reports whether it finished the
+// batch's last job.
+func (s *sharedDecode) run() bool {
+	total := int64(len(s.jobs))
+	for {
+		k := s.next.Add(s.claim) - s.claim
+		if k >= total {
+			return false
+		}
+		e := min(k+s.claim, total)
+		for j := k; j < e; j++ {
+			if j > s.failAt.Load() {
+				break // a block before this one failed: the rest is not needed
+			}
+			jb := &s.jobs[j]
+			if err := s.z.decode(jb.i, jb.raw, jb.off, jb.dst); err != nil {
+				s.fail(j, err)
+				break
+			}
+		}
+		if s.done.Add(e-k) == total {
+			return true
+		}
+	}
+}
+
+func (s *sharedDecode) fail(j int64, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if j < s.failAt.Load() {
+		s.failAt.Store(j)
+		s.err = err
+	}
+}
+
 // decodeBatch decodes jobs (in block order), on several goroutines when there are
 // enough, and returns the index of the first job that failed with its error.
 func (z *Reader) decodeBatch(jobs []decodeJob) (int, error) {
-	workers := min(runtime.GOMAXPROCS(0), maxDecoders, len(jobs)/(parallelMinBlocks/2))
-	if workers <= 1 {
+	// Each decoder gets at least half of parallelMinBytes.
+	workers := min(int64(runtime.GOMAXPROCS(0)), maxDecoders, int64(len(jobs))*z.bs/(parallelMinBytes/2))
+	if workers <= 1 || len(jobs) < parallelMinBlocks {
 		for k := range jobs {
 			if err := z.decode(jobs[k].i, jobs[k].raw, jobs[k].off, jobs[k].dst); err != nil {
 				return k, err
@@ -489,34 +556,24 @@ func (z *Reader) decodeBatch(jobs []decodeJob) (int, error) {
 		}
 		return 0, nil
 	}
-	// Contiguous shares: interleaving blocks between workers made them fight
-	// over cache lines (the job counter, neighbouring results) and gained nothing.
-	var first [maxDecoders]int // per worker: index of its first failed job, or -1
-	var errs [maxDecoders]error
-	share := func(w int) {
-		first[w] = -1
-		for k := w * len(jobs) / workers; k < (w+1)*len(jobs)/workers; k++ {
-			if err := z.decode(jobs[k].i, jobs[k].raw, jobs[k].off, jobs[k].dst); err != nil {
-				first[w], errs[w] = k, err
-				return
-			}
-		}
-	}
-	// The caller decodes the first share itself rather than wait idle.
-	var wg sync.WaitGroup
-	for w := 1; w < workers; w++ {
-		wg.Add(1)
+	s := &sharedDecode{z: z, jobs: jobs, claim: max(claimBytes/z.bs, 1), last: make(chan struct{}, 1)}
+	s.failAt.Store(int64(len(jobs)))
+	for range workers - 1 {
 		go func() {
-			defer wg.Done()
-			share(w)
+			if helperStarted != nil {
+				helperStarted()
+			}
+			if s.run() {
+				s.last <- struct{}{}
+			}
 		}()
 	}
-	share(0)
-	wg.Wait()
-	for w := range workers {
-		if first[w] >= 0 {
-			return first[w], errs[w]
-		}
+	// The caller decodes too rather than wait idle, from the first claim on.
+	if !s.run() {
+		<-s.last
+	}
+	if k := s.failAt.Load(); k < int64(len(jobs)) {
+		return int(k), s.err
 	}
 	return 0, nil
 }

@@ -55,6 +55,12 @@ type queue struct {
 	// to local files: per-tag state, and how many requests were served so.
 	reads     []tagRead
 	ringReads atomic.Uint64
+	// linkReads: reads are chained to their COMMIT (fileread.go's queueLinked)
+	// on rings that skip the CQEs of successful reads; linkedN counts those
+	// chains, rereadN the ones a failed or short read broke (served by ReadAt).
+	linkReads bool
+	linkedN   atomic.Uint64
+	rereadN   atomic.Uint64
 
 	// Zero copy (UBLK_F_AUTO_BUF_REG with USER_COPY, fileread.go): the kernel
 	// registers each request's pages as fixed buffer <tag> of the ring, file
@@ -149,6 +155,12 @@ func (q *queue) queueCmd(nr uint32, tag uint16, result int32) error {
 	if err != nil {
 		return err
 	}
+	q.fillCmd(s, nr, tag, result)
+	return nil
+}
+
+// fillCmd makes s the data-plane command nr (FETCH_REQ, COMMIT_AND_FETCH_REQ) of tag.
+func (q *queue) fillCmd(s *sqe, nr uint32, tag uint16, result int32) {
 	s.Opcode = ioringOpURingCmd
 	s.Flags = iosqeFixedFile
 	s.Fd = 0 // index 0 of the registered files: /dev/ublkcN
@@ -165,7 +177,6 @@ func (q *queue) queueCmd(nr uint32, tag uint16, result int32) error {
 	default:
 		c.Addr = uint64(uintptr(unsafe.Pointer(&q.buf(tag)[0])))
 	}
-	return nil
 }
 
 // serve runs tag's request against the Target. With user copy it first fetches
@@ -256,6 +267,7 @@ func (q *queue) run(ready chan<- error) error {
 		if err = q.ring.registerFiles([]int32{int32(q.cdevFd)}); err != nil {
 			return err
 		}
+		q.linkReads = q.reads != nil && q.ring.cqeSkip
 		if q.autoBuf {
 			if err = q.ring.registerSparseBuffers(uint32(q.depth)); err != nil {
 				return err
@@ -295,6 +307,15 @@ func (q *queue) run(ready chan<- error) error {
 			dirty = true
 		}
 	}
+	// reread serves tag, whose reads on the ring failed, through the Target.
+	reread := func(tag uint16) {
+		if q.workers > 0 {
+			q.dispatch(tag)
+			return
+		}
+		loopErr = q.queueCmd(nrCommitAndFetch, tag, q.serve(tag))
+		inFlight--
+	}
 	handle := func(c cqe) {
 		if loopErr != nil {
 			return
@@ -323,9 +344,30 @@ func (q *queue) run(ready chan<- error) error {
 			loopErr = q.armEvent()
 			return
 		}
+		if c.UserData&linkedUserData != 0 && (c.UserData&fileReadUserData != 0 || c.Res == -int32(unix.ECANCELED)) {
+			// A CQE of a read chained to its COMMIT (only the last read of a
+			// copy-mode chain posts on success), or a cancelled COMMIT.
+			tag, chainDone, broken := q.linkedDone(c)
+			switch {
+			case chainDone && !q.autoBuf:
+				inFlight--
+			case broken:
+				if q.autoBuf {
+					inFlight++ // counted as committed when the chain was queued
+				}
+				reread(tag)
+			}
+			return
+		}
 		if c.UserData&fileReadUserData != 0 {
 			tag, done, res, err := q.fileReadDone(c)
-			if loopErr = err; done && err == nil {
+			switch {
+			case err != nil:
+				loopErr = err
+			case done && res == errIO: // a read failed: ReadAt may still answer
+				q.rereadN.Add(1)
+				reread(tag)
+			case done:
 				loopErr = q.queueCmd(nrCommitAndFetch, tag, res)
 				inFlight--
 			}
@@ -333,13 +375,18 @@ func (q *queue) run(ready chan<- error) error {
 		}
 		tag := uint16(c.UserData)
 		if c.Res >= 0 && q.reads != nil {
-			started, done, res, err := q.startFileRead(tag, q.desc(tag))
-			if started || err != nil {
+			how, res, err := q.startFileRead(tag, q.desc(tag))
+			if how != readNotMapped || err != nil {
 				q.served.Add(1)
 				received(tag)
-				if loopErr = err; done && err == nil {
+				switch {
+				case err != nil:
+					loopErr = err
+				case how == readHoles:
 					loopErr = q.queueCmd(nrCommitAndFetch, tag, res)
 					inFlight--
+				case how == readLinked && q.autoBuf:
+					inFlight-- // nothing of ours is touched any more: see queueLinked
 				}
 				return
 			}

@@ -77,6 +77,13 @@ func BenchmarkImageVsLoop(b *testing.B) {
 	requireUblk(b)
 	const size = 128 << 20
 	dir := b.TempDir()
+	if d := os.Getenv("OBD_BENCH_DIR"); d != "" { // e.g. an ext4 mount: the guest's /tmp is tmpfs
+		var err error
+		if dir, err = os.MkdirTemp(d, "bench"); err != nil {
+			b.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+	}
 	rawPath := filepath.Join(dir, "disk.raw")
 	raw, err := os.Create(rawPath)
 	if err != nil {
@@ -127,6 +134,16 @@ func benchReadPaths(b *testing.B, compressed bool) []benchReadPath {
 	// Zero copy needs an image wholly in local files (mapsWhole).
 	if need := FeatureAutoBufReg | FeatureUserCopy | FeatureBufRegOffDaemon; !compressed && f&need == need {
 		paths = append(paths, benchReadPath{"zc", zc})
+	}
+	// OBD_BENCH_PATHS=ring,zc keeps only those (e.g. to profile one path).
+	if only := os.Getenv("OBD_BENCH_PATHS"); only != "" {
+		keep := paths[:0]
+		for _, p := range paths {
+			if strings.Contains(","+only+",", ","+p.name+",") {
+				keep = append(keep, p)
+			}
+		}
+		paths = keep
 	}
 	return paths
 }

@@ -219,25 +219,24 @@ func TestImageFileReads(t *testing.T) {
 }
 
 // brokenFiles is a Target over a file that ends before the device does (the
-// rest reads as zeros), mapped to local files in 4 KiB blocks: every 7th block
-// a hole, every 11th mapped to a write-only fd of the same file (its reads on
+// rest reads as zeros), mapped to local files in 4 KiB blocks: every 13th block
+// a hole, every 17th mapped to a write-only fd of the same file (its reads on
 // the ring fail with EBADF), the rest, merged, to the file itself (those past
 // its end come back short). ReadAt always answers right, so every failed or
 // short ring read must end up served through it.
 type brokenFiles struct {
-	f        *os.File
-	size     int64
-	wrongFd  int
-	fileSize int64
+	f       *os.File
+	size    int64
+	wrongFd int
 }
 
 const brokenBlock = 4096
 
 func (b *brokenFiles) kind(blk int64) int { // 0 data, 1 hole, 2 failing
 	switch {
-	case blk%7 == 3:
+	case blk%13 == 3:
 		return 1
-	case blk%11 == 5:
+	case blk%17 == 5:
 		return 2
 	}
 	return 0

@@ -10,8 +10,10 @@ import (
 // Backing-file reads on the queue's ring. When the Target is a blockdev.FileMapper
 // and a READ's range maps to local files, the queue thread issues the reads as
 // io_uring READs on its own ring, next to the COMMIT_AND_FETCHes, instead of a
-// blocking pread per request in the Target, and commits the tag when all its
-// pieces are in. Other data (remote, compressed) keeps the Target's ReadAt and
+// blocking pread per request in the Target: chained to the tag's COMMIT in one
+// submission (queueLinked) where the ring can skip the CQEs of successful reads,
+// else committed when all its pieces are in. A failed ring read is served again
+// through ReadAt. Other data (remote, compressed) keeps the Target's ReadAt and
 // the serve policy, so a slow remote read never stalls these.
 
 // fileReadUserData marks the CQE of a backing-file read: the low 16 bits are
@@ -26,12 +28,13 @@ const (
 )
 
 // ringReadMinCopy is the smallest READ read on the ring when the data is then
-// copied through the tag buffer (no zero copy) and the reads cannot be linked
-// to the commit (kernels before 5.17, without IORING_FEAT_CQE_SKIP): there a
-// request takes two ring round trips (READ, then COMMIT), and in the VM
-// benchmark (BenchmarkImageVsLoop, ring vs pread) 1 MiB reads cost less CPU on
-// the ring, 4 KiB ones more. Linked, every size goes to the ring: see
-// linkReads. With zero copy every size gains or ties, so there is no minimum.
+// copied through the tag buffer (no zero copy); smaller ones are a pread in the
+// Target. Measured in the VM on 6.12 (BenchmarkImageVsLoop, ring vs pread, CPU
+// of the serving process per request, reads linked to their COMMIT): 1 MiB
+// reads cost 0.7-0.85x pread's CPU on the ring; 4 KiB ones tie on ext4 and
+// cost 2x on tmpfs, whose files 6.12's io_uring cannot read without blocking
+// (each read goes to an io-wq worker). With zero copy every size gains or
+// ties, so there is no minimum.
 const ringReadMinCopy = 64 << 10
 
 // maxLinkedPieces bounds the reads chained to one commit: a link runs its reads
@@ -94,7 +97,7 @@ func (q *queue) startFileRead(tag uint16, d ioDesc) (how fileRead, result int32,
 	if d.op() != opRead || n == 0 || n > int64(q.bufSize) || d.StartSector > uint64(q.be.size)>>9 {
 		return readNotMapped, 0, nil
 	}
-	if !q.autoBuf && !q.linkReads && n < ringReadMinCopy {
+	if !q.autoBuf && n < ringReadMinCopy {
 		return readNotMapped, 0, nil
 	}
 	if q.autoBuf && d.OpFlags&ioFlagNeedRegBuf != 0 {

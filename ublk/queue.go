@@ -68,8 +68,7 @@ type queue struct {
 	// pread/pwrite on /dev/ublkcN) instead of the kernel's copy to the tag buffer.
 	userCopy  bool
 	autoBuf   bool
-	zeroFd    int // /dev/zero, to zero a hole in a request's pages, when zeroOpen
-	zeroOpen  bool
+	zeroFd    int // /dev/zero, to zero a hole in a request's pages; -1 when not open
 	zeroCopyN atomic.Uint64 // requests read straight into their pages
 }
 
@@ -90,6 +89,7 @@ func (q *queue) buf(tag uint16) []byte {
 func mapQueue(q *queue) error {
 	page := os.Getpagesize()
 	var err error
+	q.zeroFd = -1
 	q.descs, err = unix.Mmap(q.cdevFd, descMmapOffset(q.id, page), descMmapLen(q.depth, page), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		return fmt.Errorf("ublk: queue %d: mmap descriptors: %w", q.id, err)
@@ -107,10 +107,10 @@ func mapQueue(q *queue) error {
 	}
 	if q.autoBuf && q.reads != nil {
 		if q.zeroFd, err = unix.Open("/dev/zero", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			q.zeroFd = -1
 			q.unmap()
 			return fmt.Errorf("ublk: queue %d: %w", q.id, err)
 		}
-		q.zeroOpen = true
 	}
 	return nil
 }
@@ -128,9 +128,9 @@ func (q *queue) unmap() {
 		unix.Close(q.efd)
 		q.efd = -1
 	}
-	if q.zeroOpen {
+	if q.zeroFd >= 0 {
 		unix.Close(q.zeroFd)
-		q.zeroOpen = false
+		q.zeroFd = -1
 	}
 }
 

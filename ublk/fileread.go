@@ -5,6 +5,7 @@ import (
 	"unsafe"
 
 	"github.com/obd-project/obd/blockdev"
+	"golang.org/x/sys/unix"
 )
 
 // Backing-file reads on the queue's ring. When the Target is a blockdev.FileMapper
@@ -28,14 +29,51 @@ const (
 )
 
 // ringReadMinCopy is the smallest READ read on the ring when the data is then
-// copied through the tag buffer (no zero copy); smaller ones are a pread in the
-// Target. Measured in the VM on 6.12 (BenchmarkImageVsLoop, ring vs pread, CPU
-// of the serving process per request, reads linked to their COMMIT): 1 MiB
-// reads cost 0.7-0.85x pread's CPU on the ring; 4 KiB ones tie on ext4 and
-// cost 2x on tmpfs, whose files 6.12's io_uring cannot read without blocking
-// (each read goes to an io-wq worker). With zero copy every size gains or
-// ties, so there is no minimum.
+// copied through the tag buffer (no zero copy), unless its reads can be linked
+// to the COMMIT and its files are on a file system whose cached pages io_uring
+// reads without blocking (nowaitFS). Measured in the VM on 6.12
+// (BenchmarkImageVsLoop, 4 KiB random reads at QD32; ring vs pread, CPU of the
+// queue thread from a CPU profile): with the files on ext4, linked ring reads
+// cost 0.63x pread's; on tmpfs, which 6.12's io_uring cannot read without
+// blocking (every read goes to an io-wq worker), the serving process spent 2x
+// pread's CPU. 1 MiB reads cost less on the ring everywhere (0.7-0.85x). With
+// zero copy every size gains or ties, so there is no minimum.
 const ringReadMinCopy = 64 << 10
+
+// nowaitFS reports whether io_uring reads cached pages of files on the file
+// system with statfs f_type typ inline (IOCB_NOWAIT): the local file systems
+// an image directory sits on. Elsewhere a small read on the ring would cost an
+// io-wq worker's wake-up.
+func nowaitFS(typ int64) bool {
+	switch typ {
+	case unix.EXT4_SUPER_MAGIC, unix.XFS_SUPER_MAGIC, unix.BTRFS_SUPER_MAGIC:
+		return true
+	}
+	return false
+}
+
+// smallOnRing reports whether a copy-path request smaller than ringReadMinCopy
+// may be read on the ring: its pieces are linkable and all on nowaitFS files.
+func (q *queue) smallOnRing(pieces []readPiece) bool {
+	if !q.linkReads || len(pieces) > maxLinkedPieces {
+		return false
+	}
+	for _, p := range pieces {
+		ok, known := q.nowaitFds[p.fd]
+		if !known {
+			var st unix.Statfs_t
+			ok = unix.Fstatfs(p.fd, &st) == nil && nowaitFS(st.Type)
+			if q.nowaitFds == nil {
+				q.nowaitFds = make(map[int]bool)
+			}
+			q.nowaitFds[p.fd] = ok // the FileMapper keeps its fds open while served
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
 
 // maxLinkedPieces bounds the reads chained to one commit: a link runs its reads
 // one after another, so a more fragmented request has its pieces read in
@@ -97,7 +135,8 @@ func (q *queue) startFileRead(tag uint16, d ioDesc) (how fileRead, result int32,
 	if d.op() != opRead || n == 0 || n > int64(q.bufSize) || d.StartSector > uint64(q.be.size)>>9 {
 		return readNotMapped, 0, nil
 	}
-	if !q.autoBuf && n < ringReadMinCopy {
+	small := !q.autoBuf && n < ringReadMinCopy
+	if small && !q.linkReads {
 		return readNotMapped, 0, nil
 	}
 	if q.autoBuf && d.OpFlags&ioFlagNeedRegBuf != 0 {
@@ -126,7 +165,7 @@ func (q *queue) startFileRead(tag uint16, d ioDesc) (how fileRead, result int32,
 		}
 		pos += int(e.Length)
 	}
-	if int64(pos) != n {
+	if int64(pos) != n || small && !q.smallOnRing(t.pieces) {
 		return readNotMapped, 0, nil
 	}
 	q.ringReads.Add(1)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -282,16 +283,53 @@ func (b *brokenFiles) WriteAt(p []byte, off int64) (int, error) { return 0, unix
 func (b *brokenFiles) Flush() error                             { return nil }
 func (b *brokenFiles) Size() int64                              { return b.size }
 
-// TestRingReadsRecover serves brokenFiles: requests of 512 B to 128 KiB
-// (chained to their COMMIT and not, with holes, failing pieces and pieces past
-// the end of the file) must read exactly what ReadAt answers, each failed or
-// short read on the ring must have been served again through ReadAt (counted),
-// and requests must have been read with linked commits where the ring can skip
-// CQEs (every kernel with ublk in the suite).
+// ext4Dir mounts a fresh ext4 file system (on a loop device) for the test.
+func ext4Dir(t *testing.T) string {
+	t.Helper()
+	mkfs, err := exec.LookPath("mkfs.ext4")
+	if err != nil {
+		t.Fatalf("mkfs.ext4 not found (the VM suite passes -b /sbin/mkfs.ext4): %v", err)
+	}
+	img := filepath.Join(t.TempDir(), "ext4.img")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(mkfs, "-q", "-F", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	dev := loopDevice(t, img)
+	dir := t.TempDir()
+	if err := unix.Mount(dev, dir, "ext4", 0, ""); err != nil {
+		t.Fatalf("mount %s: %v", dev, err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, 0) })
+	return dir
+}
+
+// TestRingReadsRecover serves brokenFiles, its file on tmpfs and on ext4:
+// requests of 512 B to 128 KiB (chained to their COMMIT and not, with holes,
+// failing pieces and pieces past the end of the file) must read exactly what
+// ReadAt answers, each failed or short read on the ring must have been served
+// again through ReadAt (counted), and requests must have been read with linked
+// commits where the ring can skip CQEs (every kernel with ublk in the suite).
+// Without zero copy, requests under ringReadMinCopy go to the ring only on
+// ext4 (nowaitFS).
 func TestRingReadsRecover(t *testing.T) {
 	requireUblk(t)
+	for _, fs := range []string{"tmpfs", "ext4"} {
+		dir := t.TempDir()
+		if fs == "ext4" {
+			dir = ext4Dir(t)
+		}
+		testRingReadsRecover(t, fs, filepath.Join(dir, "data"))
+	}
+}
+
+func testRingReadsRecover(t *testing.T, fs, path string) {
 	const size = 8 << 20
-	path := filepath.Join(t.TempDir(), "data")
 	data := make([]byte, 6<<20+1536) // ends mid-block: short reads, then EOF
 	randomBytes(data, 77)
 	if err := os.WriteFile(path, data, 0o644); err != nil {
@@ -314,10 +352,14 @@ func TestRingReadsRecover(t *testing.T) {
 		buf := alignedBuf(t, 128<<10)
 		want := make([]byte, 128<<10)
 		r := rand.New(rand.NewPCG(11, uint64(i)))
+		large := 0
 		for j := 0; j < 3000; j++ {
 			n := int64(1+r.IntN(256)) * 512
 			if j%3 == 0 {
 				n = 4096
+			}
+			if n >= ringReadMinCopy {
+				large++
 			}
 			off := r.Int64N((size-n)/512+1) * 512
 			if j%5 == 0 { // around the end of the file
@@ -331,15 +373,20 @@ func TestRingReadsRecover(t *testing.T) {
 		}
 		ring, zc := dev.FileReads()
 		linked, reread := dev.LinkedReads()
-		t.Logf("%+v: features %s; %d ring reads (%d zero copy), %d linked, %d served again by ReadAt",
-			opts, FeatureString(dev.Features()), ring, zc, linked, reread)
+		t.Logf("%s %+v: features %s; %d ring reads (%d zero copy; %d requests of >= %d bytes), %d linked, %d served again by ReadAt",
+			fs, opts, FeatureString(dev.Features()), ring, zc, large, ringReadMinCopy, linked, reread)
+		copyPath := dev.Features()&FeatureAutoBufReg == 0
 		switch {
+		case copyPath && fs == "tmpfs" && ring > uint64(large)+16:
+			t.Fatalf("%s %+v: %d ring reads, but only %d requests are large enough for the ring on tmpfs", fs, opts, ring, large)
+		case copyPath && fs == "ext4" && ring < uint64(large)+(3000-uint64(large))/2:
+			t.Fatalf("%s %+v: %d ring reads for %d large requests: small ones on ext4 must be read on the ring", fs, opts, ring, large)
 		case linked == 0:
-			t.Fatalf("%+v: no request read with its COMMIT linked", opts)
+			t.Fatalf("%s %+v: no request read with its COMMIT linked", fs, opts)
 		case linked == ring:
-			t.Fatalf("%+v: all %d ring reads linked; requests of more than %d pieces must not be", opts, ring, maxLinkedPieces)
+			t.Fatalf("%s %+v: all %d ring reads linked; requests of more than %d pieces must not be", fs, opts, ring, maxLinkedPieces)
 		case reread == 0:
-			t.Fatalf("%+v: no failed ring read was served again through ReadAt", opts)
+			t.Fatalf("%s %+v: no failed ring read was served again through ReadAt", fs, opts)
 		}
 	}
 }

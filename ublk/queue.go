@@ -59,6 +59,7 @@ type queue struct {
 	// on rings that skip the CQEs of successful reads; linkedN counts those
 	// chains, rereadN the ones a failed or short read broke (served by ReadAt).
 	linkReads bool
+	nowaitFds map[int]bool // fd -> on a nowaitFS file system (fileread.go's smallOnRing)
 	linkedN   atomic.Uint64
 	rereadN   atomic.Uint64
 
@@ -68,7 +69,7 @@ type queue struct {
 	// pread/pwrite on /dev/ublkcN) instead of the kernel's copy to the tag buffer.
 	userCopy  bool
 	autoBuf   bool
-	zeroFd    int // /dev/zero, to zero a hole in a request's pages; -1 when not open
+	zeroFd    int           // /dev/zero, to zero a hole in a request's pages; -1 when not open
 	zeroCopyN atomic.Uint64 // requests read straight into their pages
 }
 

@@ -6,11 +6,15 @@
 #   BenchmarkImageVsLoop the same for a sealed local LSMT image and a ZFile LZ4 one,
 #                        per read path, each measured right after loop in every run:
 #                        pread (the Target's ReadAt), ring (file reads on the queue's
-#                        ring; without zero copy only for requests >= 64 KiB) and, on
+#                        ring; without zero copy smaller requests only when their
+#                        files are on ext4/xfs/btrfs, see BENCH_FS) and, on
 #                        kernels with AUTO_BUF_REG, zc (zero copy): PATH-x-vs-loop,
 #                        and the serving CPU per request, PATH-cpu-us/op for 4 KiB
 #                        reads and PATH-cpu-ms/MiB sequentially (process CPU minus
-#                        the load thread's; issue 13's CPU per I/O).
+#                        the load thread's; issue 13's CPU per I/O), and
+#                        PATH-enters/op, the queue threads' io_uring_enter calls
+#                        per request (ring round trips; reads on the ring are
+#                        linked to their completion, so one round trip each).
 #   BenchmarkServeMode   Target calls in the queue thread vs the worker pool, on a
 #                        RAM target and a target whose reads take 200 µs.
 # TCG numbers are noisy (±50 %): compare ratios within one run, not across runs.

@@ -6,7 +6,7 @@
 #   BenchmarkImageVsLoop the same for a sealed local LSMT image and a ZFile LZ4 one,
 #                        per read path, each measured right after loop in every run:
 #                        pread (the Target's ReadAt), ring (file reads on the queue's
-#                        ring; without zero copy smaller requests only when their
+#                        ring; without zero copy, requests under 64 KiB only if their
 #                        files are on ext4/xfs/btrfs, see BENCH_FS) and, on
 #                        kernels with AUTO_BUF_REG, zc (zero copy): PATH-x-vs-loop,
 #                        and the serving CPU per request, PATH-cpu-us/op for 4 KiB

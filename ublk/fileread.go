@@ -32,12 +32,13 @@ const (
 // copied through the tag buffer (no zero copy), unless its reads can be linked
 // to the COMMIT and its files are on a file system whose cached pages io_uring
 // reads without blocking (nowaitFS). Measured in the VM on 6.12
-// (BenchmarkImageVsLoop, 4 KiB random reads at QD32; ring vs pread, CPU of the
-// queue thread from a CPU profile): with the files on ext4, linked ring reads
-// cost 0.63x pread's; on tmpfs, which 6.12's io_uring cannot read without
-// blocking (every read goes to an io-wq worker), the serving process spent 2x
-// pread's CPU. 1 MiB reads cost less on the ring everywhere (0.7-0.85x). With
-// zero copy every size gains or ties, so there is no minimum.
+// (BenchmarkImageVsLoop, 4 KiB random reads at QD32, ring vs pread in the same
+// runs): with the files on ext4, linked ring reads cost 0.80x [0.67-1.73]
+// pread's serving CPU per request (median [spread] of 5 runs; 0.63x of the
+// queue thread's CPU in a profile); on tmpfs, which 6.12's io_uring cannot read
+// without blocking (every read goes to an io-wq worker), 2x. 1 MiB reads cost
+// less on the ring on both (0.77x on tmpfs, 0.85x on ext4). With zero copy every
+// size gains or ties, so there is no minimum.
 const ringReadMinCopy = 64 << 10
 
 // nowaitFS reports whether io_uring reads cached pages of files on the file
@@ -196,7 +197,9 @@ func (q *queue) startFileRead(tag uint16, d ioDesc) (how fileRead, result int32,
 // last skips its CQE on success (IOSQE_CQE_SKIP_SUCCESS); the last posts one
 // in copy mode, where the kernel writes the tag buffer until then (the queue
 // must not release the buffers under a read in flight), and skips it too with
-// zero copy, where the reads land in the request's pages.
+// zero copy, where the reads land in the request's pages. (So at QD1 a copy-mode
+// request still costs two io_uring_enter calls, the second one woken by that
+// CQE; at QD32 both batch: 0.06 calls per request.)
 func (q *queue) queueLinked(tag uint16) error {
 	t := &q.reads[tag]
 	// The chain must not be split across two submissions: a COMMIT submitted

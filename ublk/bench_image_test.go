@@ -77,6 +77,13 @@ func BenchmarkImageVsLoop(b *testing.B) {
 	requireUblk(b)
 	const size = 128 << 20
 	dir := b.TempDir()
+	if d := os.Getenv("OBD_BENCH_DIR"); d != "" { // e.g. an ext4 mount: the guest's /tmp is tmpfs
+		var err error
+		if dir, err = os.MkdirTemp(d, "bench"); err != nil {
+			b.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+	}
 	rawPath := filepath.Join(dir, "disk.raw")
 	raw, err := os.Create(rawPath)
 	if err != nil {
@@ -128,6 +135,16 @@ func benchReadPaths(b *testing.B, compressed bool) []benchReadPath {
 	if need := FeatureAutoBufReg | FeatureUserCopy | FeatureBufRegOffDaemon; !compressed && f&need == need {
 		paths = append(paths, benchReadPath{"zc", zc})
 	}
+	// OBD_BENCH_PATHS=ring,zc keeps only those (e.g. to profile one path).
+	if only := os.Getenv("OBD_BENCH_PATHS"); only != "" {
+		keep := paths[:0]
+		for _, p := range paths {
+			if strings.Contains(","+only+",", ","+p.name+",") {
+				keep = append(keep, p)
+			}
+		}
+		paths = keep
+	}
 	return paths
 }
 
@@ -172,6 +189,7 @@ func benchImagePaths(b *testing.B, kind string, im *lsmt.Image, compressed bool,
 			b.ReportMetric(loopIOPS, "loop-IOPS")
 			for i, p := range paths {
 				ring0, zc0 := devs[i].FileReads()
+				enters0 := ringEnters(devs[i])
 				res, serve := load(devs[i].Path())
 				b.ReportMetric(res/loopIOPS, p.name+"-x-vs-loop")
 				// CPU the serving side of this process spent per request (issue 13
@@ -181,6 +199,8 @@ func benchImagePaths(b *testing.B, kind string, im *lsmt.Image, compressed bool,
 				} else {
 					b.ReportMetric(float64(serve.Nanoseconds())/1e3/float64(b.N), p.name+"-cpu-us/op")
 				}
+				// Ring round trips: io_uring_enter calls of the queue threads per request.
+				b.ReportMetric(float64(ringEnters(devs[i])-enters0)/float64(b.N), p.name+"-enters/op")
 				// The path really taken: requests read on the ring, with zero copy.
 				ring, zc := devs[i].FileReads()
 				switch p.name {
@@ -195,6 +215,15 @@ func benchImagePaths(b *testing.B, kind string, im *lsmt.Image, compressed bool,
 			b.ReportMetric(float64(ioWorkers()), "iou-wrk-threads")
 		})
 	}
+}
+
+// ringEnters sums the io_uring_enter calls of d's queue threads.
+func ringEnters(d *Device) uint64 {
+	var n uint64
+	for _, q := range d.queues {
+		n += q.enters.Load()
+	}
+	return n
 }
 
 // ioWorkers counts this process's io_uring worker threads (iou-wrk-*).

@@ -314,6 +314,18 @@ func (d *Device) FileReads() (ring, zeroCopy uint64) {
 	return ring, zeroCopy
 }
 
+// LinkedReads reports how many READs the queues read on their rings with each
+// read chained to the request's COMMIT (one ring round trip; fileread.go), and
+// how many ring reads failed or came back short and were served through the
+// Target's ReadAt instead.
+func (d *Device) LinkedReads() (linked, reread uint64) {
+	for _, q := range d.queues {
+		linked += q.linkedN.Load()
+		reread += q.rereadN.Load()
+	}
+	return linked, reread
+}
+
 // QueueRequests reports how many requests each queue has received so far.
 func (d *Device) QueueRequests() []uint64 {
 	n := make([]uint64, len(d.queues))

@@ -49,9 +49,11 @@ type Options struct {
 	// NoRingReads makes a Target that maps reads to local files
 	// (blockdev.FileMapper: local LSMT layers, a writable upper) serve them with
 	// its ReadAt, like any other Target. By default the queue thread reads those
-	// files itself with io_uring READs on its ring, batched with the commands:
-	// every READ with zero copy (see NoZeroCopy), otherwise READs of 64 KiB and
-	// more (smaller ones measured cheaper with pread).
+	// files itself with io_uring READs on its ring, each linked to its
+	// request's completion: every READ with zero copy (see NoZeroCopy),
+	// otherwise READs of 64 KiB and more, and smaller ones whose files are on
+	// ext4, xfs or btrfs (on tmpfs, 6.12's io_uring hands each read to a worker
+	// thread: pread measured cheaper).
 	NoRingReads bool
 	// NoZeroCopy keeps the kernel's copy through the tag buffers on kernels
 	// that offer UBLK_F_AUTO_BUF_REG (6.17+). By default, when all of the

@@ -48,6 +48,7 @@ type queue struct {
 	completed []completion
 	quit      atomic.Bool
 	served    atomic.Uint64 // requests received, for QueueRequests
+	enters    atomic.Uint64 // io_uring_enter calls of the serving loop (BenchmarkImageVsLoop's enters/op)
 	spare     []completion  // owned by the queue thread between swaps
 	signalled bool
 
@@ -55,6 +56,13 @@ type queue struct {
 	// to local files: per-tag state, and how many requests were served so.
 	reads     []tagRead
 	ringReads atomic.Uint64
+	// linkReads: reads are chained to their COMMIT (fileread.go's queueLinked)
+	// on rings that skip the CQEs of successful reads; linkedN counts those
+	// chains, rereadN the ones a failed or short read broke (served by ReadAt).
+	linkReads bool
+	nowaitFds map[int]bool // fd -> on a nowaitFS file system (fileread.go's smallOnRing)
+	linkedN   atomic.Uint64
+	rereadN   atomic.Uint64
 
 	// Zero copy (UBLK_F_AUTO_BUF_REG with USER_COPY, fileread.go): the kernel
 	// registers each request's pages as fixed buffer <tag> of the ring, file
@@ -62,8 +70,7 @@ type queue struct {
 	// pread/pwrite on /dev/ublkcN) instead of the kernel's copy to the tag buffer.
 	userCopy  bool
 	autoBuf   bool
-	zeroFd    int // /dev/zero, to zero a hole in a request's pages, when zeroOpen
-	zeroOpen  bool
+	zeroFd    int           // /dev/zero, to zero a hole in a request's pages; -1 when not open
 	zeroCopyN atomic.Uint64 // requests read straight into their pages
 }
 
@@ -84,6 +91,7 @@ func (q *queue) buf(tag uint16) []byte {
 func mapQueue(q *queue) error {
 	page := os.Getpagesize()
 	var err error
+	q.zeroFd = -1
 	q.descs, err = unix.Mmap(q.cdevFd, descMmapOffset(q.id, page), descMmapLen(q.depth, page), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		return fmt.Errorf("ublk: queue %d: mmap descriptors: %w", q.id, err)
@@ -101,10 +109,10 @@ func mapQueue(q *queue) error {
 	}
 	if q.autoBuf && q.reads != nil {
 		if q.zeroFd, err = unix.Open("/dev/zero", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			q.zeroFd = -1
 			q.unmap()
 			return fmt.Errorf("ublk: queue %d: %w", q.id, err)
 		}
-		q.zeroOpen = true
 	}
 	return nil
 }
@@ -122,9 +130,9 @@ func (q *queue) unmap() {
 		unix.Close(q.efd)
 		q.efd = -1
 	}
-	if q.zeroOpen {
+	if q.zeroFd >= 0 {
 		unix.Close(q.zeroFd)
-		q.zeroOpen = false
+		q.zeroFd = -1
 	}
 }
 
@@ -149,6 +157,12 @@ func (q *queue) queueCmd(nr uint32, tag uint16, result int32) error {
 	if err != nil {
 		return err
 	}
+	q.fillCmd(s, nr, tag, result)
+	return nil
+}
+
+// fillCmd makes s the data-plane command nr (FETCH_REQ, COMMIT_AND_FETCH_REQ) of tag.
+func (q *queue) fillCmd(s *sqe, nr uint32, tag uint16, result int32) {
 	s.Opcode = ioringOpURingCmd
 	s.Flags = iosqeFixedFile
 	s.Fd = 0 // index 0 of the registered files: /dev/ublkcN
@@ -165,7 +179,6 @@ func (q *queue) queueCmd(nr uint32, tag uint16, result int32) error {
 	default:
 		c.Addr = uint64(uintptr(unsafe.Pointer(&q.buf(tag)[0])))
 	}
-	return nil
 }
 
 // serve runs tag's request against the Target. With user copy it first fetches
@@ -256,6 +269,7 @@ func (q *queue) run(ready chan<- error) error {
 		if err = q.ring.registerFiles([]int32{int32(q.cdevFd)}); err != nil {
 			return err
 		}
+		q.linkReads = q.reads != nil && q.ring.cqeSkip
 		if q.autoBuf {
 			if err = q.ring.registerSparseBuffers(uint32(q.depth)); err != nil {
 				return err
@@ -295,6 +309,15 @@ func (q *queue) run(ready chan<- error) error {
 			dirty = true
 		}
 	}
+	// reread serves tag, whose reads on the ring failed, through the Target.
+	reread := func(tag uint16) {
+		if q.workers > 0 {
+			q.dispatch(tag)
+			return
+		}
+		loopErr = q.queueCmd(nrCommitAndFetch, tag, q.serve(tag))
+		inFlight--
+	}
 	handle := func(c cqe) {
 		if loopErr != nil {
 			return
@@ -323,9 +346,30 @@ func (q *queue) run(ready chan<- error) error {
 			loopErr = q.armEvent()
 			return
 		}
+		if c.UserData&linkedUserData != 0 && (c.UserData&fileReadUserData != 0 || c.Res == -int32(unix.ECANCELED)) {
+			// A CQE of a read chained to its COMMIT (only the last read of a
+			// copy-mode chain posts on success), or a cancelled COMMIT.
+			tag, chainDone, broken := q.linkedDone(c)
+			switch {
+			case chainDone && !q.autoBuf:
+				inFlight--
+			case broken:
+				if q.autoBuf {
+					inFlight++ // counted as committed when the chain was queued
+				}
+				reread(tag)
+			}
+			return
+		}
 		if c.UserData&fileReadUserData != 0 {
 			tag, done, res, err := q.fileReadDone(c)
-			if loopErr = err; done && err == nil {
+			switch {
+			case err != nil:
+				loopErr = err
+			case done && res == errIO: // a read failed: ReadAt may still answer
+				q.rereadN.Add(1)
+				reread(tag)
+			case done:
 				loopErr = q.queueCmd(nrCommitAndFetch, tag, res)
 				inFlight--
 			}
@@ -333,13 +377,18 @@ func (q *queue) run(ready chan<- error) error {
 		}
 		tag := uint16(c.UserData)
 		if c.Res >= 0 && q.reads != nil {
-			started, done, res, err := q.startFileRead(tag, q.desc(tag))
-			if started || err != nil {
+			how, res, err := q.startFileRead(tag, q.desc(tag))
+			if how != readNotMapped || err != nil {
 				q.served.Add(1)
 				received(tag)
-				if loopErr = err; done && err == nil {
+				switch {
+				case err != nil:
+					loopErr = err
+				case how == readHoles:
 					loopErr = q.queueCmd(nrCommitAndFetch, tag, res)
 					inFlight--
+				case how == readLinked && q.autoBuf:
+					inFlight-- // nothing of ours is touched any more: see queueLinked
 				}
 				return
 			}
@@ -369,6 +418,7 @@ func (q *queue) run(ready chan<- error) error {
 		}
 	}
 	for live > 0 && loopErr == nil {
+		q.enters.Add(1)
 		if canRelease && dirty && inFlight == 0 {
 			// Every request is committed: this enter hands the last results to
 			// the kernel; if nothing arrives for releaseIdle, release the buffers.

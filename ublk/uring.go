@@ -20,6 +20,7 @@ const (
 
 	ioringFeatSingleMmap = 1 << 0
 	ioringFeatExtArg     = 1 << 8
+	ioringFeatCQESkip    = 1 << 11
 
 	ioringSetupCQSize       = 1 << 3
 	ioringSetupCoopTaskrun  = 1 << 8
@@ -35,7 +36,9 @@ const (
 	ioringOpRead      = 22
 	ioringOpURingCmd  = 46
 
-	iosqeFixedFile = 1 << 0
+	iosqeFixedFile      = 1 << 0
+	iosqeIOLink         = 1 << 2
+	iosqeCQESkipSuccess = 1 << 6
 
 	ioringRegisterFiles    = 2
 	ioringRegisterBuffers2 = 15
@@ -141,6 +144,7 @@ type ring struct {
 	// data into its tag buffer) runs only inside this ring's io_uring_enter.
 	deferTaskrun bool
 	extArg       bool         // io_uring_enter takes a wait timeout (5.11+)
+	cqeSkip      bool         // IOSQE_CQE_SKIP_SUCCESS is honoured (5.17+)
 	waitArg      getEventsArg // for submitTimeout: the kernel reads it during the call
 	waitTS       unix.Timespec
 }
@@ -161,7 +165,8 @@ func newRing(entries, flags uint32) (*ring, error) {
 	if errno != 0 {
 		return nil, fmt.Errorf("io_uring_setup(entries=%d, flags=%#x): %w", entries, flags, errno)
 	}
-	r := &ring{fd: int(fd), sqeSize: 64, deferTaskrun: flags&ioringSetupDeferTaskrun != 0, extArg: p.Features&ioringFeatExtArg != 0}
+	r := &ring{fd: int(fd), sqeSize: 64, deferTaskrun: flags&ioringSetupDeferTaskrun != 0, extArg: p.Features&ioringFeatExtArg != 0,
+		cqeSkip: p.Features&ioringFeatCQESkip != 0}
 	if flags&ioringSetupSQE128 != 0 {
 		r.sqeSize = 128
 	}
@@ -236,6 +241,9 @@ func (r *ring) getSQE() (*sqe, error) {
 	r.tail++
 	return (*sqe)(p), nil
 }
+
+// free reports how many SQEs can be queued before the next submit.
+func (r *ring) free() uint32 { return sqFree(atomic.LoadUint32(r.sqHead), r.tail, r.sqEntries) }
 
 // cmdArea is the command payload of a URING_CMD SQE (16 bytes, or 80 with SQE128).
 func cmdArea(s *sqe) unsafe.Pointer { return unsafe.Add(unsafe.Pointer(s), sqeCmdOffset) }

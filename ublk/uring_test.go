@@ -2,7 +2,9 @@ package ublk
 
 import (
 	"errors"
+	"fmt"
 	"math"
+	"os"
 	"runtime"
 	"testing"
 	"time"
@@ -273,4 +275,92 @@ func residentPages(t *testing.T, b []byte) int {
 		n += int(v & 1)
 	}
 	return n
+}
+
+// TestRingLinkedReads checks, on the host's io_uring, what fileread.go's
+// queueLinked relies on: a NOP (standing for the COMMIT) linked after reads runs
+// only when every read returned all its bytes; a failed or short read posts its
+// CQE even with IOSQE_CQE_SKIP_SUCCESS and cancels the rest of the chain; a
+// successful read with that flag posts nothing.
+func TestRingLinkedReads(t *testing.T) {
+	r := newTestRing(t, 16, 0)
+	if !r.cqeSkip {
+		t.Skip("kernel without IORING_FEAT_CQE_SKIP: reads are not linked there")
+	}
+	path := t.TempDir() + "/f"
+	if err := os.WriteFile(path, make([]byte, 8192), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := unix.Open(path, unix.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(rd)
+	wr, err := unix.Open(path, unix.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(wr)
+	buf := make([]byte, 4096)
+	type read struct {
+		fd   int
+		off  uint64
+		skip bool
+	}
+	const nop = 99
+	for _, c := range []struct {
+		name  string
+		reads []read
+		want  []cqe // in order: user data (piece index, nop) and result
+	}{
+		{"whole", []read{{rd, 0, true}, {rd, 4096, false}}, []cqe{{UserData: 1, Res: 4096}, {UserData: nop}}},
+		{"whole, all skipped", []read{{rd, 0, true}, {rd, 4096, true}}, []cqe{{UserData: nop}}},
+		{"short", []read{{rd, 0, true}, {rd, 6144, false}}, []cqe{{UserData: 1, Res: 2048}, {UserData: nop, Res: -int32(unix.ECANCELED)}}},
+		{"past EOF, skipped", []read{{rd, 8192, true}, {rd, 0, false}}, []cqe{{UserData: 0, Res: 0}}},
+		{"failed", []read{{wr, 0, true}, {rd, 0, false}}, []cqe{{UserData: 0, Res: -int32(unix.EBADF)}}},
+	} {
+		for i, rc := range c.reads {
+			s, err := r.getSQE()
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Opcode, s.Fd, s.Off, s.Len = ioringOpRead, int32(rc.fd), rc.off, uint32(len(buf))
+			s.Addr = uint64(uintptr(unsafe.Pointer(&buf[0])))
+			s.Flags = iosqeIOLink
+			if rc.skip {
+				s.Flags |= iosqeCQESkipSuccess
+			}
+			s.UserData = uint64(i)
+		}
+		s, err := r.getSQE()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Opcode, s.UserData = ioringOpNop, nop
+		if err := r.submit(uint32(len(c.want))); err != nil {
+			t.Fatal(err)
+		}
+		// Whatever else might come, it comes within this submission: a NOP
+		// after it marks the end.
+		s, _ = r.getSQE()
+		s.Opcode, s.UserData = ioringOpNop, 1000
+		var got []cqe
+		for done := false; !done; {
+			if err := r.submit(1); err != nil {
+				t.Fatal(err)
+			}
+			r.reap(func(e cqe) {
+				if e.UserData == 1000 {
+					done = true
+					return
+				}
+				e.Flags = 0
+				got = append(got, e)
+			})
+		}
+		runtime.KeepAlive(buf)
+		if fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("%s: CQEs %v, want %v", c.name, got, c.want)
+		}
+	}
 }

@@ -134,6 +134,9 @@ func benchReadPaths(b *testing.B, compressed bool) []benchReadPath {
 	// Zero copy needs an image wholly in local files (mapsWhole).
 	if need := FeatureAutoBufReg | FeatureUserCopy | FeatureBufRegOffDaemon; !compressed && f&need == need {
 		paths = append(paths, benchReadPath{"zc", zc})
+		zcUnlinked := zc
+		zcUnlinked.noLinkedReads = true
+		paths = append(paths, benchReadPath{"zc-unlinked", zcUnlinked})
 	}
 	// OBD_BENCH_PATHS=ring,zc keeps only those (e.g. to profile one path).
 	if only := os.Getenv("OBD_BENCH_PATHS"); only != "" {
@@ -206,8 +209,8 @@ func benchImagePaths(b *testing.B, kind string, im *lsmt.Image, compressed bool,
 				switch p.name {
 				case "ring":
 					b.ReportMetric(float64(ring-ring0)/float64(b.N), "ring-reads/op")
-				case "zc":
-					b.ReportMetric(float64(zc-zc0)/float64(b.N), "zc-reads/op")
+				case "zc", "zc-unlinked":
+					b.ReportMetric(float64(zc-zc0)/float64(b.N), p.name+"-reads/op")
 				}
 			}
 			// io_uring's worker threads: a file system without non-blocking

@@ -221,7 +221,7 @@ func (d *Device) startQueues(be *backend, opts Options) error {
 	ready := make(chan error)
 	for qid := 0; qid < n; qid++ {
 		q := &queue{id: qid, depth: int(d.info.QueueDepth), bufSize: int(d.info.MaxIOBufBytes), cdevFd: fd,
-			legacy: d.ctrl.legacy, be: be}
+			legacy: d.ctrl.legacy, be: be, noLinks: opts.noLinkedReads}
 		if !opts.InThread {
 			q.workers = min(opts.Workers, q.depth)
 			if !opts.AlwaysWorkers {

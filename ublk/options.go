@@ -70,6 +70,10 @@ type Options struct {
 	RecoveryReissue bool
 	// NoAffinity skips pinning each queue thread to the CPUs blk-mq maps to it.
 	NoAffinity bool
+
+	// noLinkedReads commits ring reads after their CQEs instead of chaining
+	// them to the COMMIT (the benchmark compares the two).
+	noLinkedReads bool
 }
 
 func (o Options) withDefaults() Options {

@@ -60,6 +60,7 @@ type queue struct {
 	// on rings that skip the CQEs of successful reads; linkedN counts those
 	// chains, rereadN the ones a failed or short read broke (served by ReadAt).
 	linkReads bool
+	noLinks   bool         // Options.noLinkedReads
 	nowaitFds map[int]bool // fd -> on a nowaitFS file system (fileread.go's smallOnRing)
 	linkedN   atomic.Uint64
 	rereadN   atomic.Uint64
@@ -269,7 +270,7 @@ func (q *queue) run(ready chan<- error) error {
 		if err = q.ring.registerFiles([]int32{int32(q.cdevFd)}); err != nil {
 			return err
 		}
-		q.linkReads = q.reads != nil && q.ring.cqeSkip
+		q.linkReads = q.reads != nil && q.ring.cqeSkip && !q.noLinks
 		if q.autoBuf {
 			if err = q.ring.registerSparseBuffers(uint32(q.depth)); err != nil {
 				return err

@@ -8,7 +8,9 @@
 #                        pread (the Target's ReadAt), ring (file reads on the queue's
 #                        ring; without zero copy, requests under 64 KiB only if their
 #                        files are on ext4/xfs/btrfs, see BENCH_FS) and, on
-#                        kernels with AUTO_BUF_REG, zc (zero copy): PATH-x-vs-loop,
+#                        kernels with AUTO_BUF_REG, zc (zero copy) and zc-unlinked
+#                        (zero copy, each tag committed after its reads' CQEs
+#                        instead of chained to them: what the link buys): PATH-x-vs-loop,
 #                        and the serving CPU per request, PATH-cpu-us/op for 4 KiB
 #                        reads and PATH-cpu-ms/MiB sequentially (process CPU minus
 #                        the load thread's; issue 13's CPU per I/O), and

@@ -17,18 +17,25 @@ import (
 
 // WriteTo yields exactly the content for every layout: a short last block,
 // several pipeline segments, large blocks, zstd, and a file with no blocks.
+// streamLayout is a ZFile to decode whole: its content size and options.
+type streamLayout struct {
+	size int
+	o    Options
+}
+
+// streamLayouts: a short last block, several pipeline segments, large blocks,
+// zstd, no CRC, and a file with no blocks.
+var streamLayouts = []streamLayout{
+	{0, Options{}},
+	{1, Options{}},
+	{4096, Options{}},
+	{3*streamSegmentBytes + 12345, Options{}},
+	{5*streamSegmentBytes/2 + 1, Options{BlockSize: 64 << 10, Algorithm: Zstd}},
+	{streamSegmentBytes + 4096, Options{BlockSize: 16 << 10, NoCRC: true}},
+}
+
 func TestWriteToRoundTrip(t *testing.T) {
-	for _, tc := range []struct {
-		size int
-		o    Options
-	}{
-		{0, Options{}},
-		{1, Options{}},
-		{4096, Options{}},
-		{3*streamSegmentBytes + 12345, Options{}},
-		{5*streamSegmentBytes/2 + 1, Options{BlockSize: 64 << 10, Algorithm: Zstd}},
-		{streamSegmentBytes + 4096, Options{BlockSize: 16 << 10, NoCRC: true}},
-	} {
+	for _, tc := range streamLayouts {
 		src := append(testData(int64(tc.size), tc.size/2, true), testData(7, tc.size-tc.size/2, false)...)
 		zb := compressBytes(t, src, tc.o)
 		z := openBytes(t, zb)
@@ -285,18 +292,8 @@ func (m *syncMem) WriteAt(p []byte, off int64) (int, error) {
 
 // WriteToAt writes exactly the content into a file for every layout, as WriteTo.
 func TestWriteToAtRoundTrip(t *testing.T) {
-	for _, tc := range []struct {
-		size int
-		o    Options
-	}{
-		{0, Options{}},
-		{1, Options{}},
-		{4096, Options{}},
-		{3*streamSegmentBytes + 12345, Options{}},
-		{5*streamSegmentBytes/2 + 1, Options{BlockSize: 64 << 10, Algorithm: Zstd}},
-		{streamSegmentBytes + 4096, Options{BlockSize: 16 << 10, NoCRC: true}},
-		{17 * streamSegmentBytes, Options{}},
-	} {
+	// More segments than workers, so that each worker writes several runs.
+	for _, tc := range append(streamLayouts, streamLayout{17 * streamSegmentBytes, Options{}}) {
 		src := append(testData(int64(tc.size), tc.size/2, true), testData(7, tc.size-tc.size/2, false)...)
 		z := openBytes(t, compressBytes(t, src, tc.o))
 		f, err := os.Create(filepath.Join(t.TempDir(), "out"))
